@@ -1,0 +1,202 @@
+"""Order vocabulary shared by the engine, the ledger and every service.
+
+Commands go into a stage, events come out of it. All quantities are integers scaled by the
+market's precision (see `bourse.domain.money`); nothing here is ever a float.
+
+These are `msgspec.Struct`s: immutable value types with no I/O, cheap to create on the hot
+path and encodable as they are, so the engine's output is already the wire contract.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class TimeInForce(StrEnum):
+    GTC = "gtc"
+    """Good till cancelled: the unfilled part of a limit order rests in the book."""
+    IOC = "ioc"
+    """Immediate or cancel: fill what can be filled now, close the rest."""
+    FOK = "fok"
+    """Fill or kill: fill the whole amount now or do nothing and close."""
+
+
+class OrderStatus(StrEnum):
+    SUBMITTED = "submitted"
+    """New: accepted, funds locked, nothing filled yet."""
+    PARTIALLY_FILLED = "partially_filled"
+    EXECUTED = "executed"
+    """Fully filled."""
+    CANCELLED = "cancelled"
+    """Ended by the member."""
+    CLOSED = "closed"
+    """Ended otherwise: market/IOC remainder, FOK not filled, self-trade prevention, rejected."""
+
+
+FINAL_STATUSES = frozenset({OrderStatus.EXECUTED, OrderStatus.CANCELLED, OrderStatus.CLOSED})
+
+
+class RejectReason(StrEnum):
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_MARKET = "unknown_market"
+    UNKNOWN_ORDER = "unknown_order"
+    DUPLICATE_ORDER = "duplicate_order"
+    INVALID_ORDER = "invalid_order"
+    POST_ONLY_WOULD_TRADE = "post_only_would_trade"
+    FOK_NOT_FILLED = "fok_not_filled"
+    NO_LIQUIDITY = "no_liquidity"
+    ORDER_CLOSED = "order_closed"
+    AMEND_INVALID = "amend_invalid"
+
+
+class CloseReason(StrEnum):
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    IOC_REMAINDER = "ioc_remainder"
+    MARKET_REMAINDER = "market_remainder"
+    FOK_NOT_FILLED = "fok_not_filled"
+    POST_ONLY_WOULD_TRADE = "post_only_would_trade"
+    SELF_TRADE = "self_trade"
+    FUNDS_EXHAUSTED = "funds_exhausted"
+    REJECTED = "rejected"
+
+
+# --- commands (input of the matching engine; the accounts stage has already locked funds) ---
+
+
+class PlaceOrder(msgspec.Struct, frozen=True, tag="place"):
+    order_id: int
+    member_id: int
+    market: str
+    side: Side
+    type: OrderType
+    amount: int
+    """Base amount, scaled by the market's amount precision."""
+    price: int | None = None
+    """Limit price scaled by the market's price precision; None for market orders."""
+    tif: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    locked: int = 0
+    """Funds the accounts stage locked for this order (quote units for a buy, base units for a sell).
+    A market buy never spends more quote than this."""
+    created_at: int = 0
+    """Nanoseconds since the epoch, stamped by the gateway."""
+    client_order_id: str | None = None
+
+
+class CancelOrder(msgspec.Struct, frozen=True, tag="cancel"):
+    order_id: int
+    member_id: int
+    market: str
+
+
+class AmendOrder(msgspec.Struct, frozen=True, tag="amend"):
+    """Change price and/or total amount of a resting order.
+
+    Decreasing the amount only keeps time priority; any other change loses it
+    (cancel-replace done atomically)."""
+
+    order_id: int
+    member_id: int
+    market: str
+    price: int | None = None
+    amount: int | None = None
+    """New total amount (executed part included); must stay above the executed amount."""
+
+
+EngineCommand = PlaceOrder | CancelOrder | AmendOrder
+
+
+# --- events (output of the matching engine) ---
+
+
+class OrderAccepted(msgspec.Struct, frozen=True, tag="accepted"):
+    order_id: int
+    member_id: int
+    market: str
+    side: Side
+    type: OrderType
+    amount: int
+    price: int | None
+    tif: TimeInForce
+    post_only: bool
+    created_at: int
+    received_at: int
+    """Nanoseconds since the epoch when the engine received the command (taken from the input
+    stream, so a replay stamps the same value)."""
+    client_order_id: str | None = None
+
+
+class OrderRejected(msgspec.Struct, frozen=True, tag="rejected"):
+    order_id: int
+    member_id: int
+    market: str
+    reason: RejectReason
+    command: str
+    """Which command was rejected: "place", "cancel" or "amend". A rejected cancel or amend
+    leaves the order as it was."""
+
+
+class Trade(msgspec.Struct, frozen=True, tag="trade"):
+    trade_id: int
+    market: str
+    price: int
+    amount: int
+    """Base amount, in market amount scale."""
+    funds: int
+    """Quote amount, in units of the quote currency (price * amount, rescaled; exact)."""
+    maker_order_id: int
+    maker_member_id: int
+    taker_order_id: int
+    taker_member_id: int
+    taker_side: Side
+    ts: int
+
+
+class OrderUpdated(msgspec.Struct, frozen=True, tag="updated"):
+    """A fill happened: the order's executed amount changed (and it is still open or now final)."""
+
+    order_id: int
+    member_id: int
+    market: str
+    executed: int
+    remaining: int
+    status: OrderStatus
+
+
+class OrderAmended(msgspec.Struct, frozen=True, tag="amended"):
+    order_id: int
+    member_id: int
+    market: str
+    price: int
+    amount: int
+    remaining: int
+    priority_kept: bool
+
+
+class OrderClosed(msgspec.Struct, frozen=True, tag="closed"):
+    """The order left the book for good. `status` says how: executed, cancelled or closed."""
+
+    order_id: int
+    member_id: int
+    market: str
+    status: OrderStatus
+    reason: CloseReason
+    executed: int
+    funds_spent: int = 0
+    """Quote units the order exchanged over its life (spent by a buy, received by a sell)."""
+
+
+EngineEvent = OrderAccepted | OrderRejected | Trade | OrderUpdated | OrderAmended | OrderClosed
