@@ -76,7 +76,7 @@ class CloseReason(StrEnum):
 # --- commands (input of the matching engine; the accounts stage has already locked funds) ---
 
 
-class PlaceOrder(msgspec.Struct, frozen=True, tag="place"):
+class PlaceOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="place"):
     order_id: int
     member_id: int
     market: str
@@ -96,13 +96,13 @@ class PlaceOrder(msgspec.Struct, frozen=True, tag="place"):
     client_order_id: str | None = None
 
 
-class CancelOrder(msgspec.Struct, frozen=True, tag="cancel"):
+class CancelOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="cancel"):
     order_id: int
     member_id: int
     market: str
 
 
-class AmendOrder(msgspec.Struct, frozen=True, tag="amend"):
+class AmendOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="amend"):
     """Change price and/or total amount of a resting order.
 
     Decreasing the amount only keeps time priority; any other change loses it
@@ -122,7 +122,7 @@ EngineCommand = PlaceOrder | CancelOrder | AmendOrder
 # --- events (output of the matching engine) ---
 
 
-class OrderAccepted(msgspec.Struct, frozen=True, tag="accepted"):
+class OrderAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="accepted"):
     order_id: int
     member_id: int
     market: str
@@ -139,7 +139,7 @@ class OrderAccepted(msgspec.Struct, frozen=True, tag="accepted"):
     client_order_id: str | None = None
 
 
-class OrderRejected(msgspec.Struct, frozen=True, tag="rejected"):
+class OrderRejected(msgspec.Struct, frozen=True, tag_field="kind", tag="rejected"):
     order_id: int
     member_id: int
     market: str
@@ -149,7 +149,7 @@ class OrderRejected(msgspec.Struct, frozen=True, tag="rejected"):
     leaves the order as it was."""
 
 
-class Trade(msgspec.Struct, frozen=True, tag="trade"):
+class Trade(msgspec.Struct, frozen=True, tag_field="kind", tag="trade"):
     trade_id: int
     market: str
     price: int
@@ -165,7 +165,7 @@ class Trade(msgspec.Struct, frozen=True, tag="trade"):
     ts: int
 
 
-class OrderUpdated(msgspec.Struct, frozen=True, tag="updated"):
+class OrderUpdated(msgspec.Struct, frozen=True, tag_field="kind", tag="updated"):
     """A fill happened: the order's executed amount changed (and it is still open or now final)."""
 
     order_id: int
@@ -176,7 +176,7 @@ class OrderUpdated(msgspec.Struct, frozen=True, tag="updated"):
     status: OrderStatus
 
 
-class OrderAmended(msgspec.Struct, frozen=True, tag="amended"):
+class OrderAmended(msgspec.Struct, frozen=True, tag_field="kind", tag="amended"):
     order_id: int
     member_id: int
     market: str
@@ -186,7 +186,7 @@ class OrderAmended(msgspec.Struct, frozen=True, tag="amended"):
     priority_kept: bool
 
 
-class OrderClosed(msgspec.Struct, frozen=True, tag="closed"):
+class OrderClosed(msgspec.Struct, frozen=True, tag_field="kind", tag="closed"):
     """The order left the book for good. `status` says how: executed, cancelled or closed."""
 
     order_id: int
