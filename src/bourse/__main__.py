@@ -1,0 +1,5 @@
+import sys
+
+from bourse.cli import main
+
+sys.exit(main())

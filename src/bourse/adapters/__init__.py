@@ -1,0 +1,1 @@
+"""Thin wrappers around libraries (HTTP server, NATS, SQL, Redis, RabbitMQ); no business rules."""

@@ -1,0 +1,80 @@
+"""The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bourse.runtime.logs import configure_logging
+from bourse.runtime.process import BourseProcess, print_links
+from bourse.settings import Settings
+
+
+def _run_process(settings: Settings, names: list[str] | None, *, embedded: bool) -> int:
+    from bourse.services import SERVICES, services_for
+
+    try:
+        services = services_for(settings, names)
+    except KeyError as exc:
+        print(f"unknown service {exc.args[0]!r}; known: {', '.join(SERVICES)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    process = BourseProcess(settings, services, embedded_nats=embedded)
+    try:
+        _event_loop_runner(process.run(on_ready=print_links))
+    except Exception as exc:
+        print(f"bourse: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _event_loop_runner(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def cmd_up(_args: argparse.Namespace) -> int:
+    settings = Settings()
+    return _run_process(settings, None, embedded=settings.nats_url is None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_process(Settings(), list(args.services), embedded=False)
+
+
+def cmd_services(_args: argparse.Namespace) -> int:
+    from bourse.services import SERVICES
+
+    for name, service in SERVICES.items():
+        print(f"{name:<14} {service.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bourse", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser(
+        "up", help="run every service in one process; starts an embedded NATS unless BOURSE_NATS_URL is set"
+    )
+    up.set_defaults(func=cmd_up)
+    run = commands.add_parser("run", help="run the named services against the configured servers")
+    run.add_argument("services", nargs="+", metavar="SERVICE")
+    run.set_defaults(func=cmd_run)
+    commands.add_parser("services", help="list the services").set_defaults(func=cmd_services)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

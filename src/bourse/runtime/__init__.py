@@ -1,0 +1,1 @@
+"""How a bourse service runs: declaration, NATS wiring, health, logging, embedded server, shutdown."""

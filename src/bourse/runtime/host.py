@@ -1,0 +1,185 @@
+"""Runs services inside one process: registers their endpoints with `nats.micro`, drives their
+stream consumers, and stops everything in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.micro import add_service
+from nats.micro.service import EndpointConfig, Service as MicroService, ServiceConfig
+
+from bourse import __version__
+from bourse.runtime.service import Service, ServiceContext, StreamConsumer
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerLoop:
+    """Fetch a batch, hand it to the service, ack the batch; repeat until stopped."""
+
+    def __init__(self, ctx: ServiceContext, spec: StreamConsumer, owner: str) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.owner = owner
+        self.delivered = 0
+        self.batches = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        spec = self.spec
+        config = ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=spec.ack_wait_s,
+            max_ack_pending=spec.max_ack_pending,
+            filter_subject=spec.filter_subject,
+        )
+        self._sub = await self.ctx.js.pull_subscribe(
+            spec.filter_subject,
+            durable=spec.durable,
+            stream=spec.stream.name(self.ctx.namespace),
+            config=config,
+        )
+        self._task = asyncio.create_task(self._run(), name=f"{self.owner}:{spec.durable}")
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                messages = await self._sub.fetch(self.spec.batch, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:  # connection trouble: the client reconnects; keep trying
+                self._record_failure(exc)
+                await asyncio.sleep(backoff)
+                continue
+            try:
+                await self.spec.handler(messages)
+                await messages[-1].ack()
+            except Exception as exc:
+                # Not acked: JetStream redelivers the batch after ack_wait.
+                self._record_failure(exc)
+                log.exception("consumer handler failed", extra={"consumer": self.spec.durable})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.delivered += len(messages)
+            self.batches += 1
+            self.last_error = None
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "durable": self.spec.durable,
+            "delivered": self.delivered,
+            "batches": self.batches,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+class RunningService:
+    """One started service with its micro registration and consumer loops."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.micro: MicroService | None = None
+        self.loops: list[ConsumerLoop] = []
+        self.started_at = time.time()
+        self.state = "starting"
+
+    def health(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"state": self.state}
+        try:
+            facts.update(self.service.health())
+        except Exception as exc:
+            facts.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        if self.loops:
+            facts["consumers"] = [loop.stats() for loop in self.loops]
+        facts.setdefault("ok", self.state == "running")
+        return facts
+
+
+class ServiceHost:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.running: list[RunningService] = []
+
+    async def start(self, services: Sequence[type[Service]]) -> None:
+        for service_class in services:
+            await self._start_one(service_class(self.ctx))
+
+    async def _start_one(self, service: Service) -> None:
+        running = RunningService(service)
+        self.running.append(running)
+        await service.start()
+        endpoints = list(service.endpoints())
+        if endpoints:
+            running.micro = await add_service(
+                self.ctx.nc,
+                ServiceConfig(
+                    name=f"{self.ctx.namespace}-{service.name}",
+                    version=__version__,
+                    description=service.description,
+                    queue_group=f"{self.ctx.namespace}.{service.name}",
+                    stats_handler=lambda _endpoint: msgspec.to_builtins(running.health()),
+                ),
+            )
+            for endpoint in endpoints:
+                await running.micro.add_endpoint(
+                    EndpointConfig(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
+                )
+        for spec in service.consumers():
+            loop = ConsumerLoop(self.ctx, spec, service.name)
+            await loop.start()
+            running.loops.append(loop)
+        running.state = "running"
+        log.info("service started", extra={"service": service.name})
+
+    async def stop(self) -> None:
+        for running in reversed(self.running):
+            running.state = "stopping"
+            for loop in running.loops:
+                await loop.stop()
+            if running.micro is not None:
+                with contextlib.suppress(Exception):
+                    await running.micro.stop()
+            try:
+                await running.service.stop()
+            except Exception:
+                log.exception("service stop failed", extra={"service": running.service.name})
+            running.state = "stopped"
+            log.info("service stopped", extra={"service": running.service.name})
+
+    def health(self) -> Mapping[str, dict[str, Any]]:
+        return {running.service.name: running.health() for running in self.running}
+
+    def links(self) -> dict[str, str]:
+        links: dict[str, str] = {}
+        for running in self.running:
+            links.update(running.service.links())
+        return links

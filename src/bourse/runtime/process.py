@@ -1,0 +1,135 @@
+"""One bourse process: (optionally) the embedded NATS server, a NATS connection, the JetStream
+topology, a set of services and the health endpoint; stopped cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+import nats
+from nats.aio.client import Client
+
+from bourse.adapters.http_server import HttpServer
+from bourse.runtime.health import HealthApp
+from bourse.runtime.host import ServiceHost
+from bourse.runtime.nats_server import EmbeddedNatsServer
+from bourse.runtime.service import Service, ServiceContext
+from bourse.settings import Settings
+from bourse.topology import ensure_topology
+
+log = logging.getLogger(__name__)
+
+
+async def connect_nats(settings: Settings, name: str) -> Client:
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": repr(exc)})
+
+    return await nats.connect(
+        servers=settings.nats_servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        error_cb=on_error,
+    )
+
+
+class BourseProcess:
+    """Start with `start()`, stop with `stop()`; `run()` does both around a signal wait."""
+
+    def __init__(self, settings: Settings, services: Sequence[type[Service]], *, embedded_nats: bool) -> None:
+        self.settings = settings
+        self.services = services
+        self.nats_server = (
+            EmbeddedNatsServer(
+                settings.data_dir / "nats",
+                settings.embedded_nats_port,
+                settings.embedded_nats_monitor_port,
+            )
+            if embedded_nats
+            else None
+        )
+        self.nc: Client | None = None
+        self.host: ServiceHost | None = None
+        self.health_server: HttpServer | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        if self.nats_server is not None:
+            await self.nats_server.start()
+        names = ",".join(service.name for service in self.services)
+        self.nc = await connect_nats(self.settings, f"bourse[{names}]")
+        js = self.nc.jetstream()
+        await ensure_topology(js, self.settings.namespace, self.settings.stream_replicas)
+        self.host = ServiceHost(ServiceContext(self.settings, self.nc, js))
+        await self.host.start(self.services)
+        if self.settings.health_port:
+            self.health_server = HttpServer(HealthApp(self.health), self.settings.http_host, self.settings.health_port)
+            await self.health_server.start()
+
+    def health(self) -> Mapping[str, Any]:
+        services = dict(self.host.health()) if self.host else {}
+        nats_ok = self.nc is not None and self.nc.is_connected
+        ok = nats_ok and all(facts.get("ok") for facts in services.values())
+        return {"ok": ok, "nats": "connected" if nats_ok else "disconnected", "services": services}
+
+    def links(self) -> dict[str, str]:
+        links = dict(self.host.links()) if self.host else {}
+        if self.health_server is not None:
+            links["health"] = f"{self.health_server.url}/healthz"
+        if self.nats_server is not None:
+            links["nats"] = self.nats_server.url
+            links["nats monitoring"] = self.nats_server.monitor_url
+        else:
+            links["nats"] = ", ".join(self.settings.nats_servers)
+        return links
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        if self.health_server is not None:
+            await self.health_server.stop()
+        if self.host is not None:
+            await self.host.stop()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5.0)
+            except Exception:
+                await self.nc.close()
+        if self.nats_server is not None:
+            await self.nats_server.stop()
+
+    async def run(self, on_ready: Callable[[BourseProcess], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            if on_ready is not None:
+                on_ready(self)
+            await self._stop.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def print_links(process: BourseProcess, out: TextIO = sys.stdout) -> None:
+    names = ", ".join(service.name for service in process.services)
+    print(f"bourse is up: {names}", file=out)
+    for label, url in process.links().items():
+        print(f"  {label:<16} {url}", file=out)
+    print("Press Ctrl-C to stop.", file=out, flush=True)

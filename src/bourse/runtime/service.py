@@ -1,0 +1,110 @@
+"""Declaring a service: its name, the streams it consumes, its request/reply endpoints, start/stop.
+
+A service is a class; the runtime (`bourse.runtime.host`) does the wiring, so a service module
+reads like its row in the architecture table:
+
+    class Ids(Service):
+        name = "ids"
+        description = "Time-ordered 64-bit order ids"
+
+        def endpoints(self) -> list[Endpoint]:
+            return [Endpoint("next", self.subject("next"), self.next_ids)]
+
+Endpoints are registered with `nats.micro`, so `nats micro ls` / `$SRV.PING` / `$SRV.STATS`
+discover every running instance and its per-endpoint request counts and latencies.
+Stream consumers are JetStream pull consumers fetched in batches and acknowledged once the
+handler returns (one ack per batch: the consumers use AckPolicy.ALL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+
+from bourse.catalog import Catalog
+from bourse.settings import Settings
+from bourse.topology import StreamSpec, service_subject
+
+RequestHandler = Callable[[Request], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A request/reply endpoint (core NATS, queue group = the service name)."""
+
+    name: str
+    subject: str
+    handler: RequestHandler
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConsumer:
+    """A durable JetStream pull consumer: the runtime fetches up to `batch` messages, awaits
+    `handler(messages)`, then acks them all at once."""
+
+    stream: StreamSpec
+    durable: str
+    filter_subject: str
+    handler: BatchHandler
+    batch: int = 512
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 20_000
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    """What every service gets: settings, the markets, and the process's NATS connection."""
+
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    catalog: Catalog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = self.settings.catalog
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+
+class Service:
+    """Base of every bourse service; override what the service needs, nothing more."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.log = logging.getLogger(f"bourse.{self.name}")
+
+    def subject(self, endpoint: str) -> str:
+        return service_subject(self.ctx.namespace, self.name, endpoint)
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return ()
+
+    def consumers(self) -> Sequence[StreamConsumer]:
+        return ()
+
+    async def start(self) -> None:
+        """Acquire resources and start background work; return once ready to serve."""
+
+    async def stop(self) -> None:
+        """Release resources; called once, after consumers and endpoints have stopped."""
+
+    def health(self) -> Mapping[str, Any]:
+        """Extra health facts (lags, connections). Raise or return {"ok": False, ...} if degraded."""
+        return {}
+
+    def links(self) -> Mapping[str, str]:
+        """Addresses a person may want to open (API, docs); printed by `bourse up`."""
+        return {}

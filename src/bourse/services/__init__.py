@@ -1,0 +1,16 @@
+"""The services, one module each; `SERVICES` is what `bourse up` and `bourse run` can start."""
+
+from __future__ import annotations
+
+from bourse.runtime.service import Service
+from bourse.services.gateway import Gateway
+from bourse.settings import Settings
+
+SERVICES: dict[str, type[Service]] = {service.name: service for service in (Gateway,)}
+
+
+def services_for(settings: Settings, names: list[str] | None = None) -> list[type[Service]]:
+    """The services to run, in start order; unknown names raise KeyError."""
+    if names:
+        return [SERVICES[name] for name in names]
+    return list(SERVICES.values())

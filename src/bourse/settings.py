@@ -1,0 +1,60 @@
+"""All settings, from environment variables prefixed `BOURSE_` (or a `.env` file).
+
+Defaults are the embedded setup: NATS started from the bundled binary, SQLite in the data
+folder, no Redis and no RabbitMQ (the services that need them are then not started).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bourse.catalog import Catalog, default_markets_file, load_catalog
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOURSE_", env_file=".env", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS server URL(s), comma separated. Unset: `bourse up` starts an embedded server.",
+    )
+    namespace: str = Field(
+        default="bourse",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Prefix of every subject, stream and bucket, so several deployments can share a NATS.",
+    )
+    sql_url: str | None = Field(default=None, description="SQLAlchemy URL. Unset: SQLite in the data folder.")
+    redis_url: str | None = Field(default=None, description="Redis URL. Unset: no cache service.")
+    rabbitmq_url: str | None = Field(default=None, description="AMQP URL. Unset: no RabbitMQ ingress.")
+    markets_file: Path = Field(default_factory=default_markets_file)
+    data_dir: Path = Path("var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    health_port: int = Field(default=8001, description="Per-process health endpoint; 0 turns it off.")
+
+    embedded_nats_port: int = 14222
+    embedded_nats_monitor_port: int = 18222
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    accounts_shards: int = Field(default=1, ge=1, le=64)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.markets_file)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        if self.nats_url is None:
+            return [f"nats://127.0.0.1:{self.embedded_nats_port}"]
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def effective_sql_url(self) -> str:
+        return self.sql_url or f"sqlite+aiosqlite:///{(self.data_dir / 'bourse.db').resolve()}"

@@ -1,0 +1,107 @@
+"""Every JetStream stream, subject and bucket the system uses, declared in one place.
+
+Subjects are `<namespace>.<kind>.<shard>`; streams and buckets are `<NAMESPACE>_<KIND>`. The
+namespace lets several deployments (or test runs) share one NATS. `ensure_topology` is
+idempotent: every service calls it at start, and whichever starts first creates what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+DUPLICATE_WINDOW_S = 600.0
+"""How long JetStream remembers a Nats-Msg-Id. Replays after a restart fall well within it;
+consumers that write elsewhere also check the stream sequence, so older duplicates are harmless."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    kind: str
+    description: str
+    max_age_s: float = 7 * 24 * 3600.0
+
+    def name(self, namespace: str) -> str:
+        return f"{namespace.upper()}_{self.kind.upper()}"
+
+    def subject(self, namespace: str, shard: str | int) -> str:
+        return f"{namespace}.{self.kind}.{shard}"
+
+    def wildcard(self, namespace: str) -> str:
+        return f"{namespace}.{self.kind}.>"
+
+
+ORDERS = StreamSpec("orders", "Order commands from the gateway and RabbitMQ ingress, by member shard")
+MATCH = StreamSpec("match", "Order commands with funds locked, from accounts to matching, by market")
+EVENTS = StreamSpec("events", "Matching engine events (accepted, trades, updates, closes), by market")
+ACCOUNTS = StreamSpec("accounts", "Balance changes and ledger entries from the accounts stage, by member shard")
+
+STREAMS: tuple[StreamSpec, ...] = (ORDERS, MATCH, EVENTS, ACCOUNTS)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    kind: str
+    description: str
+    ttl_s: float = 0.0
+    history: int = 1
+
+    def name(self, namespace: str) -> str:
+        return f"{namespace.upper()}_{self.kind.upper()}"
+
+
+ID_LEASES = BucketSpec("id_leases", "Worker ids leased by order-id generators", ttl_s=30.0)
+SNAPSHOTS = BucketSpec("snapshots", "Newest snapshot of each stateful stage shard, with its input sequence")
+
+BUCKETS: tuple[BucketSpec, ...] = (ID_LEASES, SNAPSHOTS)
+
+
+def service_subject(namespace: str, service: str, endpoint: str) -> str:
+    """Core NATS request/reply subject of a service endpoint (queries, not commands)."""
+    return f"{namespace}.svc.{service}.{endpoint}"
+
+
+def stream_config(spec: StreamSpec, namespace: str, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name(namespace),
+        description=spec.description,
+        subjects=[spec.wildcard(namespace)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=spec.max_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_topology(js: JetStreamContext, namespace: str, replicas: int = 1) -> None:
+    """Create or update every stream and bucket; safe to call from many processes at once."""
+    for spec in STREAMS:
+        config = stream_config(spec, namespace, replicas)
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:  # created by a concurrent caller: fall through to update
+                pass
+        await js.update_stream(config)
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket.name(namespace))
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket.name(namespace),
+                    description=bucket.description,
+                    history=bucket.history,
+                    ttl=bucket.ttl_s or None,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            )
