@@ -29,6 +29,12 @@ account receives them. A trade whose other side belongs to another shard is sett
 trade against the ledger's clearing account. Events about orders this shard does not track are
 ignored (they belong to another shard).
 
+`apply` takes the matching engine's events only, never the `OrderRejected`s this class returns
+itself (those changed nothing; fed back, a rejected duplicate place would release the original
+order's lock, and a rejected amend would count as the answer to another amend in flight). A
+place rejected by the engine releases the command's whole lock, unless the engine had accepted
+that order id already (then the rejection is of a later duplicate, not of the tracked order).
+
 Outputs besides the forwarded commands: `BalanceChanged` for every balance touched (coalesced,
 values as they are now; `apply` returns them and `take_changes` returns those of `place`, `amend`,
 `deposit`, `withdraw`), and, if `record_entries`, the ledger entries (`take_entries`).
@@ -57,6 +63,7 @@ from bourse.domain.orders import (
     CancelOrder,
     EngineCommand,
     EngineEvent,
+    OrderAccepted,
     OrderAmended,
     OrderClosed,
     OrderRejected,
@@ -64,6 +71,7 @@ from bourse.domain.orders import (
     PlaceOrder,
     RejectReason,
     Side,
+    TimeInForce,
     Trade,
 )
 
@@ -124,6 +132,9 @@ class OrderLock(msgspec.Struct, frozen=True, array_like=True):
     locked: int
     """Ledger units still locked for the order (quote for a buy, base for a sell)."""
     pending_amends: int
+    """Amends forwarded to the engine and not answered yet."""
+    accepted: bool
+    """The engine's OrderAccepted has been applied (a later place rejection is not for it)."""
 
 
 class AccountsSnapshot(msgspec.Struct, frozen=True, array_like=True):
@@ -154,6 +165,9 @@ class UnknownCurrencyError(LedgerError, ValueError):
 
 _SNAPSHOT_VERSION = 1
 _BUY = Side.BUY
+_SELL = Side.SELL
+_GTC = TimeInForce.GTC
+_TIFS = frozenset(TimeInForce)
 _LIMIT = OrderType.LIMIT
 _MARKET = OrderType.MARKET
 _encoder = msgspec.msgpack.Encoder()
@@ -164,6 +178,7 @@ class _Order:
     """Mutable lock tracking of one open order."""
 
     __slots__ = (
+        "accepted",
         "amount",
         "currency",
         "is_buy",
@@ -187,6 +202,7 @@ class _Order:
         remaining: int,
         locked: int,
         pending: int,
+        accepted: bool,
     ) -> None:
         self.member = member
         self.market = market
@@ -199,6 +215,7 @@ class _Order:
         self.remaining = remaining
         self.locked = locked
         self.pending = pending
+        self.accepted = accepted
 
     def need(self) -> int:
         """What the order may still spend, for a limit order with no amend in flight."""
@@ -219,6 +236,7 @@ class _Order:
             self.remaining,
             self.locked,
             self.pending,
+            self.accepted,
         )
 
 
@@ -368,9 +386,11 @@ class Accounts:
         if member <= 0 or not market.min_amount <= amount <= market.max_amount:
             return _reject(cmd, RejectReason.INVALID_ORDER, "place")
         is_buy = cmd.side == _BUY
+        if (not is_buy and cmd.side != _SELL) or cmd.tif not in _TIFS:
+            return _reject(cmd, RejectReason.INVALID_ORDER, "place")
         if cmd.type == _LIMIT:
             price = cmd.price
-            if price is None or not 0 < price <= market.max_price:
+            if price is None or not 0 < price <= market.max_price or (cmd.post_only and cmd.tif != _GTC):
                 return _reject(cmd, RejectReason.INVALID_ORDER, "place")
             if is_buy:
                 currency = market.quote.code
@@ -379,6 +399,8 @@ class Accounts:
                 currency = market.base.code
                 lock = market.base_units(amount)
         elif cmd.type == _MARKET:
+            if cmd.price is not None or cmd.post_only:
+                return _reject(cmd, RejectReason.INVALID_ORDER, "place")
             price = None
             if is_buy:
                 currency = market.quote.code
@@ -397,7 +419,9 @@ class Accounts:
             self._ledger.lock(member, currency, lock, order_id, self._entries)
         except InsufficientFundsError:
             return _reject(cmd, RejectReason.INSUFFICIENT_FUNDS, "place")
-        self._orders[order_id] = _Order(member, cmd.market, market, is_buy, price, amount, amount, lock, 0)
+        self._orders[order_id] = _Order(
+            member, cmd.market, market, is_buy, price, amount, amount, lock, 0, False
+        )
         self._touched[(member, currency)] = None
         return replace(cmd, locked=lock)
 
@@ -411,11 +435,19 @@ class Accounts:
         market = order.mk
         old_price = order.price
         if old_price is None:
+            # a market order never rests: the engine will refuse it (ORDER_CLOSED or UNKNOWN_ORDER)
+            order.pending += 1
+            return cmd
+        if cmd.price is None and cmd.amount is None:
             return _reject(cmd, RejectReason.AMEND_INVALID, "amend")
         price = old_price if cmd.price is None else cmd.price
         amount = order.amount if cmd.amount is None else cmd.amount
         remaining = amount - (order.amount - order.remaining)
-        if not 0 < price <= market.max_price or not 0 < amount <= market.max_amount or remaining <= 0:
+        if (
+            not 0 < price <= market.max_price
+            or not market.min_amount <= amount <= market.max_amount
+            or remaining <= 0
+        ):
             return _reject(cmd, RejectReason.AMEND_INVALID, "amend")
         need = market.funds(price, remaining) if order.is_buy else market.base_units(remaining)
         extra = need - order.locked
@@ -443,22 +475,25 @@ class Accounts:
         `take_changes`)."""
         if isinstance(event, Trade):
             self._trade(event)
-        elif isinstance(event, OrderClosed):
-            self._forget(event.order_id, event.member_id)
+            return self.take_changes()
+        order = self._orders.get(event.order_id)
+        if order is None or order.member != event.member_id:
+            return self.take_changes()
+        if isinstance(event, OrderClosed):
+            self._forget(event.order_id, order)
+        elif isinstance(event, OrderAccepted):
+            order.accepted = True
         elif isinstance(event, OrderAmended):
-            order = self._orders.get(event.order_id)
-            if order is not None:
-                order.price = event.price
-                order.amount = event.amount
-                order.remaining = event.remaining
-                self._amend_done(event.order_id, order)
-        elif isinstance(event, OrderRejected):
+            order.price = event.price
+            order.amount = event.amount
+            order.remaining = event.remaining
+            self._amend_done(event.order_id, order)
+        elif isinstance(event, OrderRejected) and order.market == event.market:
             if event.command == "place":
-                self._forget(event.order_id, event.member_id)
+                if not order.accepted:
+                    self._forget(event.order_id, order)
             elif event.command == "amend":
-                order = self._orders.get(event.order_id)
-                if order is not None:
-                    self._amend_done(event.order_id, order)
+                self._amend_done(event.order_id, order)
         return self.take_changes()
 
     def _trade(self, trade: Trade) -> None:
@@ -544,10 +579,7 @@ class Accounts:
             order.locked -= surplus
             self._touched[(order.member, order.currency)] = None
 
-    def _forget(self, order_id: int, member_id: int) -> None:
-        order = self._orders.get(order_id)
-        if order is None or order.member != member_id:
-            return
+    def _forget(self, order_id: int, order: _Order) -> None:
         del self._orders[order_id]
         if order.locked:
             self._ledger.unlock(order.member, order.currency, order.locked, order_id, self._entries)
@@ -612,6 +644,7 @@ class Accounts:
                 lock.remaining,
                 lock.locked,
                 lock.pending_amends,
+                lock.accepted,
             )
         for order_id in state.closed:
             accounts._remember_closed(order_id)
