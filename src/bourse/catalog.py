@@ -93,7 +93,9 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
             code: _currency(currencies, {"c": code}, "c", where).parse(str(value), f"{where} {code}")
             for code, value in spec.get("balances", {}).items()
         }
-        members.append(DemoMember(id=_int(spec, "id", where), email=str(spec.get("email", "")), balances=balances))
+        members.append(
+            DemoMember(id=_int(spec, "id", where), email=str(spec.get("email", "")), balances=balances)
+        )
     return Catalog(currencies=currencies, markets=markets, fees=fees, demo_members=tuple(members))
 
 
@@ -106,7 +108,7 @@ def _int(spec: Mapping[str, Any], key: str, where: str, default: int | None = No
 
 def _currency(currencies: Mapping[str, Currency], spec: Mapping[str, Any], key: str, where: str) -> Currency:
     code = spec.get(key)
-    if code not in currencies:
+    if not isinstance(code, str) or code not in currencies:
         raise CatalogError(f"{where}: unknown currency {code!r} for {key}")
     return currencies[code]
 

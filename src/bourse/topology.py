@@ -37,7 +37,9 @@ class StreamSpec:
 ORDERS = StreamSpec("orders", "Order commands from the gateway and RabbitMQ ingress, by member shard")
 MATCH = StreamSpec("match", "Order commands with funds locked, from accounts to matching, by market")
 EVENTS = StreamSpec("events", "Matching engine events (accepted, trades, updates, closes), by market")
-ACCOUNTS = StreamSpec("accounts", "Balance changes and ledger entries from the accounts stage, by member shard")
+ACCOUNTS = StreamSpec(
+    "accounts", "Balance changes and ledger entries from the accounts stage, by member shard"
+)
 
 STREAMS: tuple[StreamSpec, ...] = (ORDERS, MATCH, EVENTS, ACCOUNTS)
 

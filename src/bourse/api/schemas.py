@@ -17,7 +17,9 @@ class MarketOut(BaseModel):
     min_amount: str = Field(examples=["0.0001"])
     max_amount: str
     max_price: str
-    maker_fee: str = Field(description="Fraction of the amount received, as a decimal string", examples=["0.001"])
+    maker_fee: str = Field(
+        description="Fraction of the amount received, as a decimal string", examples=["0.001"]
+    )
     taker_fee: str
 
     @classmethod

@@ -21,6 +21,7 @@ class HealthApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        body: dict[str, Any]
         if path == "/livez":
             status, body = 200, {"ok": True}
         elif path == "/healthz":
@@ -33,7 +34,10 @@ class HealthApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})

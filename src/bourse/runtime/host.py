@@ -14,7 +14,8 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.micro import add_service
-from nats.micro.service import EndpointConfig, Service as MicroService, ServiceConfig
+from nats.micro.service import EndpointConfig, ServiceConfig
+from nats.micro.service import Service as MicroService
 
 from bourse import __version__
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer

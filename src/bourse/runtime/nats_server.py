@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ class EmbeddedNatsServer:
         self.port = port
         self.monitor_port = monitor_port
         self.sync_always = sync_always
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -75,21 +74,22 @@ class EmbeddedNatsServer:
         config = self.data_dir / "nats-server.conf"
         config.write_text(self.config_text())
         logfile = (self.data_dir / "nats-server.log").open("ab")
-        self._process = subprocess.Popen(
-            [str(nats_server_binary()), "-c", str(config)],
+        self._process = await asyncio.create_subprocess_exec(
+            str(nats_server_binary()),
+            "-c",
+            str(config),
             stdout=logfile,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=_die_with_parent if os.name == "posix" else None,
             start_new_session=True,  # Ctrl-C reaches us, not the server: we stop it last, after draining
         )
         logfile.close()
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            if self._process.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with {self._process.returncode}; see {self.data_dir / 'nats-server.log'}"
-                )
+            if self._process.returncode is not None:
+                log_path = self.data_dir / "nats-server.log"
+                raise NatsServerError(f"nats-server exited with {self._process.returncode}; see {log_path}")
             if await self._healthy():
                 log.info("embedded nats-server ready", extra={"url": self.url, "pid": self._process.pid})
                 return
@@ -114,12 +114,12 @@ class EmbeddedNatsServer:
 
     async def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None or process.returncode is not None:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout)
+            await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
             process.kill()
-            await asyncio.to_thread(process.wait)
+            await process.wait()
         log.info("embedded nats-server stopped", extra={"rc": process.returncode})

@@ -75,7 +75,9 @@ class BourseProcess:
         self.host = ServiceHost(ServiceContext(self.settings, self.nc, js))
         await self.host.start(self.services)
         if self.settings.health_port:
-            self.health_server = HttpServer(HealthApp(self.health), self.settings.http_host, self.settings.health_port)
+            self.health_server = HttpServer(
+                HealthApp(self.health), self.settings.http_host, self.settings.health_port
+            )
             await self.health_server.start()
 
     def health(self) -> Mapping[str, Any]:

@@ -1,0 +1,162 @@
+"""The service runtime against real NATS servers: the machine's and the embedded one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import StorageType
+from nats.micro.request import Request
+
+from bourse.runtime.host import ServiceHost
+from bourse.runtime.process import BourseProcess
+from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer
+from bourse.settings import Settings
+from bourse.topology import BUCKETS, ORDERS, STREAMS, ensure_topology
+from tests.conftest import free_port
+
+
+class Echo(Service):
+    name = "echo"
+    description = "answers with what it was sent"
+
+    def endpoints(self) -> Sequence[Endpoint]:
+        return [Endpoint("echo", self.subject("echo"), self.echo)]
+
+    async def echo(self, request: Request) -> None:
+        await request.respond(request.data)
+
+    def health(self) -> Mapping[str, Any]:
+        return {"echoes": "fine"}
+
+
+class Collector(Service):
+    """Consumes the ORDERS stream; fails the first `fail_first` batches on purpose."""
+
+    name = "collector"
+    description = "collects order commands"
+    fail_first = 0
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        self.seen: list[bytes] = []
+        self.failures_left = type(self).fail_first
+
+    def consumers(self) -> Sequence[StreamConsumer]:
+        return [
+            StreamConsumer(
+                ORDERS,
+                "collector",
+                ORDERS.wildcard(self.ctx.namespace),
+                self.collect,
+                batch=100,
+                ack_wait_s=1.0,
+            )
+        ]
+
+    async def collect(self, messages: Sequence[Msg]) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("failing on purpose")
+        self.seen.extend(message.data for message in messages)
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_topology_is_created_once_and_is_idempotent(nc: Client, settings: Settings) -> None:
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    await ensure_topology(js, settings.namespace)
+    for spec in STREAMS:
+        info = await js.stream_info(spec.name(settings.namespace))
+        assert info.config.subjects == [spec.wildcard(settings.namespace)]
+        assert info.config.storage == StorageType.FILE
+        assert (info.config.duplicate_window or 0) >= 60
+    for bucket in BUCKETS:
+        status = await (await js.key_value(bucket.name(settings.namespace))).status()
+        assert status.bucket == bucket.name(settings.namespace)
+
+
+async def test_endpoint_answers_and_is_discoverable_through_micro(nc: Client, settings: Settings) -> None:
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    host = ServiceHost(ServiceContext(settings, nc, js))
+    await host.start([Echo])
+    try:
+        reply = await nc.request(f"{settings.namespace}.svc.echo.echo", b"ping", timeout=2)
+        assert reply.data == b"ping"
+        ping = json.loads((await nc.request(f"$SRV.PING.{settings.namespace}-echo", b"", timeout=2)).data)
+        assert ping["name"] == f"{settings.namespace}-echo"
+        stats = json.loads((await nc.request(f"$SRV.STATS.{settings.namespace}-echo", b"", timeout=2)).data)
+        endpoint = stats["endpoints"][0]
+        assert endpoint["num_requests"] == 1
+        assert endpoint["data"]["echoes"] == "fine"
+    finally:
+        await host.stop()
+    assert host.health()["echo"]["state"] == "stopped"
+
+
+async def test_stream_consumer_receives_every_message_once_in_order(nc: Client, settings: Settings) -> None:
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    acks = await asyncio.gather(
+        *(js.publish(ORDERS.subject(settings.namespace, 0), str(i).encode()) for i in range(500))
+    )
+    assert len({ack.seq for ack in acks}) == 500
+    host = ServiceHost(ServiceContext(settings, nc, js))
+    await host.start([Collector])
+    collector = host.running[0].service
+    assert isinstance(collector, Collector)
+    await wait_for(lambda: len(collector.seen) >= 500)
+    await host.stop()
+    assert collector.seen == [str(i).encode() for i in range(500)]
+    info = await js.consumer_info(ORDERS.name(settings.namespace), "collector")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_failed_batch_is_redelivered_not_lost(nc: Client, settings: Settings) -> None:
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    for i in range(50):
+        await js.publish(ORDERS.subject(settings.namespace, 0), str(i).encode())
+
+    class FlakyCollector(Collector):
+        fail_first = 2
+
+    host = ServiceHost(ServiceContext(settings, nc, js))
+    await host.start([FlakyCollector])
+    collector = host.running[0].service
+    assert isinstance(collector, FlakyCollector)
+    try:
+        await wait_for(lambda: len(collector.seen) >= 50, timeout=20)
+        assert sorted(collector.seen, key=int) == [str(i).encode() for i in range(50)]
+        assert host.running[0].loops[0].failures == 2
+    finally:
+        await host.stop()
+
+
+async def test_health_endpoint_reports_every_service(nc: Client, settings: Settings) -> None:
+    process = BourseProcess(
+        settings.model_copy(update={"health_port": free_port()}), [Echo], embedded_nats=False
+    )
+    await process.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(process.links()["health"])
+        assert response.status_code == 200
+        body = response.json()
+        assert body["nats"] == "connected"
+        assert body["services"]["echo"]["ok"] is True
+    finally:
+        await process.stop()
