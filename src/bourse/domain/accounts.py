@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import msgspec
 from msgspec.structs import replace
@@ -306,6 +307,15 @@ class Accounts:
     @property
     def fees(self) -> FeeSchedule:
         return self._fees
+
+    @property
+    def markets(self) -> Mapping[str, Market]:
+        return MappingProxyType(self._markets)
+
+    @property
+    def currencies(self) -> frozenset[str]:
+        """Codes of every currency of the markets (the only ones that can be deposited)."""
+        return frozenset(self._currencies)
 
     def balance(self, member_id: int, currency: str) -> BalanceChanged:
         available, locked = self._ledger.balance(member_id, currency)

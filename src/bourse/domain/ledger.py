@@ -92,9 +92,7 @@ class InsufficientFundsError(LedgerError):
     """The bucket holds less than the operation needs."""
 
     def __init__(self, account: int, currency: str, bucket: Bucket, needed: int, held: int) -> None:
-        super().__init__(
-            f"account {account}: {bucket.value} {currency} is {held}, {needed} needed"
-        )
+        super().__init__(f"account {account}: {bucket.value} {currency} is {held}, {needed} needed")
         self.account = account
         self.currency = currency
         self.bucket = bucket
