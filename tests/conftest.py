@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.settings import Settings
-from bourse.topology import BUCKETS, STREAMS
+from bourse.topology import BUCKETS, OBJECT_STORES, STREAMS
 
 SYSTEM_NATS_URL = os.environ.get("BOURSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -74,4 +74,7 @@ async def nc(settings: Settings) -> AsyncIterator[Client]:
     for bucket in BUCKETS:
         with contextlib.suppress(NotFoundError):
             await js.delete_key_value(bucket.name(settings.namespace))
+    for store in OBJECT_STORES:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_object_store(store.name(settings.namespace))
     await client.close()

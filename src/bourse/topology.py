@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
 DUPLICATE_WINDOW_S = 600.0
@@ -56,9 +63,13 @@ class BucketSpec:
 
 
 ID_LEASES = BucketSpec("id_leases", "Worker ids leased by order-id generators", ttl_s=30.0)
-SNAPSHOTS = BucketSpec("snapshots", "Newest snapshot of each stateful stage shard, with its input sequence")
 
-BUCKETS: tuple[BucketSpec, ...] = (ID_LEASES, SNAPSHOTS)
+BUCKETS: tuple[BucketSpec, ...] = (ID_LEASES,)
+
+SNAPSHOTS = BucketSpec("snapshots", "Newest snapshot of each stateful stage shard, with its input sequence")
+"""An object store (snapshots outgrow a KV value): one object per stage shard, e.g. `matching.btc_usd`."""
+
+OBJECT_STORES: tuple[BucketSpec, ...] = (SNAPSHOTS,)
 
 
 def service_subject(namespace: str, service: str, endpoint: str) -> str:
@@ -93,6 +104,18 @@ async def ensure_topology(js: JetStreamContext, namespace: str, replicas: int = 
             except BadRequestError:  # created by a concurrent caller: fall through to update
                 pass
         await js.update_stream(config)
+    for store in OBJECT_STORES:
+        try:
+            await js.object_store(store.name(namespace))
+        except (NotFoundError, BadRequestError):
+            await js.create_object_store(
+                store.name(namespace),
+                ObjectStoreConfig(
+                    description=store.description,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                ),
+            )
     for bucket in BUCKETS:
         try:
             await js.key_value(bucket.name(namespace))

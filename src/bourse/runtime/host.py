@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from nats.micro import add_service
 from nats.micro.service import EndpointConfig, ServiceConfig
 from nats.micro.service import Service as MicroService
@@ -39,6 +40,7 @@ class ConsumerLoop:
 
     async def start(self) -> None:
         spec = self.spec
+        stream = spec.stream.name(self.ctx.namespace)
         config = ConsumerConfig(
             durable_name=spec.durable,
             ack_policy=AckPolicy.ALL,
@@ -46,11 +48,15 @@ class ConsumerLoop:
             max_ack_pending=spec.max_ack_pending,
             filter_subject=spec.filter_subject,
         )
+        if spec.resume_after is not None:
+            last = spec.resume_after()
+            if last > 0:
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = last + 1
+            with contextlib.suppress(NotFoundError):
+                await self.ctx.js.delete_consumer(stream, spec.durable)
         self._sub = await self.ctx.js.pull_subscribe(
-            spec.filter_subject,
-            durable=spec.durable,
-            stream=spec.stream.name(self.ctx.namespace),
-            config=config,
+            spec.filter_subject, durable=spec.durable, stream=stream, config=config
         )
         self._task = asyncio.create_task(self._run(), name=f"{self.owner}:{spec.durable}")
 

@@ -57,6 +57,9 @@ class StreamConsumer:
     batch: int = 512
     ack_wait_s: float = 30.0
     max_ack_pending: int = 20_000
+    resume_after: Callable[[], int] | None = None
+    """For stages that restore a snapshot: returns the last stream sequence the state covers.
+    The consumer is then recreated to deliver from the next sequence, whatever it had acked."""
 
 
 @dataclass(slots=True)
