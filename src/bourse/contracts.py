@@ -109,9 +109,11 @@ class Decision(msgspec.Struct, frozen=True, array_like=True):
     command: str
     accepted: bool
     reason: RejectReason | None = None
+    existing_order_id: int | None = None
+    """For a resubmitted `client_order_id`: the order the first submission created."""
 
 
-class Decisions(msgspec.Struct, frozen=True):
+class Decisions(msgspec.Struct, frozen=True, tag_field="kind", tag="decisions"):
     """Sent (core NATS, best effort) to an `AccountsBatch.reply_to`."""
 
     items: list[Decision]
@@ -127,7 +129,7 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     reason: RejectReason | None = None
 
 
-class Outcomes(msgspec.Struct, frozen=True):
+class Outcomes(msgspec.Struct, frozen=True, tag_field="kind", tag="outcomes"):
     items: list[Outcome]
 
 
@@ -137,5 +139,5 @@ ACCOUNTS_BATCH_DECODER = msgspec.msgpack.Decoder(AccountsBatch)
 MATCH_BATCH_DECODER = msgspec.msgpack.Decoder(MatchBatch)
 EVENT_BATCH_DECODER = msgspec.msgpack.Decoder(EventBatch)
 ACCOUNTS_REPORT_DECODER = msgspec.msgpack.Decoder(AccountsReport)
-DECISIONS_DECODER = msgspec.msgpack.Decoder(Decisions)
-OUTCOMES_DECODER = msgspec.msgpack.Decoder(Outcomes)
+REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
+"""A gateway's reply inbox hears both: the accounts decision, then the engine outcome."""

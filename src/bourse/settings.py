@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     embedded_nats_monitor_port: int = 18222
     stream_replicas: int = Field(default=1, ge=1, le=5)
     accounts_shards: int = Field(default=1, ge=1, le=64)
+    accounts_shard_ids: list[int] | None = Field(
+        default=None, description="Shards this process runs (JSON list); unset: all of them."
+    )
+    matching_markets: list[str] | None = Field(
+        default=None, description="Markets this process matches (JSON list); unset: all of them."
+    )
+    demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
     @cached_property
     def catalog(self) -> Catalog:

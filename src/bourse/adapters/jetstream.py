@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from bourse.topology import SNAPSHOTS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +63,36 @@ class SnapshotStore:
         if result.data is None:
             return None
         return msgspec.msgpack.decode(result.data, type=Snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    payload: bytes
+    msg_id: str
+    """Deterministic Nats-Msg-Id: a retry or a replay is dropped by JetStream as a duplicate."""
+
+
+async def publish_durably(
+    js: JetStreamContext, messages: Sequence[Outgoing], *, ack_timeout: float = 5.0
+) -> None:
+    """Publish every message with many in flight, and return once JetStream acked them all.
+
+    On any failure (NATS down, timeout) everything is published again after a pause, until it
+    succeeds: a stage that has already applied its input must not lose the outputs, and the
+    message ids make the repeats harmless."""
+    pause = 0.05
+    while True:
+        try:
+            futures = [
+                await js.publish_async(
+                    message.subject, message.payload, headers={"Nats-Msg-Id": message.msg_id}
+                )
+                for message in messages
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
+            return
+        except (NatsError, TimeoutError, OSError) as exc:
+            log.warning("publish failed, retrying", extra={"error": repr(exc), "messages": len(messages)})
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)

@@ -59,7 +59,7 @@ def parse_scaled(text: str, precision: int, *, field_name: str = "value") -> int
     there is `TooPrecise`. Exponents, spaces, NaN and infinities are `NotANumber`.
     """
     if not isinstance(text, str):
-        raise NotANumber(field_name, "must be a decimal string such as \"1.25\"")
+        raise NotANumber(field_name, 'must be a decimal string such as "1.25"')
     match = _DECIMAL.fullmatch(text)
     if match is None or (not match["int"] and not match["frac"]):
         raise NotANumber(field_name, f"{text!r} is not a decimal number")
@@ -152,9 +152,7 @@ class Market:
     def parse_amount(self, text: str) -> int:
         amount = parse_scaled(text, self.amount_precision, field_name="amount")
         if amount < self.min_amount:
-            raise TooSmall(
-                "amount", f"{text!r} is below the minimum {self.format_amount(self.min_amount)}"
-            )
+            raise TooSmall("amount", f"{text!r} is below the minimum {self.format_amount(self.min_amount)}")
         if amount > self.max_amount:
             raise TooLarge("amount", f"{text!r} is above the maximum {self.format_amount(self.max_amount)}")
         return amount

@@ -37,6 +37,8 @@ class ConsumerLoop:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
         spec = self.spec
@@ -72,6 +74,7 @@ class ConsumerLoop:
                 await asyncio.sleep(backoff)
                 continue
             try:
+                self._idle.clear()
                 await self.spec.handler(messages)
                 await messages[-1].ack()
             except Exception as exc:
@@ -81,6 +84,8 @@ class ConsumerLoop:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            finally:
+                self._idle.set()
             backoff = 0.1
             self.delivered += len(messages)
             self.batches += 1
@@ -90,9 +95,12 @@ class ConsumerLoop:
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Let a batch in progress finish (its outputs published, its input acked), then stop."""
         self._stopping.set()
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from bourse.runtime.service import Service
+from bourse.services.accounts import AccountsService
 from bourse.services.gateway import Gateway
+from bourse.services.matching import MatchingService
 from bourse.settings import Settings
 
-SERVICES: dict[str, type[Service]] = {service.name: service for service in (Gateway,)}
+SERVICES: dict[str, type[Service]] = {
+    service.name: service for service in (AccountsService, MatchingService, Gateway)
+}
 
 
 def services_for(settings: Settings, names: list[str] | None = None) -> list[type[Service]]:
