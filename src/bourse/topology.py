@@ -72,6 +72,11 @@ SNAPSHOTS = BucketSpec("snapshots", "Newest snapshot of each stateful stage shar
 OBJECT_STORES: tuple[BucketSpec, ...] = (SNAPSHOTS,)
 
 
+def member_shard(member_id: int, shards: int) -> int:
+    """The accounts shard (and ORDERS subject) that owns a member."""
+    return member_id % shards
+
+
 def service_subject(namespace: str, service: str, endpoint: str) -> str:
     """Core NATS request/reply subject of a service endpoint (queries, not commands)."""
     return f"{namespace}.svc.{service}.{endpoint}"

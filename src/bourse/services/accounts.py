@@ -39,14 +39,10 @@ from bourse.domain.orders import (
     RejectReason,
 )
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.topology import ACCOUNTS, MATCH, ORDERS
+from bourse.topology import ACCOUNTS, MATCH, ORDERS, member_shard
 
 CLIENT_ID_MEMORY = 1_000_000
 """How many (member, client_order_id) pairs a shard remembers to make resubmission idempotent."""
-
-
-def shard_of(member_id: int, shards: int) -> int:
-    return member_id % shards
 
 
 def fee_schedule(catalog: Catalog) -> FeeSchedule:
@@ -212,7 +208,7 @@ class AccountsService(Service):
         """Credit the demo members' starting balances once (deposits are idempotent by ref)."""
         settings, js = self.ctx.settings, self.ctx.js
         for member in self.ctx.catalog.demo_members:
-            shard = shard_of(member.id, settings.accounts_shards)
+            shard = member_shard(member.id, settings.accounts_shards)
             if shard not in self.shards:
                 continue
             deposits: list[Any] = [

@@ -43,8 +43,7 @@ from bourse.domain.orders import (
     Trade,
 )
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.services.accounts import shard_of
-from bourse.topology import EVENTS, MATCH, ORDERS
+from bourse.topology import EVENTS, MATCH, ORDERS, member_shard
 
 
 @dataclass(slots=True)
@@ -95,14 +94,14 @@ class MarketShard:
                 continue  # accounts needs fills as trades, not per-order updates
             if isinstance(event, Trade):
                 maker, taker = (
-                    shard_of(event.maker_member_id, shards),
-                    shard_of(event.taker_member_id, shards),
+                    member_shard(event.maker_member_id, shards),
+                    member_shard(event.taker_member_id, shards),
                 )
                 settlements.setdefault(maker, []).append(event)
                 if taker != maker:
                     settlements.setdefault(taker, []).append(event)
             else:
-                settlements.setdefault(shard_of(event.member_id, shards), []).append(event)
+                settlements.setdefault(member_shard(event.member_id, shards), []).append(event)
         out.events = EventBatch(self.market.symbol, seq, received_at, events)
         return out
 

@@ -1,0 +1,148 @@
+"""The way into the order pipeline for the gateway and the RabbitMQ ingress.
+
+Commands are micro-batched per accounts shard: while one JetStream publish is waiting for its
+ack, new commands gather, and the next publish carries them all in one message. Under light
+load a command goes alone and at once; under heavy load batches grow by themselves, which is
+what keeps `sync_interval: always` affordable (one fsync per batch, not per order).
+
+`submit()` returns once the command is durable (JetStream acked it): from then on the order
+exists whatever crashes. The accounts decision and the engine outcome then arrive on this
+instance's reply inbox and resolve the `Submission`'s futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bourse.contracts import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
+from bourse.domain.orders import AmendOrder, CancelOrder, PlaceOrder
+from bourse.topology import ORDERS, member_shard
+
+log = logging.getLogger(__name__)
+
+Command = PlaceOrder | CancelOrder | AmendOrder
+
+
+def command_kind(command: Command) -> str:
+    if isinstance(command, PlaceOrder):
+        return "place"
+    return "cancel" if isinstance(command, CancelOrder) else "amend"
+
+
+@dataclass(slots=True)
+class Submission:
+    command: Command
+    durable: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    decision: asyncio.Future[Decision] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    outcome: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _ShardQueue:
+    def __init__(self) -> None:
+        self.pending: list[Submission] = []
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class OrderIntake:
+    def __init__(self, nc: Client, namespace: str, shards: int, *, max_batch: int = 500) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.namespace = namespace
+        self.shards = shards
+        self.max_batch = max_batch
+        self.inbox = nc.new_inbox()
+        self._waiting: dict[tuple[int, str], Submission] = {}
+        self._queues = {shard: _ShardQueue() for shard in range(shards)}
+        self._sub: Subscription | None = None
+        self.published_messages = 0
+        self.published_commands = 0
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_reply)
+        for shard, queue in self._queues.items():
+            queue.task = asyncio.create_task(self._flush_loop(shard, queue), name=f"intake:{shard}")
+
+    async def stop(self) -> None:
+        for queue in self._queues.values():
+            if queue.task is not None:
+                queue.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await queue.task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def submit(self, command: Command) -> Submission:
+        """Queue the command and return once it is durable in JetStream (raises if it cannot be)."""
+        submission = Submission(command)
+        key = (command.order_id, command_kind(command))
+        self._waiting[key] = submission
+        queue = self._queues[member_shard(command.member_id, self.shards)]
+        queue.pending.append(submission)
+        queue.wakeup.set()
+        try:
+            await submission.durable
+        except BaseException:
+            self._waiting.pop(key, None)
+            raise
+        return submission
+
+    def forget(self, submission: Submission) -> None:
+        """Stop waiting for replies about this submission (the caller has what it needed)."""
+        key = (submission.command.order_id, command_kind(submission.command))
+        if self._waiting.get(key) is submission:
+            del self._waiting[key]
+
+    async def _flush_loop(self, shard: int, queue: _ShardQueue) -> None:
+        subject = ORDERS.subject(self.namespace, shard)
+        while True:
+            await queue.wakeup.wait()
+            queue.wakeup.clear()
+            while queue.pending:
+                batch, queue.pending = queue.pending[: self.max_batch], queue.pending[self.max_batch :]
+                payload = encode(AccountsBatch([s.command for s in batch], reply_to=self.inbox))
+                try:
+                    await self.js.publish(subject, payload, timeout=5.0)
+                except Exception as exc:
+                    for submission in batch:
+                        if not submission.durable.done():
+                            submission.durable.set_exception(exc)
+                    continue
+                self.published_messages += 1
+                self.published_commands += len(batch)
+                for submission in batch:
+                    if not submission.durable.done():
+                        submission.durable.set_result(None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            reply = REPLY_DECODER.decode(msg.data)
+        except Exception:
+            log.warning("undecodable reply on the intake inbox")
+            return
+        waiting = self._waiting
+        if isinstance(reply, Decisions):
+            for decision in reply.items:
+                key = (decision.order_id, decision.command)
+                submission = waiting.get(key)
+                if submission is not None and not submission.decision.done():
+                    submission.decision.set_result(decision)
+                    if not decision.accepted:
+                        del waiting[key]
+        else:
+            for outcome in reply.items:
+                submission = waiting.pop((outcome.order_id, outcome.command), None)
+                if submission is not None and not submission.outcome.done():
+                    submission.outcome.set_result(outcome)
