@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
+    jwt_issuer: str = Field(default="bourse", description="`iss` of member tokens: issued and required.")
+    jwt_audience: str = Field(default="bourse-api", description="`aud` of member tokens: issued, required.")
+    jwt_keys_dir: Path | None = Field(
+        default=None,
+        description="ES256 keys (`<kid>.pem`, private or public; `*.jwks.json`). Unset: `<data_dir>/keys`.",
+    )
+    jwt_ttl_s: int = Field(default=3600, ge=1, description="Lifetime of the tokens bourse issues.")
+    dev_tokens: bool = Field(
+        default=True,
+        description="Issue member tokens (auth `issue` endpoint, keys made on first use). "
+        "Production: false, tokens come from its own auth server whose public keys are in `jwt_keys_dir`.",
+    )
+
     @cached_property
     def catalog(self) -> Catalog:
         return load_catalog(self.markets_file)
