@@ -1,0 +1,545 @@
+"""Read models of the order pipeline: what a member and a market look like now, folded from the
+engine's `EventBatch`es (stream EVENTS) and the accounts stage's `AccountsReport`s (stream
+ACCOUNTS). Pure: no I/O, no clock; the same messages give the same answers.
+
+`OrderViews` keeps, in memory:
+
+- per order: an `OrderView` (status, executed, remaining, funds, reasons, times);
+- per member: open orders (all of them), the most recently closed orders (bounded), balances
+  (the latest `BalanceChanged` per currency) and recent trades (bounded);
+- per market: recent trades (bounded), the last price and the depth: price levels aggregated
+  from the open GTC limit orders (price -> sum of remaining), kept up to date event by event.
+
+Idempotent: a batch whose sequence is at or below the last one applied for its market (EVENTS:
+`EventBatch.seq`, the matching engine's input sequence) or its shard (ACCOUNTS:
+`AccountsReport.seq`) is ignored, so a replay or a republished duplicate changes nothing.
+
+Orders rejected by the accounts stage (funds, validation) never reach the engine: their view is
+created from the `OrderRejected` alone, so side, type, price, amount and tif are unknown (None)
+and the status is CLOSED with `close_reason = REJECTED` and `reject_reason` set. A DUPLICATE_ORDER
+rejection names an order that exists already and creates nothing; rejected cancels and amends
+leave the order as it was.
+
+Order lists are most recent first, by order id (ids are time ordered).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from bourse.domain.orders import (
+    FINAL_STATUSES,
+    CloseReason,
+    OrderAccepted,
+    OrderAmended,
+    OrderClosed,
+    OrderRejected,
+    OrderStatus,
+    OrderType,
+    OrderUpdated,
+    RejectReason,
+    Side,
+    TimeInForce,
+    Trade,
+)
+
+if TYPE_CHECKING:  # contracts import this module for their reply types
+    from bourse.contracts import AccountsReport, EventBatch
+
+__all__ = [
+    "BalanceView",
+    "DepthView",
+    "MemberTrade",
+    "OrderView",
+    "OrderViews",
+    "PublicTrade",
+    "parse_state",
+]
+
+CLOSED_PER_MEMBER: Final = 1000
+TRADES_PER_MARKET: Final = 1000
+TRADES_PER_MEMBER: Final = 1000
+
+_BUY = Side.BUY
+_LIMIT = OrderType.LIMIT
+_GTC = TimeInForce.GTC
+_SUBMITTED = OrderStatus.SUBMITTED
+_PARTIAL = OrderStatus.PARTIALLY_FILLED
+_CLOSED = OrderStatus.CLOSED
+_OPEN_STATUSES: Final = frozenset({_SUBMITTED, _PARTIAL})
+
+
+class OrderView(msgspec.Struct, kw_only=True):
+    """One order as a member sees it. Quantities are integers on the market's grid: `price` in
+    price units, `amount`/`executed`/`remaining` in amount units, `funds` in quote currency units.
+    Times are nanoseconds since the epoch."""
+
+    id: int
+    member_id: int
+    market: str
+    side: Side | None
+    """None only for an order the accounts stage rejected (it never reached the engine)."""
+    type: OrderType | None
+    price: int | None
+    """Limit price; None for market orders (and rejected ones)."""
+    amount: int | None
+    executed: int = 0
+    remaining: int = 0
+    """Unfilled amount: still in the book while the order is open, left unfilled once closed."""
+    funds: int = 0
+    """Quote units exchanged so far (spent by a buy, received by a sell), before fees."""
+    status: OrderStatus
+    close_reason: CloseReason | None = None
+    reject_reason: RejectReason | None = None
+    tif: TimeInForce | None = None
+    post_only: bool = False
+    client_order_id: str | None = None
+    created_at: int = 0
+    """Stamped by the gateway."""
+    received_at: int = 0
+    """Stamped by the engine (the time its input stream stored the command)."""
+    updated_at: int = 0
+    """`received_at` of the engine batch (or the time of the accounts report) that last changed it."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in _OPEN_STATUSES
+
+
+class BalanceView(msgspec.Struct, frozen=True):
+    currency: str
+    available: int
+    locked: int
+    """Ledger units of the currency (10**-precision)."""
+
+
+class PublicTrade(msgspec.Struct, frozen=True):
+    """A trade as anyone may see it (no member or order ids)."""
+
+    id: int
+    """Per market, from 1."""
+    market: str
+    price: int
+    amount: int
+    funds: int
+    taker_side: Side
+    ts: int
+
+
+class MemberTrade(msgspec.Struct, frozen=True):
+    """A trade from one member's side of it."""
+
+    id: int
+    market: str
+    price: int
+    amount: int
+    funds: int
+    side: Side
+    order_id: int
+    role: str
+    """"maker" or "taker"."""
+    ts: int
+
+
+class DepthView(msgspec.Struct, frozen=True):
+    """Aggregated price levels, best first: `[price, remaining amount]`."""
+
+    market: str
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+    last_price: int | None
+    seq: int
+    """The last engine input sequence applied for this market (0: nothing yet)."""
+
+
+def parse_state(state: str | None) -> frozenset[OrderStatus] | None:
+    """`None` (every order), "open", "closed" or one status; ValueError for anything else."""
+    if state is None:
+        return None
+    if state == "open":
+        return _OPEN_STATUSES
+    if state == "closed":
+        return FINAL_STATUSES
+    return frozenset({OrderStatus(state)})
+
+
+class _Levels:
+    """One side of a market's depth: price level -> remaining sum, keys sorted best first
+    (key = -price for bids, price for asks)."""
+
+    __slots__ = ("keys", "levels", "sign")
+
+    def __init__(self, sign: int) -> None:
+        self.sign = sign
+        self.levels: dict[int, int] = {}
+        self.keys: list[int] = []
+
+    def add(self, price: int, amount: int) -> None:
+        key = price * self.sign
+        levels = self.levels
+        total = levels.get(key)
+        if total is None:
+            levels[key] = amount
+            insort(self.keys, key)
+        else:
+            levels[key] = total + amount
+
+    def sub(self, price: int, amount: int) -> None:
+        key = price * self.sign
+        levels = self.levels
+        total = levels[key] - amount
+        if total > 0:
+            levels[key] = total
+        else:
+            del levels[key]
+            keys = self.keys
+            del keys[bisect_left(keys, key)]
+
+    def top(self, limit: int) -> list[tuple[int, int]]:
+        sign, levels = self.sign, self.levels
+        return [(key * sign, levels[key]) for key in self.keys[:limit]]
+
+
+class _Market:
+    __slots__ = ("asks", "bids", "last_price", "seq", "trades")
+
+    def __init__(self, trades: int) -> None:
+        self.bids = _Levels(-1)
+        self.asks = _Levels(1)
+        self.trades: deque[PublicTrade] = deque(maxlen=trades)
+        self.last_price: int | None = None
+        self.seq = 0
+
+
+class _Member:
+    __slots__ = ("balances", "closed", "open", "trades")
+
+    def __init__(self, trades: int) -> None:
+        self.open: dict[int, OrderView] = {}
+        self.closed: OrderedDict[int, OrderView] = OrderedDict()
+        """In the order they closed, oldest first (evicted first)."""
+        self.balances: dict[str, BalanceView] = {}
+        self.trades: deque[MemberTrade] = deque(maxlen=trades)
+
+
+def _rests(view: OrderView) -> bool:
+    """Does the order sit in the book (and so count in the depth)?"""
+    return view.tif is _GTC and view.type is _LIMIT and view.status in _OPEN_STATUSES and view.remaining > 0
+
+
+class OrderViews:
+    """The projection. Feed it with `apply_events` and `apply_report`; ask with the queries."""
+
+    def __init__(
+        self,
+        *,
+        closed_per_member: int = CLOSED_PER_MEMBER,
+        trades_per_market: int = TRADES_PER_MARKET,
+        trades_per_member: int = TRADES_PER_MEMBER,
+    ) -> None:
+        self.closed_per_member = closed_per_member
+        self.trades_per_market = trades_per_market
+        self.trades_per_member = trades_per_member
+        self._orders: dict[int, OrderView] = {}
+        self._members: dict[int, _Member] = {}
+        self._markets: dict[str, _Market] = {}
+        self._accounts_seq: dict[int, int] = {}
+        self.events_applied = 0
+        self.unknown_order_events = 0
+        """Updates about orders this projection never saw accepted (accepted before the oldest
+        message the stream still holds): counted, otherwise ignored."""
+
+    # ------------------------------------------------------------------ feeding
+
+    def apply_events(self, batch: EventBatch) -> bool:
+        """Apply one engine batch; False (and nothing changed) if its sequence was applied already."""
+        market = self._market(batch.market)
+        if batch.seq <= market.seq:
+            return False
+        market.seq = batch.seq
+        ts = batch.received_at
+        orders = self._orders
+        for event in batch.events:
+            if isinstance(event, OrderUpdated):
+                self._updated(event, orders.get(event.order_id), market, ts)
+            elif isinstance(event, Trade):
+                self._trade(event, market)
+            elif isinstance(event, OrderAccepted):
+                self._accepted(event, market, ts)
+            elif isinstance(event, OrderClosed):
+                self._closed(event, orders.get(event.order_id), market, ts)
+            elif isinstance(event, OrderAmended):
+                self._amended(event, orders.get(event.order_id), market, ts)
+            else:
+                self._rejected(event, ts)
+        self.events_applied += len(batch.events)
+        return True
+
+    def apply_report(self, report: AccountsReport, ts: int = 0) -> bool:
+        """Apply one accounts report stored at `ts` (ns); False if its sequence was applied already."""
+        if report.seq <= self._accounts_seq.get(report.shard, 0):
+            return False
+        self._accounts_seq[report.shard] = report.seq
+        for rejected in report.rejected:
+            self._rejected(rejected, ts)
+        for change in report.balances:
+            self._member(change.member_id).balances[change.currency] = BalanceView(
+                change.currency, change.available, change.locked
+            )
+        return True
+
+    def _market(self, symbol: str) -> _Market:
+        market = self._markets.get(symbol)
+        if market is None:
+            market = self._markets[symbol] = _Market(self.trades_per_market)
+        return market
+
+    def _member(self, member_id: int) -> _Member:
+        member = self._members.get(member_id)
+        if member is None:
+            member = self._members[member_id] = _Member(self.trades_per_member)
+        return member
+
+    def _accepted(self, e: OrderAccepted, market: _Market, ts: int) -> None:
+        previous = self._orders.get(e.order_id)
+        if previous is not None:  # only a view made from a rejection can be here
+            self._forget(previous, market)
+        view = OrderView(
+            id=e.order_id,
+            member_id=e.member_id,
+            market=e.market,
+            side=e.side,
+            type=e.type,
+            price=e.price,
+            amount=e.amount,
+            remaining=e.amount,
+            status=_SUBMITTED,
+            tif=e.tif,
+            post_only=e.post_only,
+            client_order_id=e.client_order_id,
+            created_at=e.created_at,
+            received_at=e.received_at,
+            updated_at=ts,
+        )
+        self._orders[e.order_id] = view
+        self._member(e.member_id).open[e.order_id] = view
+        if _rests(view):
+            (market.bids if e.side is _BUY else market.asks).add(e.price, e.amount)  # type: ignore[arg-type]
+
+    def _rejected(self, e: OrderRejected, ts: int) -> None:
+        if e.command != "place" or e.reason == RejectReason.DUPLICATE_ORDER or e.order_id in self._orders:
+            return
+        view = OrderView(
+            id=e.order_id,
+            member_id=e.member_id,
+            market=e.market,
+            side=None,
+            type=None,
+            price=None,
+            amount=None,
+            status=_CLOSED,
+            close_reason=CloseReason.REJECTED,
+            reject_reason=e.reason,
+            updated_at=ts,
+        )
+        self._orders[e.order_id] = view
+        self._retire(view, self._member(e.member_id))
+
+    def _trade(self, t: Trade, market: _Market) -> None:
+        market.trades.append(
+            PublicTrade(t.trade_id, t.market, t.price, t.amount, t.funds, t.taker_side, t.ts)
+        )
+        market.last_price = t.price
+        taker_side = t.taker_side
+        maker_side = Side.SELL if taker_side is _BUY else _BUY
+        orders = self._orders
+        for order_id, member_id, side, role in (
+            (t.maker_order_id, t.maker_member_id, maker_side, "maker"),
+            (t.taker_order_id, t.taker_member_id, taker_side, "taker"),
+        ):
+            view = orders.get(order_id)
+            if view is not None:
+                view.funds += t.funds
+            self._member(member_id).trades.append(
+                MemberTrade(t.trade_id, t.market, t.price, t.amount, t.funds, side, order_id, role, t.ts)
+            )
+
+    def _updated(self, e: OrderUpdated, view: OrderView | None, market: _Market, ts: int) -> None:
+        if view is None:
+            self.unknown_order_events += 1
+            return
+        rests = _rests(view)
+        if rests:
+            self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
+        view.executed = e.executed
+        view.remaining = e.remaining
+        view.status = e.status
+        view.updated_at = ts
+        if _rests(view):
+            self._levels(view, market).add(view.price, view.remaining)  # type: ignore[arg-type]
+
+    def _amended(self, e: OrderAmended, view: OrderView | None, market: _Market, ts: int) -> None:
+        if view is None:
+            self.unknown_order_events += 1
+            return
+        if _rests(view):
+            self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
+        view.price = e.price
+        view.amount = e.amount
+        view.remaining = e.remaining
+        view.executed = e.amount - e.remaining
+        view.status = _PARTIAL if view.executed else _SUBMITTED
+        view.updated_at = ts
+        if _rests(view):
+            self._levels(view, market).add(e.price, e.remaining)
+
+    def _closed(self, e: OrderClosed, view: OrderView | None, market: _Market, ts: int) -> None:
+        if view is None:
+            self.unknown_order_events += 1
+            return
+        if _rests(view):
+            self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
+        view.status = e.status
+        view.close_reason = e.reason
+        view.executed = e.executed
+        view.remaining = (view.amount or 0) - e.executed
+        view.funds = e.funds_spent
+        view.updated_at = ts
+        member = self._member(view.member_id)
+        member.open.pop(view.id, None)
+        self._retire(view, member)
+
+    def _retire(self, view: OrderView, member: _Member) -> None:
+        closed = member.closed
+        closed[view.id] = view
+        if len(closed) > self.closed_per_member:
+            evicted, _ = closed.popitem(last=False)
+            self._orders.pop(evicted, None)
+
+    def _forget(self, view: OrderView, market: _Market) -> None:
+        if _rests(view):
+            self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
+        member = self._member(view.member_id)
+        member.open.pop(view.id, None)
+        member.closed.pop(view.id, None)
+        del self._orders[view.id]
+
+    @staticmethod
+    def _levels(view: OrderView, market: _Market) -> _Levels:
+        return market.bids if view.side is _BUY else market.asks
+
+    # ------------------------------------------------------------------ queries
+
+    def order(self, member_id: int, order_id: int) -> OrderView | None:
+        """The order, or None if it is unknown or belongs to another member."""
+        view = self._orders.get(order_id)
+        if view is None or view.member_id != member_id:
+            return None
+        return view
+
+    def orders(
+        self,
+        member_id: int,
+        market: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]:
+        """A member's orders, most recent (highest id) first. `state`: None (all), "open",
+        "closed" or one status (ValueError otherwise); `before_id`: only ids below it."""
+        statuses = parse_state(state)
+        member = self._members.get(member_id)
+        if member is None or limit <= 0:
+            return []
+        sources: list[Iterable[OrderView]] = []
+        if statuses is None or statuses & _OPEN_STATUSES:
+            sources.append(member.open.values())
+        if statuses is None or statuses & FINAL_STATUSES:
+            sources.append(member.closed.values())
+
+        def matching() -> Iterator[OrderView]:
+            for source in sources:
+                for view in source:
+                    if market is not None and view.market != market:
+                        continue
+                    if statuses is not None and view.status not in statuses:
+                        continue
+                    if before_id is not None and view.id >= before_id:
+                        continue
+                    yield view
+
+        return heapq.nlargest(limit, matching(), key=_order_id)
+
+    def open_orders(self, member_id: int, market: str | None = None) -> list[OrderView]:
+        """Every open order of a member (optionally in one market), most recent first."""
+        member = self._members.get(member_id)
+        if member is None:
+            return []
+        found = [view for view in member.open.values() if market is None or view.market == market]
+        found.sort(key=_order_id, reverse=True)
+        return found
+
+    def balances(self, member_id: int) -> list[BalanceView]:
+        member = self._members.get(member_id)
+        if member is None:
+            return []
+        return [member.balances[code] for code in sorted(member.balances)]
+
+    def depth(self, market: str, limit: int = 50) -> DepthView:
+        state = self._markets.get(market)
+        if state is None:
+            return DepthView(market, [], [], None, 0)
+        return DepthView(market, state.bids.top(limit), state.asks.top(limit), state.last_price, state.seq)
+
+    def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
+        """Recent trades of a market, most recent first."""
+        state = self._markets.get(market)
+        if state is None or limit <= 0:
+            return []
+        return list(islice(reversed(state.trades), limit))
+
+    def member_trades(self, member_id: int, market: str | None = None, limit: int = 100) -> list[MemberTrade]:
+        """A member's recent trades (optionally in one market), most recent first."""
+        member = self._members.get(member_id)
+        if member is None or limit <= 0:
+            return []
+        found: list[MemberTrade] = []
+        for trade in reversed(member.trades):
+            if market is None or trade.market == market:
+                found.append(trade)
+                if len(found) == limit:
+                    break
+        return found
+
+    def last_price(self, market: str) -> int | None:
+        state = self._markets.get(market)
+        return None if state is None else state.last_price
+
+    # ------------------------------------------------------------------ progress
+
+    def events_seq(self) -> dict[str, int]:
+        """Per market, the last engine input sequence applied."""
+        return {symbol: state.seq for symbol, state in sorted(self._markets.items())}
+
+    def accounts_seq(self) -> dict[int, int]:
+        """Per accounts shard, the last input sequence applied."""
+        return dict(sorted(self._accounts_seq.items()))
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "orders": len(self._orders),
+            "open_orders": sum(len(member.open) for member in self._members.values()),
+            "members": len(self._members),
+            "markets": len(self._markets),
+        }
+
+
+def _order_id(view: OrderView) -> int:
+    return view.id
