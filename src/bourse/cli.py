@@ -1,4 +1,5 @@
-"""The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them."""
+"""The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them,
+`token` prints a member token for development."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def cmd_services(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from bourse.auth import issuer_for, key_ring_for, keys_dir
+
+    settings = Settings()
+    try:
+        ring = key_ring_for(settings)
+        token = issuer_for(settings, ring).issue(args.member_id, args.email, args.ttl)
+    except (LookupError, ValueError) as exc:
+        print(f"bourse token: {exc} (keys: {keys_dir(settings)})", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bourse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("services", nargs="+", metavar="SERVICE")
     run.set_defaults(func=cmd_run)
     commands.add_parser("services", help="list the services").set_defaults(func=cmd_services)
+    token = commands.add_parser(
+        "token", help="print a member token signed with the local key ring (development)"
+    )
+    token.add_argument("member_id", type=int, metavar="MEMBER_ID")
+    token.add_argument(
+        "--ttl", type=int, default=None, metavar="SECONDS", help="lifetime (default BOURSE_JWT_TTL_S)"
+    )
+    token.add_argument("--email", default=None, help="email claim")
+    token.set_defaults(func=cmd_token)
     return parser
 
 
