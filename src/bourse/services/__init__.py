@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from bourse.runtime.service import Service
 from bourse.services.accounts import AccountsService
+from bourse.services.auth import Auth
 from bourse.services.gateway import Gateway
+from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.settings import Settings
 
 SERVICES: dict[str, type[Service]] = {
-    service.name: service for service in (AccountsService, MatchingService, Gateway)
+    service.name: service for service in (AccountsService, MatchingService, Auth, Ids, Gateway)
 }
 
 
