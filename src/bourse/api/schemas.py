@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bourse.catalog import MarketFees
 from bourse.domain.money import Market, format_scaled
+from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
 
 
 class MarketOut(BaseModel):
@@ -46,3 +49,49 @@ class Problem(BaseModel):
     status: int
     code: str
     detail: str
+
+
+ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+DecimalString = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class OrderIn(BaseModel):
+    """A new order. `price` is required for limit orders and refused for market orders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    market: str = Field(examples=["btc_usd"])
+    side: Side
+    type: OrderType = OrderType.LIMIT
+    amount: DecimalString = Field(description="Base amount, a decimal string", examples=["0.25"])
+    price: DecimalString | None = Field(default=None, examples=["65000.00"])
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    client_order_id: ClientOrderId | None = None
+
+
+class AmendIn(BaseModel):
+    """New price and/or new total amount. Decreasing the amount only keeps time priority."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: DecimalString | None = None
+    amount: DecimalString | None = None
+
+
+class OrderOut(BaseModel):
+    id: str = Field(description="64-bit order id, as a string so JavaScript clients keep every digit")
+    client_order_id: str | None = None
+    member_id: int
+    market: str
+    side: Side
+    type: OrderType
+    price: str | None
+    amount: str
+    executed: str
+    remaining: str
+    status: OrderStatus
+    time_in_force: TimeInForce
+    post_only: bool
+    created_at: str | None = None
+    reason: str | None = Field(default=None, description="Why the order was closed or rejected, if it was")

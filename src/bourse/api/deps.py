@@ -1,0 +1,60 @@
+"""What the routes need, injected: the markets, the order intake, ids, token verification, reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Request
+
+from bourse.adapters.order_intake import OrderIntake
+from bourse.api.errors import ApiError
+from bourse.catalog import Catalog
+
+
+class MemberPrincipal(Protocol):
+    @property
+    def member_id(self) -> int: ...
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> MemberPrincipal: ...
+
+
+class IdSource(Protocol):
+    def next_id(self) -> int: ...
+
+
+@dataclass(slots=True)
+class GatewayDeps:
+    catalog: Catalog
+    intake: OrderIntake
+    ids: IdSource
+    verifier: TokenVerifier
+    decision_timeout_s: float = 2.0
+    """How long POST /order waits for the accounts decision before answering 202."""
+
+
+def get_deps(request: Request) -> GatewayDeps:
+    deps: GatewayDeps = request.app.state.deps
+    return deps
+
+
+Deps = Annotated[GatewayDeps, Depends(get_deps)]
+
+
+def current_member(request: Request, deps: Deps) -> int:
+    """The member id of a valid `Authorization: Bearer <JWT>`; 401 problem+json otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing_token", "send Authorization: Bearer <token>")
+    try:
+        principal = deps.verifier.verify(token.strip())
+    except Exception as exc:
+        code = getattr(exc, "code", "invalid_token")
+        raise ApiError(401, str(code), str(exc) or "invalid token") from exc
+    return principal.member_id
+
+
+Member = Annotated[int, Depends(current_member)]
