@@ -12,10 +12,13 @@ All envelopes are msgpack on the wire (`encode` / the `*_DECODER`s below).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from bourse.domain.accounts import BalanceChanged
 from bourse.domain.ledger import LedgerEntry
+from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
@@ -141,3 +144,124 @@ EVENT_BATCH_DECODER = msgspec.msgpack.Decoder(EventBatch)
 ACCOUNTS_REPORT_DECODER = msgspec.msgpack.Decoder(AccountsReport)
 REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
 """A gateway's reply inbox hears both: the accounts decision, then the engine outcome."""
+
+
+# queries
+#
+# Request and reply bodies of the `query` service's endpoints (core NATS request/reply on
+# `<ns>.svc.query.<endpoint>`), JSON encoded (`json_encode`, the `*_QUERY_DECODER`s). Quantities
+# are integers on the market's grid, like every other contract; the gateway formats them.
+# A query that fails is answered with the nats.micro error headers, `Nats-Service-Error-Code`
+# (an HTTP-like status: "400", "404", "503") and `Nats-Service-Error` (a message), and a
+# `QueryError` body whose `code` is stable and machine-readable (see docs/architecture.md).
+
+QUERY_MAX_LIMIT = 1000
+
+MemberId = Annotated[int, msgspec.Meta(ge=1)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=QUERY_MAX_LIMIT)]
+
+
+class OrderQuery(msgspec.Struct, frozen=True):
+    """`order` -> `OrderView`, or `order_not_found` (also when the order is another member's)."""
+
+    member_id: MemberId
+    order_id: int
+
+
+class OrdersQuery(msgspec.Struct, frozen=True):
+    """`orders` -> `OrdersReply`: a member's orders, most recent (highest id) first."""
+
+    member_id: MemberId
+    market: str | None = None
+    state: str | None = None
+    """"open", "closed" (every final status) or one status name."""
+    status: OrderStatus | None = None
+    """Exactly this status (the way to ask for `closed` alone)."""
+    limit: Limit = 100
+    before_id: int | None = None
+    """Only orders with a lower id: pass the last id of the previous page."""
+
+
+class OrdersReply(msgspec.Struct, frozen=True):
+    orders: list[OrderView]
+
+
+class BalancesQuery(msgspec.Struct, frozen=True):
+    """`balances` -> `BalancesReply`."""
+
+    member_id: MemberId
+
+
+class BalancesReply(msgspec.Struct, frozen=True):
+    member_id: int
+    balances: list[BalanceView]
+    """One per currency the member ever held, sorted by currency code."""
+
+
+class DepthQuery(msgspec.Struct, frozen=True):
+    """`depth` -> `DepthView` (bids and asks best first, `[price, amount]` per level)."""
+
+    market: str
+    limit: Limit = 50
+
+
+class TradesQuery(msgspec.Struct, frozen=True):
+    """`trades` -> `TradesReply`: a market's recent trades, most recent first."""
+
+    market: str
+    limit: Limit = 100
+
+
+class TradesReply(msgspec.Struct, frozen=True):
+    market: str
+    trades: list[PublicTrade]
+
+
+class MemberTradesQuery(msgspec.Struct, frozen=True):
+    """`member_trades` -> `MemberTradesReply`: a member's recent trades, most recent first."""
+
+    member_id: MemberId
+    market: str | None = None
+    limit: Limit = 100
+
+
+class MemberTradesReply(msgspec.Struct, frozen=True):
+    member_id: int
+    trades: list[MemberTrade]
+
+
+class QueryReady(msgspec.Struct, frozen=True):
+    """`ready` (any body) -> whether the answering instance has caught up with the streams."""
+
+    ready: bool
+    events_seq: int
+    """EVENTS stream sequence applied so far."""
+    events_target: int
+    """EVENTS stream's last sequence when the instance started: ready once both are reached."""
+    accounts_seq: int
+    accounts_target: int
+
+
+class QueryError(msgspec.Struct, frozen=True):
+    code: str
+    """`invalid_request`, `order_not_found`, `unknown_market` or `not_ready`."""
+    message: str
+
+
+json_encode = msgspec.json.Encoder().encode
+
+ORDER_QUERY_DECODER = msgspec.json.Decoder(OrderQuery)
+ORDERS_QUERY_DECODER = msgspec.json.Decoder(OrdersQuery)
+BALANCES_QUERY_DECODER = msgspec.json.Decoder(BalancesQuery)
+DEPTH_QUERY_DECODER = msgspec.json.Decoder(DepthQuery)
+TRADES_QUERY_DECODER = msgspec.json.Decoder(TradesQuery)
+MEMBER_TRADES_QUERY_DECODER = msgspec.json.Decoder(MemberTradesQuery)
+QUERY_ERROR_DECODER = msgspec.json.Decoder(QueryError)
+
+ORDER_REPLY_DECODER = msgspec.json.Decoder(OrderView)
+ORDERS_REPLY_DECODER = msgspec.json.Decoder(OrdersReply)
+BALANCES_REPLY_DECODER = msgspec.json.Decoder(BalancesReply)
+DEPTH_REPLY_DECODER = msgspec.json.Decoder(DepthView)
+TRADES_REPLY_DECODER = msgspec.json.Decoder(TradesReply)
+MEMBER_TRADES_REPLY_DECODER = msgspec.json.Decoder(MemberTradesReply)
+QUERY_READY_DECODER = msgspec.json.Decoder(QueryReady)

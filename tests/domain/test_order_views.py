@@ -316,6 +316,9 @@ def test_order_lists_filter_page_and_put_the_most_recent_first() -> None:
     assert [v.id for v in views.orders(1, limit=3, before_id=6)] == [5, 4, 3]
     assert [v.id for v in views.orders(1, limit=3, before_id=3)] == [2, 1]
     assert views.orders(1, limit=0) == []
+    assert [v.id for v in views.orders(1, status=OrderStatus.CANCELLED)] == [4, 2]
+    assert views.orders(1, status=OrderStatus.CLOSED) == []
+    assert views.orders(1, state="open", status=OrderStatus.CANCELLED) == []
     with pytest.raises(ValueError, match="bogus"):
         views.orders(1, state="bogus")
     assert views.depth("ETH-USD", 10).bids == [(50, 1)]

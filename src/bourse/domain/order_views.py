@@ -160,7 +160,8 @@ class DepthView(msgspec.Struct, frozen=True):
 
 
 def parse_state(state: str | None) -> frozenset[OrderStatus] | None:
-    """`None` (every order), "open", "closed" or one status; ValueError for anything else."""
+    """`None` (every order), "open" (submitted, partially filled), "closed" (every final status:
+    executed, cancelled, closed) or one status name; ValueError for anything else."""
     if state is None:
         return None
     if state == "open":
@@ -451,10 +452,15 @@ class OrderViews:
         state: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        status: OrderStatus | None = None,
     ) -> list[OrderView]:
         """A member's orders, most recent (highest id) first. `state`: None (all), "open",
-        "closed" or one status (ValueError otherwise); `before_id`: only ids below it."""
+        "closed" (every final status) or one status (ValueError otherwise); `status`: exactly
+        that status (the way to ask for CLOSED alone, since "closed" names the group);
+        `before_id`: only ids below it."""
         statuses = parse_state(state)
+        if status is not None:
+            statuses = frozenset({status}) if statuses is None else statuses & {status}
         member = self._members.get(member_id)
         if member is None or limit <= 0:
             return []
