@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     matching_markets: list[str] | None = Field(
         default=None, description="Markets this process matches (JSON list); unset: all of them."
     )
+    order_decision_timeout_s: float = Field(
+        default=2.0, gt=0, description="How long POST /order waits for the accounts decision before a 202."
+    )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
     jwt_issuer: str = Field(default="bourse", description="`iss` of member tokens: issued and required.")

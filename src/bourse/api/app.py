@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from bourse import __version__
+from bourse.api import market_data, orders
+from bourse.api.deps import GatewayDeps
 from bourse.api.errors import ApiError, install_error_handlers
 from bourse.api.schemas import MarketOut, Problem
-from bourse.catalog import Catalog
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "content": {"application/problem+json": {}}},
 }
 
 
-def create_app(catalog: Catalog) -> FastAPI:
+def create_app(deps: GatewayDeps) -> FastAPI:
     app = FastAPI(
         title="bourse",
         version=__version__,
@@ -23,6 +24,8 @@ def create_app(catalog: Catalog) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/v3/openapi.json",
     )
+    app.state.deps = deps
+    catalog = deps.catalog
     install_error_handlers(app)
     router = APIRouter(prefix="/api/v3")
 
@@ -39,4 +42,6 @@ def create_app(catalog: Catalog) -> FastAPI:
         return MarketOut.of(found, catalog.fees[market])
 
     app.include_router(router)
+    app.include_router(orders.router)
+    app.include_router(market_data.router)
     return app

@@ -8,6 +8,7 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 
 from bourse.adapters.order_intake import OrderIntake
+from bourse.adapters.query_client import QueryClient
 from bourse.api.errors import ApiError
 from bourse.catalog import Catalog
 
@@ -31,6 +32,7 @@ class GatewayDeps:
     intake: OrderIntake
     ids: IdSource
     verifier: TokenVerifier
+    queries: QueryClient
     decision_timeout_s: float = 2.0
     """How long POST /order waits for the accounts decision before answering 202."""
 

@@ -5,23 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from bourse.adapters.order_intake import Submission
+from bourse.adapters.query_client import QueryFailed
 from bourse.api.deps import Deps, GatewayDeps, Member
 from bourse.api.errors import ApiError
-from bourse.api.schemas import OrderIn, OrderOut, Problem
-from bourse.contracts import Decision, Outcome
+from bourse.api.schemas import AmendIn, OrderIn, OrderOut, Problem
+from bourse.contracts import QUERY_MAX_LIMIT, Decision, OrdersQuery, Outcome
 from bourse.domain.money import Market, MoneyError
-from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, TimeInForce
+from bourse.domain.order_views import OrderView
+from bourse.domain.orders import (
+    AmendOrder,
+    CancelOrder,
+    OrderStatus,
+    OrderType,
+    PlaceOrder,
+    Side,
+    TimeInForce,
+)
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/api/v3", tags=["orders"])
 
 PROBLEMS: dict[int | str, dict[str, object]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (401, 404, 409, 422, 503)
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (401, 404, 409, 422, 503)
 }
 
 
@@ -65,16 +80,16 @@ def place_order_out(market: Market, command: PlaceOrder, outcome: Outcome | None
     )
 
 
-async def submit(deps: GatewayDeps, command: PlaceOrder) -> Submission:
+async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrder) -> Submission:
     try:
         return await deps.intake.submit(command)
     except Exception as exc:
-        raise ApiError(503, "unavailable", "the order could not be made durable; nothing was accepted") from exc
+        raise ApiError(
+            503, "unavailable", "the order could not be made durable; nothing was accepted"
+        ) from exc
 
 
-async def wait_answer(
-    deps: GatewayDeps, submission: Submission
-) -> tuple[Decision | None, Outcome | None]:
+async def wait_answer(deps: GatewayDeps, submission: Submission) -> tuple[Decision | None, Outcome | None]:
     """The accounts decision and, if it comes within the same bound, the engine outcome."""
     deadline = time.monotonic() + deps.decision_timeout_s
     decision: Decision | None = None
@@ -95,6 +110,7 @@ async def wait_answer(
 @router.post(
     "/order",
     status_code=201,
+    response_model=OrderOut,
     responses={**PROBLEMS, 202: {"model": OrderOut, "description": "Durable, decision still pending"}},
 )
 async def create_order(body: OrderIn, member: Member, deps: Deps) -> OrderOut | JSONResponse:
@@ -141,10 +157,161 @@ async def create_order(body: OrderIn, member: Member, deps: Deps) -> OrderOut | 
         return JSONResponse(place_order_out(market, command, None).model_dump(), status_code=202)
     if not decision.accepted:
         if decision.existing_order_id is not None:
-            return JSONResponse(
-                {"id": str(decision.existing_order_id), "client_order_id": body.client_order_id, "duplicate": True},
-                status_code=200,
-            )
+            first = await find_order(deps, member, decision.existing_order_id, wait_s=deps.decision_timeout_s)
+            if first is None:
+                raise ApiError(
+                    409,
+                    "duplicate_client_order_id",
+                    "an order with this client_order_id exists",
+                    order_id=str(decision.existing_order_id),
+                )
+            return JSONResponse(view_out(deps, first).model_dump(), status_code=200)
         reason = decision.reason or "rejected"
         raise ApiError(422, str(reason), f"order refused: {reason}", order_id=str(order_id))
     return place_order_out(market, command, outcome)
+
+
+def view_out(deps: GatewayDeps, view: OrderView, outcome: Outcome | None = None) -> OrderOut:
+    market = deps.catalog.markets[view.market]
+    executed, status = view.executed, view.status
+    amount = view.amount or 0
+    if outcome is not None and outcome.status is not None:
+        executed, status = outcome.executed, outcome.status
+    reason = view.reject_reason or view.close_reason
+    if outcome is not None and outcome.reason is not None:
+        reason = outcome.reason
+    return OrderOut(
+        id=str(view.id),
+        client_order_id=view.client_order_id,
+        member_id=view.member_id,
+        market=view.market,
+        side=view.side or Side.BUY,
+        type=view.type or OrderType.LIMIT,
+        price=market.format_price(view.price) if view.price is not None else None,
+        amount=market.format_amount(amount),
+        executed=market.format_amount(executed),
+        remaining=market.format_amount(max(amount - executed, 0) if status in OPEN else view.remaining),
+        status=status,
+        time_in_force=view.tif or TimeInForce.GTC,
+        post_only=view.post_only,
+        created_at=iso(view.created_at) if view.created_at else None,
+        reason=str(reason) if reason is not None else None,
+    )
+
+
+OPEN = frozenset({OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED})
+
+
+async def query(deps: GatewayDeps, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except QueryFailed as exc:
+        raise ApiError(exc.status if exc.status >= 400 else 503, exc.code, str(exc)) from exc
+
+
+async def find_order(
+    deps: GatewayDeps, member: int, order_id: int, *, wait_s: float = 0.0
+) -> OrderView | None:
+    """The member's order from the read model; waits up to `wait_s` for a very recent one."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        view = await query(deps, deps.queries.order(member, order_id))
+        if view is not None or time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(0.02)
+
+
+def order_id_or_404(text: str) -> int:
+    if not text.isdigit() or len(text) > 20:
+        raise ApiError(404, "order_not_found", f"no order {text!r}")
+    return int(text)
+
+
+@router.get("/order/{order_id}", responses=PROBLEMS)
+async def get_order(order_id: str, member: Member, deps: Deps) -> OrderOut:
+    """One of the member's orders. Another member's order id is a 404, as is an unknown one."""
+    view = await find_order(deps, member, order_id_or_404(order_id))
+    if view is None:
+        raise ApiError(404, "order_not_found", f"no order {order_id}")
+    return view_out(deps, view)
+
+
+@router.get("/orders", responses=PROBLEMS)
+async def list_orders(
+    member: Member,
+    deps: Deps,
+    market: str | None = None,
+    state: Annotated[str | None, Query(description='"open", "closed" or one status')] = None,
+    limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100,
+    before_id: Annotated[str | None, Query(description="Paging: the last id of the previous page")] = None,
+) -> list[OrderOut]:
+    """The member's orders, most recent first."""
+    if market is not None:
+        market_or_422(deps, market)
+    before = order_id_or_404(before_id) if before_id is not None else None
+    reply = await query(deps, deps.queries.orders(OrdersQuery(member, market, state, None, limit, before)))
+    return [view_out(deps, view) for view in reply.orders]
+
+
+async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> Outcome | None:
+    submission = await submit(deps, command)
+    decision, outcome = await wait_answer(deps, submission)
+    if decision is not None and not decision.accepted:
+        reason = decision.reason or "rejected"
+        if reason == "unknown_order":
+            raise ApiError(404, "order_not_found", f"no open order {command.order_id}")
+        raise ApiError(422, str(reason), f"refused: {reason}", order_id=str(command.order_id))
+    if outcome is not None and outcome.status is None and outcome.reason is not None:
+        if outcome.reason in ("unknown_order", "order_closed"):
+            raise ApiError(422, "order_closed", f"order {command.order_id} is no longer open")
+        raise ApiError(422, str(outcome.reason), f"refused: {outcome.reason}", order_id=str(command.order_id))
+    return outcome
+
+
+@router.delete("/order/{order_id}", responses=PROBLEMS)
+async def cancel_order(order_id: str, member: Member, deps: Deps) -> OrderOut:
+    """Cancel an open order; returns it as it ended (cancelled, or executed if it filled first)."""
+    oid = order_id_or_404(order_id)
+    outcome = await send_and_wait(deps, CancelOrder(oid, member, ""))
+    view = await find_order(deps, member, oid, wait_s=0.5)
+    if view is None:
+        raise ApiError(404, "order_not_found", f"no order {order_id}")
+    return view_out(deps, view, outcome)
+
+
+@router.patch("/order/{order_id}", responses=PROBLEMS)
+async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) -> OrderOut:
+    """Change price and/or total amount. A pure decrease of the amount keeps time priority; any
+    other change moves the order to the back of its price level (and may trade at once)."""
+    oid = order_id_or_404(order_id)
+    if body.price is None and body.amount is None:
+        raise ApiError(422, "amend_invalid", "give a new price, a new amount, or both")
+    view = await find_order(deps, member, oid, wait_s=0.5)
+    if view is None:
+        raise ApiError(404, "order_not_found", f"no order {order_id}")
+    market = deps.catalog.markets[view.market]
+    price = parse_money(market.parse_price, body.price) if body.price is not None else None
+    amount = parse_money(market.parse_amount, body.amount) if body.amount is not None else None
+    outcome = await send_and_wait(deps, AmendOrder(oid, member, view.market, price, amount))
+    view = await find_order(deps, member, oid) or view
+    out = view_out(deps, view, outcome)
+    if price is not None:
+        out.price = market.format_price(price)
+    if amount is not None:
+        out.amount = market.format_amount(amount)
+        out.remaining = market.format_amount(amount - market.parse_amount(out.executed or "0"))
+    return out
+
+
+@router.delete("/orders", responses=PROBLEMS)
+async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> list[str]:
+    """Cancel every open order of the member (in one market, if given); returns the ids asked
+    to cancel. Each cancel is durable when this returns; results arrive as order events."""
+    if market is not None:
+        market_or_422(deps, market)
+    reply = await query(deps, deps.queries.orders(OrdersQuery(member, market, "open", None, QUERY_MAX_LIMIT)))
+    commands = [CancelOrder(view.id, member, view.market) for view in reply.orders]
+    submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
+    for submission in submissions:
+        deps.intake.forget(submission)
+    return [str(command.order_id) for command in commands]

@@ -95,3 +95,38 @@ class OrderOut(BaseModel):
     post_only: bool
     created_at: str | None = None
     reason: str | None = Field(default=None, description="Why the order was closed or rejected, if it was")
+
+
+class DepthOut(BaseModel):
+    market: str
+    bids: list[tuple[str, str]] = Field(description="[price, amount], best (highest) first")
+    asks: list[tuple[str, str]] = Field(description="[price, amount], best (lowest) first")
+    last_price: str | None = None
+
+
+class TradeOut(BaseModel):
+    id: int
+    market: str
+    price: str
+    amount: str
+    funds: str = Field(description="Quote amount: price x amount")
+    taker_side: Side
+    created_at: str
+
+
+class MemberTradeOut(BaseModel):
+    id: int
+    market: str
+    order_id: str
+    side: Side
+    role: str = Field(description='"maker" or "taker"')
+    price: str
+    amount: str
+    funds: str
+    created_at: str
+
+
+class BalanceOut(BaseModel):
+    currency: str
+    available: str
+    locked: str

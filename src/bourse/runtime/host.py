@@ -73,6 +73,8 @@ class ConsumerLoop:
                 self._record_failure(exc)
                 await asyncio.sleep(backoff)
                 continue
+            if not messages:
+                continue
             try:
                 self._idle.clear()
                 await self.spec.handler(messages)

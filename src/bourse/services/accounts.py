@@ -118,6 +118,11 @@ class AccountsShard:
         kind = (
             "place" if isinstance(cmd, PlaceOrder) else "cancel" if isinstance(cmd, CancelOrder) else "amend"
         )
+        if not cmd.market and not isinstance(cmd, PlaceOrder):
+            # cancel/amend by id alone: the shard knows the market of its members' open orders
+            lock = self.accounts.order_lock(cmd.order_id)
+            if lock is not None and lock.member_id == cmd.member_id:
+                cmd = msgspec.structs.replace(cmd, market=lock.market)
         client_key: tuple[int, str] | None = None
         if isinstance(cmd, PlaceOrder) and cmd.client_order_id is not None:
             client_key = (cmd.member_id, cmd.client_order_id)

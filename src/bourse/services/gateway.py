@@ -1,13 +1,24 @@
 """gateway: the REST API `/api/v3` with its OpenAPI docs. Stateless; run as many as you like
-behind a load balancer."""
+behind a load balancer: each instance leases its own worker id for order ids, verifies tokens
+with the auth service's public keys, and micro-batches orders into the ORDERS stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 from bourse.adapters.http_server import HttpServer
+from bourse.adapters.order_intake import OrderIntake
+from bourse.adapters.query_client import QueryClient
 from bourse.api.app import create_app
+from bourse.api.deps import GatewayDeps
+from bourse.auth import TokenVerifier, fetch_jwks, verifier_for
 from bourse.runtime.service import Service, ServiceContext
+from bourse.services.ids import LeasedIdGenerator
+
+JWKS_REFRESH_S = 60.0
 
 
 class Gateway(Service):
@@ -17,13 +28,63 @@ class Gateway(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
         settings = ctx.settings
-        self.server = HttpServer(create_app(ctx.catalog), settings.http_host, settings.http_port)
+        self.intake = OrderIntake(ctx.nc, ctx.namespace, settings.accounts_shards)
+        self.ids: LeasedIdGenerator | None = None
+        self.verifier: TokenVerifier | None = None
+        self.server: HttpServer | None = None
+        self._refresh: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        ctx, settings = self.ctx, self.ctx.settings
+        self.verifier = verifier_for(settings, await fetch_jwks(ctx.nc, ctx.namespace))
+        self.ids = await LeasedIdGenerator.start(ctx.js, ctx.namespace, owner=f"gateway:{ctx.nc.client_id}")
+        await self.intake.start()
+        deps = GatewayDeps(
+            catalog=ctx.catalog,
+            intake=self.intake,
+            ids=self.ids,
+            verifier=self.verifier,
+            queries=QueryClient(ctx.nc, ctx.namespace),
+            decision_timeout_s=settings.order_decision_timeout_s,
+        )
+        self.server = HttpServer(create_app(deps), settings.http_host, settings.http_port)
         await self.server.start()
+        self._refresh = asyncio.create_task(self._refresh_keys(), name="gateway:jwks")
+
+    async def _refresh_keys(self) -> None:
+        """Pick up rotated keys: tokens signed by a new kid verify within a minute."""
+        while True:
+            await asyncio.sleep(JWKS_REFRESH_S)
+            try:
+                keys = await fetch_jwks(self.ctx.nc, self.ctx.namespace, wait_s=0.0)
+            except Exception as exc:
+                self.log.warning("jwks refresh failed", extra={"error": repr(exc)})
+                continue
+            if self.verifier is not None:
+                self.verifier.update_keys(keys)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+        if self.server is not None:
+            await self.server.stop()
+        await self.intake.stop()
+        if self.ids is not None:
+            await self.ids.close()
+
+    def health(self) -> Mapping[str, Any]:
+        facts: dict[str, Any] = {
+            "orders_published": self.intake.published_commands,
+            "batches_published": self.intake.published_messages,
+        }
+        if self.ids is not None:
+            facts["ids"] = self.ids.health()
+            facts["ok"] = not self.ids.lease.lost
+        return facts
 
     def links(self) -> Mapping[str, str]:
+        if self.server is None:
+            return {}
         return {"api": f"{self.server.url}/api/v3", "api docs": f"{self.server.url}/api/v3/docs"}

@@ -1,0 +1,96 @@
+"""Public market data and the member's balances and trades, from the read model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from bourse.api.deps import Deps, Member
+from bourse.api.orders import PROBLEMS, iso, market_or_422, query
+from bourse.api.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
+from bourse.contracts import QUERY_MAX_LIMIT, MemberTradesQuery
+
+router = APIRouter(prefix="/api/v3")
+
+
+@router.get("/markets/{market}/depth", tags=["markets"], responses=PROBLEMS)
+async def get_depth(
+    market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 50
+) -> DepthOut:
+    """Aggregated order book, best levels first: `[price, amount]`."""
+    found = market_or_422(deps, market)
+    depth = await query(deps, deps.queries.depth(market, limit))
+    return DepthOut(
+        market=market,
+        bids=[(found.format_price(p), found.format_amount(a)) for p, a in depth.bids],
+        asks=[(found.format_price(p), found.format_amount(a)) for p, a in depth.asks],
+        last_price=found.format_price(depth.last_price) if depth.last_price is not None else None,
+    )
+
+
+@router.get("/markets/{market}/trades", tags=["markets"], responses=PROBLEMS)
+async def get_trades(
+    market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100
+) -> list[TradeOut]:
+    """Recent trades of the market, most recent first."""
+    found = market_or_422(deps, market)
+    reply = await query(deps, deps.queries.trades(market, limit))
+    return [
+        TradeOut(
+            id=trade.id,
+            market=market,
+            price=found.format_price(trade.price),
+            amount=found.format_amount(trade.amount),
+            funds=found.format_funds(trade.funds),
+            taker_side=trade.taker_side,
+            created_at=iso(trade.ts),
+        )
+        for trade in reply.trades
+    ]
+
+
+@router.get("/balances", tags=["account"], responses=PROBLEMS)
+async def get_balances(member: Member, deps: Deps) -> list[BalanceOut]:
+    """The member's balance of every currency: available and locked in open orders."""
+    reply = await query(deps, deps.queries.balances(member))
+    currencies = deps.catalog.currencies
+    return [
+        BalanceOut(
+            currency=balance.currency,
+            available=currencies[balance.currency].format(balance.available),
+            locked=currencies[balance.currency].format(balance.locked),
+        )
+        for balance in reply.balances
+        if balance.currency in currencies
+    ]
+
+
+@router.get("/trades", tags=["account"], responses=PROBLEMS)
+async def get_member_trades(
+    member: Member,
+    deps: Deps,
+    market: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100,
+) -> list[MemberTradeOut]:
+    """The member's own trades, most recent first."""
+    if market is not None:
+        market_or_422(deps, market)
+    reply = await query(deps, deps.queries.member_trades(MemberTradesQuery(member, market, limit)))
+    out = []
+    for trade in reply.trades:
+        found = deps.catalog.markets[trade.market]
+        out.append(
+            MemberTradeOut(
+                id=trade.id,
+                market=trade.market,
+                order_id=str(trade.order_id),
+                side=trade.side,
+                role=trade.role,
+                price=found.format_price(trade.price),
+                amount=found.format_amount(trade.amount),
+                funds=found.format_funds(trade.funds),
+                created_at=iso(trade.ts),
+            )
+        )
+    return out
