@@ -237,6 +237,19 @@ def test_rotation_new_key_signs_old_key_verifies_until_removed(keys_dir: Path, r
     assert verifier.verify(new_token).member_id == 2
 
 
+def test_refreshing_keys_keeps_the_cache_unless_a_key_goes(keys_dir: Path, issuer: TokenIssuer) -> None:
+    verifier = TokenVerifier(load_key_ring(keys_dir).public_keys, ISSUER, AUDIENCE)
+    token = issuer.issue(3)
+    verifier.verify(token)
+    verifier.update_keys(load_key_ring(keys_dir).public_keys)  # same keys, fetched again
+    generate_key(keys_dir)
+    verifier.update_keys(load_key_ring(keys_dir).public_keys)  # a key added
+    verifier.verify(token)
+    assert verifier.verifications == 1
+    verifier.update_keys({})
+    assert refused(verifier, token) == "unknown_key"
+
+
 def test_cache_returns_the_same_principal_without_verifying_again(
     issuer: TokenIssuer, verifier: TokenVerifier
 ) -> None:

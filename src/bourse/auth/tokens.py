@@ -163,9 +163,16 @@ class TokenVerifier:
         return sorted(self._keys)
 
     def update_keys(self, public_keys: PublicKeys) -> None:
-        """Replace the verification keys (after fetching a new JWKS); forgets cached tokens."""
-        self._keys = dict(public_keys)
-        self._cache.clear()
+        """Replace the verification keys (e.g. after fetching the JWKS again). Cached tokens are
+        forgotten only if a key was removed or changed, so a periodic refresh costs nothing."""
+        new_keys = dict(public_keys)
+        dropped = any(
+            kid not in new_keys or new_keys[kid].public_numbers() != key.public_numbers()
+            for kid, key in self._keys.items()
+        )
+        self._keys = new_keys
+        if dropped:
+            self._cache.clear()
 
     def verify(self, token: str | None) -> Principal:
         if not token:
