@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from bourse.adapters.query_client import QueryClient, QueryFailed
 from bourse.catalog import load_catalog
 from bourse.contracts import REPLY_DECODER, AccountsBatch, Decisions, Outcome, encode, json_encode
 from bourse.domain.order_views import BalanceView, OrderView
@@ -28,7 +29,7 @@ from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
-from bourse.services.query import Query, QueryClient, QueryFailed
+from bourse.services.query import Query
 from bourse.settings import Settings
 from bourse.topology import ORDERS, ensure_topology
 

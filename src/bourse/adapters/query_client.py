@@ -1,13 +1,14 @@
-"""Asking the `query` service over NATS request/reply, for the gateway and other services."""
+"""Asking the `query` service over NATS request/reply: the gateway's (and any caller's) side."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from bourse.contracts import (
     BALANCES_REPLY_DECODER,
@@ -16,75 +17,97 @@ from bourse.contracts import (
     ORDER_REPLY_DECODER,
     ORDERS_REPLY_DECODER,
     QUERY_ERROR_DECODER,
+    QUERY_READY_DECODER,
     TRADES_REPLY_DECODER,
     BalancesQuery,
-    BalancesReply,
     DepthQuery,
     MemberTradesQuery,
-    MemberTradesReply,
     OrderQuery,
     OrdersQuery,
-    OrdersReply,
+    QueryError,
+    QueryReady,
     TradesQuery,
-    TradesReply,
     json_encode,
 )
-from bourse.domain.order_views import DepthView, OrderView
+from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
+from bourse.domain.orders import OrderStatus
 from bourse.topology import service_subject
 
-T = TypeVar("T")
+R = TypeVar("R")
+
+QUERY_TIMEOUT_S = 2.0
 
 
 class QueryFailed(Exception):
-    """The query service refused the query (`code`, `status`) or could not be reached."""
+    """A query answered with an error (or not answered). `status` is HTTP-like, `code` stable:
+    400 invalid_request, 404 order_not_found / unknown_market, 503 not_ready / unavailable
+    (no instance answers), 504 timeout."""
 
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
         self.status = status
+        self.code = code
+        self.message = message
 
 
 class QueryClient:
-    def __init__(self, nc: Client, namespace: str, *, timeout_s: float = 2.0) -> None:
+    """The query service from the caller's side: one coroutine per endpoint; every failure (an
+    error reply, no instance, a timeout) is raised as `QueryFailed`."""
+
+    def __init__(self, nc: Client, namespace: str, *, timeout: float = QUERY_TIMEOUT_S) -> None:
         self.nc = nc
         self.namespace = namespace
-        self.timeout_s = timeout_s
+        self.timeout = timeout
 
-    async def _ask(self, endpoint: str, query: Any, decoder: msgspec.json.Decoder[T]) -> T:
-        subject = service_subject(self.namespace, "query", endpoint)
-        try:
-            reply = await self.nc.request(subject, json_encode(query), timeout=self.timeout_s)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
-            raise QueryFailed("unavailable", "the query service did not answer", 503) from exc
-        headers = reply.headers or {}
-        if "Nats-Service-Error-Code" in headers:
-            try:
-                error = QUERY_ERROR_DECODER.decode(reply.data)
-                code, message = error.code, error.message
-            except msgspec.DecodeError:
-                code, message = "query_failed", headers.get("Nats-Service-Error", "")
-            raise QueryFailed(code, message, int(headers["Nats-Service-Error-Code"]))
-        return decoder.decode(reply.data)
+    async def order(self, member_id: int, order_id: int) -> OrderView:
+        return await self._ask("order", OrderQuery(member_id, order_id), ORDER_REPLY_DECODER)
 
-    async def order(self, member_id: int, order_id: int) -> OrderView | None:
-        try:
-            return await self._ask("order", OrderQuery(member_id, order_id), ORDER_REPLY_DECODER)
-        except QueryFailed as exc:
-            if exc.code == "order_not_found":
-                return None
-            raise
+    async def orders(
+        self,
+        member_id: int,
+        *,
+        market: str | None = None,
+        state: str | None = None,
+        status: OrderStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]:
+        query = OrdersQuery(member_id, market, state, status, limit, before_id)
+        return (await self._ask("orders", query, ORDERS_REPLY_DECODER)).orders
 
-    async def orders(self, query: OrdersQuery) -> OrdersReply:
-        return await self._ask("orders", query, ORDERS_REPLY_DECODER)
+    async def balances(self, member_id: int) -> list[BalanceView]:
+        return (await self._ask("balances", BalancesQuery(member_id), BALANCES_REPLY_DECODER)).balances
 
-    async def balances(self, member_id: int) -> BalancesReply:
-        return await self._ask("balances", BalancesQuery(member_id), BALANCES_REPLY_DECODER)
-
-    async def depth(self, market: str, limit: int) -> DepthView:
+    async def depth(self, market: str, limit: int = 50) -> DepthView:
         return await self._ask("depth", DepthQuery(market, limit), DEPTH_REPLY_DECODER)
 
-    async def trades(self, market: str, limit: int) -> TradesReply:
-        return await self._ask("trades", TradesQuery(market, limit), TRADES_REPLY_DECODER)
+    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
+        return (await self._ask("trades", TradesQuery(market, limit), TRADES_REPLY_DECODER)).trades
 
-    async def member_trades(self, query: MemberTradesQuery) -> MemberTradesReply:
-        return await self._ask("member_trades", query, MEMBER_TRADES_REPLY_DECODER)
+    async def member_trades(
+        self, member_id: int, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]:
+        query = MemberTradesQuery(member_id, market, limit)
+        return (await self._ask("member_trades", query, MEMBER_TRADES_REPLY_DECODER)).trades
+
+    async def ready(self) -> QueryReady:
+        return await self._ask("ready", None, QUERY_READY_DECODER)
+
+    async def _ask(self, endpoint: str, body: msgspec.Struct | None, decoder: msgspec.json.Decoder[R]) -> R:
+        subject = service_subject(self.namespace, "query", endpoint)
+        payload = b"{}" if body is None else json_encode(body)
+        try:
+            msg = await self.nc.request(subject, payload, timeout=self.timeout)
+        except NoRespondersError:
+            raise QueryFailed(503, "unavailable", "no query service instance answers") from None
+        except (NatsTimeoutError, TimeoutError):
+            raise QueryFailed(504, "timeout", f"no answer from {subject} in {self.timeout} s") from None
+        headers = msg.headers or {}
+        status = headers.get(ERROR_CODE_HEADER)
+        if status is not None:
+            try:
+                error = QUERY_ERROR_DECODER.decode(msg.data)
+            except msgspec.DecodeError:
+                error = QueryError("internal", headers.get(ERROR_HEADER, ""))
+            raise QueryFailed(int(status) if status.isdigit() else 500, error.code, error.message)
+        return decoder.decode(msg.data)

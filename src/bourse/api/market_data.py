@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from bourse.api.deps import Deps, Member
 from bourse.api.orders import PROBLEMS, iso, market_or_422, query
 from bourse.api.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
-from bourse.contracts import QUERY_MAX_LIMIT, MemberTradesQuery
+from bourse.contracts import QUERY_MAX_LIMIT
 
 router = APIRouter(prefix="/api/v3")
 
@@ -35,7 +35,7 @@ async def get_trades(
 ) -> list[TradeOut]:
     """Recent trades of the market, most recent first."""
     found = market_or_422(deps, market)
-    reply = await query(deps, deps.queries.trades(market, limit))
+    trades = await query(deps, deps.queries.trades(market, limit))
     return [
         TradeOut(
             id=trade.id,
@@ -46,14 +46,14 @@ async def get_trades(
             taker_side=trade.taker_side,
             created_at=iso(trade.ts),
         )
-        for trade in reply.trades
+        for trade in trades
     ]
 
 
 @router.get("/balances", tags=["account"], responses=PROBLEMS)
 async def get_balances(member: Member, deps: Deps) -> list[BalanceOut]:
     """The member's balance of every currency: available and locked in open orders."""
-    reply = await query(deps, deps.queries.balances(member))
+    balances = await query(deps, deps.queries.balances(member))
     currencies = deps.catalog.currencies
     return [
         BalanceOut(
@@ -61,7 +61,7 @@ async def get_balances(member: Member, deps: Deps) -> list[BalanceOut]:
             available=currencies[balance.currency].format(balance.available),
             locked=currencies[balance.currency].format(balance.locked),
         )
-        for balance in reply.balances
+        for balance in balances
         if balance.currency in currencies
     ]
 
@@ -76,9 +76,9 @@ async def get_member_trades(
     """The member's own trades, most recent first."""
     if market is not None:
         market_or_422(deps, market)
-    reply = await query(deps, deps.queries.member_trades(MemberTradesQuery(member, market, limit)))
+    trades = await query(deps, deps.queries.member_trades(member, market, limit))
     out = []
-    for trade in reply.trades:
+    for trade in trades:
         found = deps.catalog.markets[trade.market]
         out.append(
             MemberTradeOut(

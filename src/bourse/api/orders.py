@@ -17,7 +17,7 @@ from bourse.adapters.query_client import QueryFailed
 from bourse.api.deps import Deps, GatewayDeps, Member
 from bourse.api.errors import ApiError
 from bourse.api.schemas import AmendIn, OrderIn, OrderOut, Problem
-from bourse.contracts import QUERY_MAX_LIMIT, Decision, OrdersQuery, Outcome
+from bourse.contracts import QUERY_MAX_LIMIT, Decision, Outcome
 from bourse.domain.money import Market, MoneyError
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (
@@ -206,7 +206,7 @@ async def query(deps: GatewayDeps, call: Awaitable[T]) -> T:
     try:
         return await call
     except QueryFailed as exc:
-        raise ApiError(exc.status if exc.status >= 400 else 503, exc.code, str(exc)) from exc
+        raise ApiError(exc.status if exc.status >= 400 else 503, exc.code, exc.message) from exc
 
 
 async def find_order(
@@ -215,9 +215,13 @@ async def find_order(
     """The member's order from the read model; waits up to `wait_s` for a very recent one."""
     deadline = time.monotonic() + wait_s
     while True:
-        view = await query(deps, deps.queries.order(member, order_id))
-        if view is not None or time.monotonic() >= deadline:
-            return view
+        try:
+            return await deps.queries.order(member, order_id)
+        except QueryFailed as exc:
+            if exc.code != "order_not_found":
+                raise ApiError(exc.status, exc.code, exc.message) from exc
+        if time.monotonic() >= deadline:
+            return None
         await asyncio.sleep(0.02)
 
 
@@ -249,8 +253,10 @@ async def list_orders(
     if market is not None:
         market_or_422(deps, market)
     before = order_id_or_404(before_id) if before_id is not None else None
-    reply = await query(deps, deps.queries.orders(OrdersQuery(member, market, state, None, limit, before)))
-    return [view_out(deps, view) for view in reply.orders]
+    views = await query(
+        deps, deps.queries.orders(member, market=market, state=state, limit=limit, before_id=before)
+    )
+    return [view_out(deps, view) for view in views]
 
 
 async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> Outcome | None:
@@ -309,8 +315,8 @@ async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> l
     to cancel. Each cancel is durable when this returns; results arrive as order events."""
     if market is not None:
         market_or_422(deps, market)
-    reply = await query(deps, deps.queries.orders(OrdersQuery(member, market, "open", None, QUERY_MAX_LIMIT)))
-    commands = [CancelOrder(view.id, member, view.market) for view in reply.orders]
+    views = await query(deps, deps.queries.orders(member, market=market, state="open", limit=QUERY_MAX_LIMIT))
+    commands = [CancelOrder(view.id, member, view.market) for view in views]
     submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
     for submission in submissions:
         deps.intake.forget(submission)

@@ -30,32 +30,22 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.request import Request
 
 from bourse.adapters.jetstream import stream_position
+from bourse.adapters.query_client import QueryFailed
 from bourse.contracts import (
     ACCOUNTS_REPORT_DECODER,
     BALANCES_QUERY_DECODER,
-    BALANCES_REPLY_DECODER,
     DEPTH_QUERY_DECODER,
-    DEPTH_REPLY_DECODER,
     EVENT_BATCH_DECODER,
     MEMBER_TRADES_QUERY_DECODER,
-    MEMBER_TRADES_REPLY_DECODER,
     ORDER_QUERY_DECODER,
-    ORDER_REPLY_DECODER,
     ORDERS_QUERY_DECODER,
-    ORDERS_REPLY_DECODER,
-    QUERY_ERROR_DECODER,
-    QUERY_READY_DECODER,
     TRADES_QUERY_DECODER,
-    TRADES_REPLY_DECODER,
     BalancesQuery,
     BalancesReply,
     DepthQuery,
@@ -71,33 +61,17 @@ from bourse.contracts import (
     json_encode,
 )
 from bourse.domain.order_views import (
-    BalanceView,
     DepthView,
-    MemberTrade,
     OrderView,
     OrderViews,
-    PublicTrade,
 )
-from bourse.domain.orders import OrderStatus
 from bourse.runtime.service import Endpoint, RequestHandler, Service, ServiceContext
-from bourse.topology import ACCOUNTS, EVENTS, StreamSpec, service_subject
+from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
 Q = TypeVar("Q")
 R = TypeVar("R")
 
 QUERY_TIMEOUT_S = 2.0
-
-
-class QueryFailed(Exception):
-    """A query answered with an error (or not answered). `status` is HTTP-like, `code` stable:
-    400 invalid_request, 404 order_not_found / unknown_market, 503 not_ready / unavailable
-    (no instance answers), 504 timeout."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class Query(Service):
@@ -322,66 +296,3 @@ class Query(Service):
             "last_error": self._last_error,
             "cpu_s": round(self._cpu_s, 3),
         }
-
-
-class QueryClient:
-    """The query service from the caller's side: one coroutine per endpoint; every failure (an
-    error reply, no instance, a timeout) is raised as `QueryFailed`."""
-
-    def __init__(self, nc: Client, namespace: str, *, timeout: float = QUERY_TIMEOUT_S) -> None:
-        self.nc = nc
-        self.namespace = namespace
-        self.timeout = timeout
-
-    async def order(self, member_id: int, order_id: int) -> OrderView:
-        return await self._ask("order", OrderQuery(member_id, order_id), ORDER_REPLY_DECODER)
-
-    async def orders(
-        self,
-        member_id: int,
-        *,
-        market: str | None = None,
-        state: str | None = None,
-        status: OrderStatus | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[OrderView]:
-        query = OrdersQuery(member_id, market, state, status, limit, before_id)
-        return (await self._ask("orders", query, ORDERS_REPLY_DECODER)).orders
-
-    async def balances(self, member_id: int) -> list[BalanceView]:
-        return (await self._ask("balances", BalancesQuery(member_id), BALANCES_REPLY_DECODER)).balances
-
-    async def depth(self, market: str, limit: int = 50) -> DepthView:
-        return await self._ask("depth", DepthQuery(market, limit), DEPTH_REPLY_DECODER)
-
-    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
-        return (await self._ask("trades", TradesQuery(market, limit), TRADES_REPLY_DECODER)).trades
-
-    async def member_trades(
-        self, member_id: int, market: str | None = None, limit: int = 100
-    ) -> list[MemberTrade]:
-        query = MemberTradesQuery(member_id, market, limit)
-        return (await self._ask("member_trades", query, MEMBER_TRADES_REPLY_DECODER)).trades
-
-    async def ready(self) -> QueryReady:
-        return await self._ask("ready", None, QUERY_READY_DECODER)
-
-    async def _ask(self, endpoint: str, body: msgspec.Struct | None, decoder: msgspec.json.Decoder[R]) -> R:
-        subject = service_subject(self.namespace, Query.name, endpoint)
-        payload = b"{}" if body is None else json_encode(body)
-        try:
-            msg = await self.nc.request(subject, payload, timeout=self.timeout)
-        except NoRespondersError:
-            raise QueryFailed(503, "unavailable", "no query service instance answers") from None
-        except (NatsTimeoutError, TimeoutError):
-            raise QueryFailed(504, "timeout", f"no answer from {subject} in {self.timeout} s") from None
-        headers = msg.headers or {}
-        status = headers.get(ERROR_CODE_HEADER)
-        if status is not None:
-            try:
-                error = QUERY_ERROR_DECODER.decode(msg.data)
-            except msgspec.DecodeError:
-                error = QueryError("internal", headers.get(ERROR_HEADER, ""))
-            raise QueryFailed(int(status) if status.isdigit() else 500, error.code, error.message)
-        return decoder.decode(msg.data)
