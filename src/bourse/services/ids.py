@@ -279,7 +279,8 @@ class WorkerIdLease:
         if self._lost_reason is None:
             self._lost_reason = reason
             self._lost.set()
-            log.error("worker id lease lost", extra={"worker_id": self.worker_id, "reason": reason})
+            level = logging.INFO if reason == "released" else logging.ERROR
+            log.log(level, "worker id lease ended", extra={"worker_id": self.worker_id, "reason": reason})
 
     async def release(self, last_ms: int = 0) -> None:
         """Stop renewing and mark the id released, with the high-water mark of the ids made."""
