@@ -35,7 +35,7 @@ from importlib import metadata
 import msgspec
 
 from bourse.domain.matching import MatchingEngine
-from bourse.domain.orders import EngineCommand
+from bourse.domain.orders import AmendOrder, CancelOrder, EngineCommand
 from workload import MixConfig, PeerOp, Workload, bench_market, generate
 
 Stream = Sequence[tuple[EngineCommand, int]]
@@ -46,12 +46,31 @@ class Result:
     name: str
     ops: int
     rates: list[float]
-    """ops/s of each repeat"""
+    """wall-clock ops/s of each repeat"""
+    cpu: list[float]
+    """CPU seconds of this process per op, each repeat (unaffected by other load on the box)"""
     note: str = ""
 
     @property
     def median(self) -> float:
         return statistics.median(self.rates)
+
+
+class Span:
+    """Accumulates wall-clock and process CPU time over several timed blocks."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def __enter__(self) -> Span:
+        self._w = time.perf_counter()
+        self._c = time.process_time()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
 
 
 TTY = sys.stderr.isatty()
@@ -90,7 +109,8 @@ def time_bourse(
     encode: bool = False,
 ) -> Result:
     """Feed `stream` (commands of all workloads' markets, interleaved) to one engine per market."""
-    rates = []
+    rates: list[float] = []
+    cpu: list[float] = []
     encoder = msgspec.msgpack.Encoder()
     phase(f"timing {label}")
     for r in range(repeats):
@@ -100,33 +120,31 @@ def time_bourse(
             for command, ts in w.prefill:
                 engine.process(command, ts)
         gc.collect()
-        elapsed = 0.0
-        spans = chunks(len(stream))
-        for k, (lo, hi) in enumerate(spans):
-            progress(f"{label}: repeat {r + 1}/{repeats}, {k * 100 // len(spans)}%")
+        span = Span()
+        parts = chunks(len(stream))
+        for k, (lo, hi) in enumerate(parts):
+            progress(f"{label}: repeat {r + 1}/{repeats}, {k * 100 // len(parts)}%")
             part = stream[lo:hi]
             if len(engines) == 1:
                 process = next(iter(engines.values())).process
                 if encode:
                     enc = encoder.encode
-                    t0 = time.perf_counter()
-                    for command, ts in part:
-                        enc(process(command, ts))
-                    elapsed += time.perf_counter() - t0
+                    with span:
+                        for command, ts in part:
+                            enc(process(command, ts))
                 else:
-                    t0 = time.perf_counter()
-                    for command, ts in part:
-                        process(command, ts)
-                    elapsed += time.perf_counter() - t0
+                    with span:
+                        for command, ts in part:
+                            process(command, ts)
             else:
                 by_symbol = {symbol: e.process for symbol, e in engines.items()}
-                t0 = time.perf_counter()
-                for command, ts in part:
-                    by_symbol[command.market](command, ts)
-                elapsed += time.perf_counter() - t0
-        rates.append(len(stream) / elapsed)
+                with span:
+                    for command, ts in part:
+                        by_symbol[command.market](command, ts)
+        rates.append(len(stream) / span.wall)
+        cpu.append(span.cpu / len(stream))
     done()
-    return Result(label, len(stream), rates)
+    return Result(label, len(stream), rates, cpu)
 
 
 def latency_bourse(workload: Workload) -> list[int]:
@@ -210,7 +228,8 @@ class FastlobRunner:
 def time_peer(workload: Workload, n_ops: int, repeats: int) -> tuple[Result, list[int], int]:
     logging.disable(logging.CRITICAL)  # fastlob logs every step; make that as cheap as it gets
     ops = workload.peer_ops[:n_ops]
-    rates = []
+    rates: list[float] = []
+    cpu: list[float] = []
     misses = 0
     phase(f"timing fastlob over {len(ops):,} commands")
     for r in range(repeats):
@@ -219,16 +238,16 @@ def time_peer(workload: Workload, n_ops: int, repeats: int) -> tuple[Result, lis
             runner.run[op.kind](op)
         run = runner.run
         gc.collect()
-        elapsed = 0.0
-        spans = chunks(len(ops))
-        for k, (lo, hi) in enumerate(spans):
-            progress(f"fastlob: repeat {r + 1}/{repeats}, {k * 100 // len(spans)}%")
+        span = Span()
+        parts = chunks(len(ops))
+        for k, (lo, hi) in enumerate(parts):
+            progress(f"fastlob: repeat {r + 1}/{repeats}, {k * 100 // len(parts)}%")
             part = ops[lo:hi]
-            t0 = time.perf_counter()
-            for op in part:
-                run[op.kind](op)
-            elapsed += time.perf_counter() - t0
-        rates.append(len(ops) / elapsed)
+            with span:
+                for op in part:
+                    run[op.kind](op)
+        rates.append(len(ops) / span.wall)
+        cpu.append(span.cpu / len(ops))
         misses = runner.misses
         runner.close()
     # latency pass
@@ -248,7 +267,8 @@ def time_peer(workload: Workload, n_ops: int, repeats: int) -> tuple[Result, lis
     done()
     logging.disable(logging.NOTSET)
     name = f"fastlob {FastlobRunner.version()}, 1 market"
-    return Result(name, len(ops), rates, note="move = cancel + new, IOC = limit + cancel"), samples, misses
+    note = "move = cancel + new, IOC = limit + cancel"
+    return Result(name, len(ops), rates, cpu, note), samples, misses
 
 
 # --------------------------------------------------------------------------- report
@@ -285,6 +305,17 @@ def table(headers: list[str], rows: list[list[str]], align: str) -> str:
 
     line = "  ".join("-" * w for w in widths)
     return "\n".join(x.rstrip() for x in [fmt(headers), line, *(fmt(r) for r in rows)])
+
+
+KINDS = ("move", "gtc", "ioc", "cancel")
+
+
+def command_kind(command: EngineCommand) -> str:
+    if isinstance(command, AmendOrder):
+        return "move"
+    if isinstance(command, CancelOrder):
+        return "cancel"
+    return command.tif.value
 
 
 def interleave(workloads: list[Workload]) -> list[tuple[EngineCommand, int]]:
@@ -388,25 +419,42 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res.median:,.0f}",
                 f"{min(res.rates):,.0f} .. {max(res.rates):,.0f}",
                 f"{1e6 / res.median:.2f}",
+                f"{statistics.median(res.cpu) * 1e6:.2f}",
                 res.note,
             ]
         )
-    print(table(["engine", "commands", "median ops/s", "min .. max", "us/op", "note"], rows, "<>>>><"))
+    print(
+        table(
+            ["engine", "commands", "median ops/s", "min .. max", "us/op", "cpu us/op", "note"],
+            rows,
+            "<>>>>><",
+        )
+    )
 
     overhead = timer_overhead_ns()
     print(f"\nlatency of one command, microseconds (timer overhead ~{overhead:.0f} ns included)")
     lat_rows = []
-    for name, samples in lat.items():
+    ours = lat["bourse, 1 market"]
+    by_kind: dict[str, list[int]] = {}
+    for (command, _), sample in zip(main_load.commands, ours, strict=True):
+        by_kind.setdefault(command_kind(command), []).append(sample)
+    groups = list(lat.items())
+    groups[1:1] = [(f"  bourse: {kind} only", by_kind[kind]) for kind in KINDS if kind in by_kind]
+    for name, samples in groups:
         p = percentiles(samples)
-        lat_rows.append([name, *(f"{p[k]:.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))])
-    print(table(["engine", "p50", "p90", "p99", "p99.9", "max"], lat_rows, "<>>>>>"))
+        lat_rows.append(
+            [name, f"{len(samples):,}", *(f"{p[k]:.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))]
+        )
+    print(table(["engine", "commands", "p50", "p90", "p99", "p99.9", "max"], lat_rows, "<>>>>>>"))
 
     if peer is not None:
-        ratio = results[0].median / peer.median
+        ours_cpu = statistics.median(results[0].cpu)
+        peer_cpu = statistics.median(peer.cpu)
         print(
-            f"\nbourse / fastlob throughput, 1 market: {ratio:.1f}x"
-            f"  (fastlob missed {misses:,} cancels/moves of orders its own book no longer held)"
+            f"\nbourse vs fastlob, 1 market, same commands: {peer_cpu / ours_cpu:.1f}x less CPU per command"
+            f" ({results[0].median / peer.median:.1f}x by wall-clock medians)"
         )
+        print(f"fastlob missed {misses:,} cancels/moves of orders its own book no longer held")
     return 0
 
 

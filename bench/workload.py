@@ -260,13 +260,13 @@ def generate(
         if apply(command, commands):
             trades += 1
         peer_ops.append(op)
-        if i % 64 == 0:
+        if i % 256 == 0:
             bids, asks = engine.depth(10**9)
             levels_sum += len(bids) + len(asks)
             live_sum += len(live)
         if on_progress is not None and i % step == 0:
             on_progress(i / n_ops)
-    samples = max(1, (n_ops + 63) // 64)
+    samples = max(1, (n_ops + 255) // 256)
     stats = {
         "trade_ratio": trades / max(n_ops, 1),
         "avg_live_orders": live_sum / samples,
