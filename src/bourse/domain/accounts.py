@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import cast
 
 import msgspec
 from msgspec.structs import replace
@@ -69,6 +70,7 @@ from bourse.domain.orders import (
     OrderClosed,
     OrderRejected,
     OrderType,
+    OrderUpdated,
     PlaceOrder,
     RejectReason,
     Side,
@@ -262,6 +264,7 @@ class Accounts:
         "_ledger",
         "_markets",
         "_orders",
+        "_rates",
         "_touched",
     )
 
@@ -276,6 +279,7 @@ class Accounts:
     ) -> None:
         self._markets = dict(markets)
         self._fees = fees if fees is not None else FeeSchedule()
+        self._rates = {symbol: self._fees.rates(symbol) for symbol in self._markets}
         caps = dict(market_buy_caps or {})
         for symbol, cap in caps.items():
             if symbol not in self._markets:
@@ -337,8 +341,11 @@ class Accounts:
         touched = self._touched
         if not touched:
             return []
-        balance = self._ledger.balance
-        out = [BalanceChanged(member, currency, *balance(member, currency)) for member, currency in touched]
+        rows = self._ledger._balances  # every touched balance exists: it was just changed
+        out = []
+        for key in touched:
+            row = rows[key]
+            out.append(BalanceChanged(key[0], key[1], row[0], row[1]))
         touched.clear()
         return out
 
@@ -483,9 +490,13 @@ class Accounts:
     def apply(self, event: EngineEvent) -> list[BalanceChanged]:
         """Consume one event of the matching engine; returns the balances changed (see
         `take_changes`)."""
-        if isinstance(event, Trade):
-            self._trade(event)
+        kind = type(event)
+        if kind is OrderUpdated:  # nothing to do: the Trade before it carried the numbers
             return self.take_changes()
+        if kind is Trade:
+            self._trade(cast(Trade, event))
+            return self.take_changes()
+        event = cast("OrderAccepted | OrderRejected | OrderAmended | OrderClosed", event)
         order = self._orders.get(event.order_id)
         if order is None or order.member != event.member_id:
             return self.take_changes()
@@ -520,7 +531,7 @@ class Accounts:
         quote = mk.quote.code
         base_amount = mk.base_units(trade.amount)
         funds = trade.funds
-        maker_ppm, taker_ppm = self._fees.rates(trade.market)
+        maker_ppm, taker_ppm = self._rates[trade.market]
         if trade.taker_side == _BUY:
             buy, sell, buy_ppm, sell_ppm = taker, maker, taker_ppm, maker_ppm
             buy_id, sell_id = trade.taker_order_id, trade.maker_order_id
