@@ -741,3 +741,22 @@ def test_restore_refuses_another_snapshot_version_or_an_unknown_market() -> None
         Accounts.restore(MARKETS, None, msgspec.msgpack.encode(raw))
     with pytest.raises(ValueError, match="unknown market"):
         Accounts.restore({"ETH-USD": ETH_USD}, None, data)
+
+
+def test_a_redelivered_trade_is_not_settled_twice() -> None:
+    accounts = make()
+    ask = placed(accounts, limit(1, BOB, Side.SELL, price=1_000, amount=2_00))
+    bid = placed(accounts, limit(2, ALICE, Side.BUY, price=1_000, amount=2_00))
+    first = trade(1, 1_000, 1_00, maker=ask, taker=bid)
+    accounts.apply(first)
+    after_first = accounts.snapshot()
+    assert accounts.apply(first) == []
+    assert accounts.snapshot() == after_first
+    accounts.apply(trade(2, 1_000, 1_00, maker=ask, taker=bid))
+    assert bal(accounts, ALICE, "BTC") == Balance(B(2_00), 0)
+    # trade ids are counted per market
+    accounts.deposit(BOB, "ETH", 10**9, ref_id=9)
+    eth_ask = placed(accounts, limit(4, BOB, Side.SELL, price=1_000, amount=1, market="ETH-USD"))
+    eth_bid = placed(accounts, limit(5, ALICE, Side.BUY, price=1_000, amount=1, market="ETH-USD"))
+    accounts.apply(trade(1, 1_000, 1, maker=eth_ask, taker=eth_bid, market=ETH_USD))
+    assert bal(accounts, ALICE, "ETH") == Balance(ETH_USD.base_units(1), 0)

@@ -27,7 +27,9 @@ Trades are settled with maker/taker fees (`FeeSchedule`, parts per million, roun
 `bourse.domain.ledger.fee_for`): the buyer pays the fee in base, the seller in quote, the exchange
 account receives them. A trade whose other side belongs to another shard is settled as a half
 trade against the ledger's clearing account. Events about orders this shard does not track are
-ignored (they belong to another shard).
+ignored (they belong to another shard). Trade ids increase per market (the engine's contract):
+a Trade whose id is not above the highest one applied for its market is a redelivery and is
+ignored, so a trade is never settled twice.
 
 `apply` takes the matching engine's events only, never the `OrderRejected`s this class returns
 itself (those changed nothing; fed back, a rejected duplicate place would release the original
@@ -147,6 +149,8 @@ class AccountsSnapshot(msgspec.Struct, frozen=True, array_like=True):
     """Sorted by order id."""
     closed: list[int]
     """Recently closed order ids, oldest first (duplicate detection)."""
+    last_trade_ids: list[tuple[str, int]]
+    """Highest trade id applied per market, by market."""
 
 
 class LockExceededError(LedgerError):
@@ -261,6 +265,7 @@ class Accounts:
         "_currencies",
         "_entries",
         "_fees",
+        "_last_trade",
         "_ledger",
         "_markets",
         "_orders",
@@ -296,6 +301,7 @@ class Accounts:
             self._currencies.add(market.quote.code)
         self._ledger = Ledger()
         self._orders: dict[int, _Order] = {}
+        self._last_trade: dict[str, int] = {}
         self._closed: deque[int] = deque()
         self._closed_ids: set[int] = set()
         self._touched: dict[tuple[int, str], None] = {}
@@ -518,6 +524,9 @@ class Accounts:
         return self.take_changes()
 
     def _trade(self, trade: Trade) -> None:
+        last = self._last_trade
+        if trade.trade_id <= last.get(trade.market, 0):
+            return  # settled already: a redelivered event must not settle twice
         orders = self._orders
         maker = orders.get(trade.maker_order_id)
         taker = orders.get(trade.taker_order_id)
@@ -569,6 +578,7 @@ class Accounts:
                 trade.trade_id, base, quote, sell.member, base_amount, funds, sell_ppm, entries
             )
             buy_fee = 0
+        last[trade.market] = trade.trade_id
         if buy is not None:
             touched[(buy.member, quote)] = None
             touched[(buy.member, base)] = None
@@ -625,6 +635,7 @@ class Accounts:
             ledger=self._ledger.dump(),
             orders=self.open_orders(),
             closed=list(self._closed),
+            last_trade_ids=sorted(self._last_trade.items()),
         )
         return _encoder.encode(state)
 
@@ -669,6 +680,7 @@ class Accounts:
             )
         for order_id in state.closed:
             accounts._remember_closed(order_id)
+        accounts._last_trade = dict(state.last_trade_ids)
         return accounts
 
 
