@@ -1,0 +1,1050 @@
+"""End-to-end benchmark: the whole order pipeline as real processes, driven over HTTP.
+
+    .venv/bin/python bench/e2e_bench.py --rate 1000 --duration 20
+    .venv/bin/python bench/e2e_bench.py --mode split --rate 1000 --duration 30 --clients 50
+    .venv/bin/python bench/e2e_bench.py --mode split --nats-url nats://127.0.0.1:4222
+
+What runs:
+
+- `--mode up` (default): one `bourse up` process with its embedded NATS (JetStream with
+  `sync_interval: always`, in a temporary data folder, free ports). Its CPU is one figure for
+  every service together, plus the nats-server's.
+- `--mode split`: one `bourse run SERVICE` process per service (accounts, matching, query, auth,
+  ids, gateway), so the CPU of each service is measured on its own. Without `--nats-url` the
+  bench starts its own nats-server from the wheel, configured like the embedded one; with it,
+  the services use that server under a unique `BOURSE_NAMESPACE` (removed at the end).
+
+The markets file is the default one with `--members` demo members (1000 by default), so funds
+locking is spread over many accounts as it would be. Every member gets a token from the key
+ring of the data folder (what `bourse token N` does).
+
+The load: `--clients` keep-alive HTTP connections, each sending on its own schedule so that
+together they post `--rate` commands per second (open loop: a late answer does not delay the
+next send; latency is also reported from the scheduled time, so a stalled server cannot hide
+behind a slow client). The mix: limit orders around a mid price (buys below and sells above it,
+overlapping so that a share trades), a few IOC orders that cross, and cancels of orders that
+rest. An event listener on `<ns>.events.>` (core NATS) timestamps each order's first trade and
+its `accepted` event, so order-to-trade latency is measured at the client's clock.
+
+CPU: each server process's utime+stime (`/proc/<pid>/stat`) at the start and the end of the
+measured window, divided by the orders placed in it: microseconds of CPU per order, per process.
+
+Results: a table on stdout, and `reports/e2e-<time>-<mode>.json` and `.html` (with plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from bourse.auth import issuer_for, key_ring_for
+from bourse.catalog import default_markets_file
+from bourse.contracts import EVENT_BATCH_DECODER
+from bourse.domain.orders import OrderAccepted, Trade
+from bourse.settings import Settings
+from bourse.topology import BUCKETS, EVENTS, OBJECT_STORES, STREAMS
+
+REPO = Path(__file__).resolve().parent.parent
+REPORTS = REPO / "reports"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPLIT_SERVICES = ("accounts", "matching", "query", "auth", "ids", "gateway")
+SUCCESS = ("200", "201", "202")
+
+
+# --- workload ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MarketMix:
+    symbol: str
+    weight: float
+    mid: float
+    step: float
+    """Price step of the mix (a multiple of the market's tick)."""
+    price_decimals: int
+    amount_min: int
+    amount_max: int
+    """Amounts are drawn as integers times `amount_unit`."""
+    amount_unit: float
+    amount_decimals: int
+
+
+MIXES = (
+    MarketMix("btc_usd", 0.5, 50_000.0, 1.0, 2, 1, 10, 0.0001, 4),
+    MarketMix("eth_usd", 0.3, 3_000.0, 0.1, 2, 1, 10, 0.001, 3),
+    MarketMix("eth_btc", 0.2, 0.06, 0.0001, 4, 1, 10, 0.001, 3),
+)
+BAND = 20
+"""Buys are priced from mid-BAND to mid+CROSS steps, sells from mid-CROSS to mid+BAND."""
+CROSS = 4
+
+DEMO_BALANCES = {"btc": "100", "eth": "1000", "usd": "10000000"}
+"""Per generated member: far more than a run can lock with the small orders of the mix."""
+
+
+@dataclass(slots=True)
+class Action:
+    kind: str
+    """"place" or "cancel"."""
+    member: int
+    body: bytes = b""
+    order_id: str = ""
+
+
+class Workload:
+    """Chooses each client's next command. Seeded: the same options give the same sequence."""
+
+    def __init__(self, members: int, cancel_share: float, ioc_share: float, seed: int) -> None:
+        self.members = members
+        self.cancel_share = cancel_share
+        self.ioc_share = ioc_share
+        self.rng = random.Random(seed)
+        self.weights = [mix.weight for mix in MIXES]
+
+    def next(self, resting: list[tuple[str, int]]) -> Action:
+        rng = self.rng
+        if resting and rng.random() < self.cancel_share:
+            order_id, member = resting.pop(rng.randrange(len(resting)))
+            return Action("cancel", member, order_id=order_id)
+        mix = rng.choices(MIXES, self.weights)[0]
+        side = "buy" if rng.random() < 0.5 else "sell"
+        ioc = rng.random() < self.ioc_share
+        # IOC orders are aggressive: they cross the spread, fill what they can, close the rest
+        offset = rng.randint(CROSS, BAND) if ioc else rng.randint(-BAND, CROSS)
+        price = mix.mid + (offset if side == "buy" else -offset) * mix.step
+        amount = rng.randint(mix.amount_min, mix.amount_max) * mix.amount_unit
+        body: dict[str, Any] = {
+            "market": mix.symbol,
+            "side": side,
+            "type": "limit",
+            "price": f"{price:.{mix.price_decimals}f}",
+            "amount": f"{amount:.{mix.amount_decimals}f}",
+        }
+        if ioc:
+            body["time_in_force"] = "ioc"
+        return Action("place", rng.randint(1, self.members), body=msgspec.json.encode(body))
+
+
+def write_markets_file(path: Path, members: int) -> None:
+    """The default markets file with `members` demo members instead of its own three."""
+    raw = tomllib.loads(default_markets_file().read_text())
+    lines = ["# generated by bench/e2e_bench.py", "[currencies]"]
+    for code, spec in raw["currencies"].items():
+        lines.append(f"{code} = {{ precision = {int(spec['precision'])} }}")
+    for symbol, spec in raw["markets"].items():
+        lines += ["", f"[markets.{symbol}]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
+    balances = ", ".join(f'{code} = "{amount}"' for code, amount in DEMO_BALANCES.items())
+    for member in range(1, members + 1):
+        lines += ["", "[[demo_members]]", f"id = {member}", f'email = "m{member}@bench.test"']
+        lines.append(f"balances = {{ {balances} }}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process (all its threads), from /proc/<pid>/stat."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float | None:
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = proc_stat(int(stat.parent.name))
+        if fields is not None and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+@dataclass(slots=True)
+class Server:
+    label: str
+    process: subprocess.Popen[bytes]
+    health_port: int
+    log: Path
+
+
+@dataclass(slots=True)
+class System:
+    """The bourse processes under test, and where to reach them."""
+
+    mode: str
+    workdir: Path
+    namespace: str
+    nats_url: str
+    api: str
+    external_nats: bool
+    servers: list[Server] = field(default_factory=list)
+    own_nats: subprocess.Popen[bytes] | None = None
+
+    def measured(self) -> dict[str, int]:
+        """Label -> pid of every process whose CPU counts (services and our nats-server)."""
+        pids = {server.label: server.process.pid for server in self.servers}
+        if self.own_nats is not None:
+            pids["nats-server"] = self.own_nats.pid
+        for server in self.servers:
+            for child in children_of(server.process.pid):
+                if process_name(child).startswith("nats-server"):
+                    pids["nats-server"] = child
+        return pids
+
+
+def base_env(workdir: Path, namespace: str, markets: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BOURSE_")}
+    env.update(
+        BOURSE_DATA_DIR=str(workdir),
+        BOURSE_NAMESPACE=namespace,
+        BOURSE_MARKETS_FILE=str(markets),
+        BOURSE_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def spawn(label: str, args: Sequence[str], env: dict[str, str], workdir: Path, health_port: int) -> Server:
+    log = workdir / f"{label.replace(' ', '_')}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bourse", *args],
+            env={**env, "BOURSE_HEALTH_PORT": str(health_port)},
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Server(label, process, health_port, log)
+
+
+def start_own_nats(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A nats-server configured like `bourse up`'s embedded one (fsync before every ack)."""
+    from bourse.runtime.nats_server import EmbeddedNatsServer, nats_server_binary
+
+    port, monitor = free_port(), free_port()
+    server = EmbeddedNatsServer(workdir / "nats", port, monitor)
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    config = server.data_dir / "nats-server.conf"
+    config.write_text(server.config_text())
+    with (server.data_dir / "nats-server.log").open("wb") as out:
+        process = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return process, server.url
+
+
+async def start_system(args: argparse.Namespace, workdir: Path) -> System:
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    markets = workdir / "markets.toml"
+    write_markets_file(markets, args.members)
+    env = base_env(workdir, namespace, markets)
+    http_port = free_port()
+    env["BOURSE_HTTP_PORT"] = str(http_port)
+    api = f"http://127.0.0.1:{http_port}/api/v3"
+    # the signing key exists before any process starts, so tokens made here verify there
+    key_ring_for(Settings(data_dir=workdir, _env_file=None))
+    if args.mode == "up":
+        if args.nats_url:
+            env["BOURSE_NATS_URL"] = args.nats_url
+            nats_url = args.nats_url
+        else:
+            nats_port = free_port()
+            env["BOURSE_EMBEDDED_NATS_PORT"] = str(nats_port)
+            env["BOURSE_EMBEDDED_NATS_MONITOR_PORT"] = str(free_port())
+            nats_url = f"nats://127.0.0.1:{nats_port}"
+        system = System("up", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
+        system.servers.append(spawn("bourse up", ["up"], env, workdir, free_port()))
+    else:
+        own: subprocess.Popen[bytes] | None = None
+        if args.nats_url:
+            nats_url = args.nats_url
+        else:
+            own, nats_url = start_own_nats(workdir)
+            await wait_for_nats(nats_url, 15.0)
+        env["BOURSE_NATS_URL"] = nats_url
+        system = System("split", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
+        system.own_nats = own
+        for name in SPLIT_SERVICES:
+            system.servers.append(spawn(name, ["run", name], env, workdir, free_port()))
+    return system
+
+
+async def wait_for_nats(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+            await nc.close()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def wait_healthy(system: System, session: aiohttp.ClientSession, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(system.servers)
+    while pending:
+        for server in list(pending):
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.label} exited ({server.process.returncode}): {tail(server.log)}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"http://127.0.0.1:{server.health_port}/healthz") as resp:
+                    if resp.status == 200:
+                        pending.remove(server)
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"not healthy in {timeout}s: {[s.label for s in pending]}")
+        await asyncio.sleep(0.2)
+
+
+async def wait_seeded(
+    api: str, session: aiohttp.ClientSession, tokens: dict[int, str], members: int, timeout: float
+) -> None:
+    """Until the last demo member's deposits show in the read model (seeding goes in member order)."""
+    deadline = time.monotonic() + timeout
+    headers = {"authorization": f"Bearer {tokens[members]}"}
+    while True:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{api}/balances", headers=headers) as resp:
+                if resp.status == 200 and await resp.json():
+                    return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"demo members not seeded within {timeout}s")
+        await asyncio.sleep(0.2)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def stop_system(system: System) -> None:
+    for server in reversed(system.servers):
+        if server.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGTERM)
+    for server in system.servers:
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+    if system.own_nats is not None:
+        system.own_nats.terminate()
+        try:
+            system.own_nats.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            system.own_nats.kill()
+            system.own_nats.wait()
+
+
+async def remove_namespace(url: str, namespace: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for spec in STREAMS:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(spec.name(namespace))
+    for bucket in BUCKETS:
+        with contextlib.suppress(Exception):
+            await js.delete_key_value(bucket.name(namespace))
+    for store in OBJECT_STORES:
+        with contextlib.suppress(Exception):
+            await js.delete_object_store(store.name(namespace))
+    await nc.close()
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sample:
+    kind: str
+    scheduled: float
+    sent: float
+    done: float
+    status: str
+    """HTTP status, with the problem `code` when not a success, or `exc:<Type>`."""
+    order_id: int = 0
+
+
+class EventListener:
+    """Times, at this process's clock, each order's first `accepted` and first trade as taker."""
+
+    def __init__(self) -> None:
+        self.accepted: dict[int, float] = {}
+        self.first_trade: dict[int, float] = {}
+        self.trades = 0
+        self.batches = 0
+        self.trade_ids: set[tuple[str, int]] = set()
+
+    async def on_message(self, msg: Msg) -> None:
+        now = time.perf_counter()
+        batch = EVENT_BATCH_DECODER.decode(msg.data)
+        self.batches += 1
+        for event in batch.events:
+            if isinstance(event, Trade):
+                self.trades += 1
+                self.first_trade.setdefault(event.taker_order_id, now)
+            elif isinstance(event, OrderAccepted):
+                self.accepted.setdefault(event.order_id, now)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def summary_ms(values: Iterable[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    out = {"count": float(len(ordered))}
+    for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9)):
+        out[name] = percentile(ordered, q) * 1000
+    out["max"] = ordered[-1] * 1000 if ordered else float("nan")
+    out["mean"] = sum(ordered) / len(ordered) * 1000 if ordered else float("nan")
+    return out
+
+
+class LoadRun:
+    def __init__(self, args: argparse.Namespace, api: str, tokens: dict[int, str]) -> None:
+        self.args = args
+        self.api = api
+        self.headers = {
+            member: {"authorization": f"Bearer {token}", "content-type": "application/json"}
+            for member, token in tokens.items()
+        }
+        self.samples: list[Sample] = []
+        self.workload = Workload(args.members, args.cancel_share, args.ioc_share, args.seed)
+        self.stopping = False
+        self.window = (0.0, 0.0)
+        self.max_lag = 0.0
+
+    async def client(self, index: int, start: float, end: float) -> None:
+        period = self.args.clients / self.args.rate
+        connector = aiohttp.TCPConnector(limit=1, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=self.args.timeout)
+        resting: list[tuple[str, int]] = []
+        inflight: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            slot = start + period * index / self.args.clients
+            while slot < end:
+                delay = slot - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                action = self.workload.next(resting)
+                # open loop: the request goes out now even if the previous one has not returned
+                # (aiohttp queues it behind the connection: that wait counts as latency)
+                task = asyncio.create_task(self.send(session, action, slot, resting))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                slot += period
+            if inflight:
+                await asyncio.wait(inflight)
+
+    async def send(
+        self, session: aiohttp.ClientSession, action: Action, scheduled: float, resting: list[tuple[str, int]]
+    ) -> None:
+        sent = time.perf_counter()
+        self.max_lag = max(self.max_lag, sent - scheduled)
+        headers = self.headers[action.member]
+        order_id = 0
+        try:
+            if action.kind == "place":
+                request = session.post(f"{self.api}/order", data=action.body, headers=headers)
+            else:
+                request = session.delete(f"{self.api}/order/{action.order_id}", headers=headers)
+            async with request as resp:
+                data = await resp.read()
+                status = str(resp.status)
+                if resp.status in (200, 201, 202):
+                    body = msgspec.json.decode(data)
+                    order_id = int(body["id"])
+                    if action.kind == "place" and body.get("status") in ("submitted", "partially_filled"):
+                        resting.append((body["id"], action.member))
+                else:
+                    with contextlib.suppress(Exception):
+                        status += f" {msgspec.json.decode(data).get('code')}"
+        except Exception as exc:
+            status = f"exc:{type(exc).__name__}"
+        self.samples.append(Sample(action.kind, scheduled, sent, time.perf_counter(), status, order_id))
+
+    async def progress(self, start: float, end: float, listener: EventListener) -> None:
+        seen = 0
+        trades = 0
+        last = start
+        print(f"{'t(s)':>5} {'sent/s':>7} {'ok/s':>7} {'err':>5} {'p50ms':>7} {'p99ms':>7} {'trades/s':>8}")
+        while not self.stopping:
+            await asyncio.sleep(self.args.progress)
+            now = time.perf_counter()
+            batch = self.samples[seen:]
+            seen += len(batch)
+            interval = max(now - last, 1e-9)
+            latencies = sorted(s.done - s.sent for s in batch)
+            ok = sum(1 for s in batch if s.status[:3] in ("201", "202", "200"))
+            print(
+                f"{now - start:5.1f} {len(batch) / interval:7.0f} {ok / interval:7.0f} "
+                f"{len(batch) - ok:5d} {percentile(latencies, 50) * 1000:7.1f} "
+                f"{percentile(latencies, 99) * 1000:7.1f} {(listener.trades - trades) / interval:8.0f}",
+                flush=True,
+            )
+            trades = listener.trades
+            last = now
+            if now > end + self.args.timeout:
+                return
+
+    def plan(self) -> tuple[float, float]:
+        """(start, end) of the load; the measured window is after the warm-up."""
+        start = time.perf_counter() + 0.2
+        end = start + self.args.warmup + self.args.duration
+        self.window = (start + self.args.warmup, end)
+        return start, end
+
+    async def run(self, listener: EventListener, start: float, end: float) -> None:
+        ticker = asyncio.create_task(self.progress(start, end, listener))
+        await asyncio.gather(*(self.client(i, start, end) for i in range(self.args.clients)))
+        self.stopping = True
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+def start_profilers(args: argparse.Namespace, pids: dict[str, int]) -> dict[str, tuple[Path, Any]]:
+    """py-spy on every Python server process for the measured window (raw collapsed stacks)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    REPORTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    running: dict[str, tuple[Path, Any]] = {}
+    for label, pid in pids.items():
+        if label == "nats-server":
+            continue
+        out = REPORTS / f"e2e-{stamp}-{args.mode}-{label.replace(' ', '_')}.stacks"
+        command = [spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "200"]
+        command += ["--format", "raw", "--nolineno", "--gil", "--nonblocking", "--output", str(out)]
+        running[label] = (
+            out,
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        )
+    return running
+
+
+def finish_profilers(running: dict[str, tuple[Path, Any]]) -> dict[str, Any]:
+    profiles: dict[str, Any] = {}
+    for label, (path, process) in running.items():
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if path.exists():
+            profiles[label] = summarize_stacks(path)
+    return profiles
+
+
+PACKAGES = (
+    ("bourse/domain", "bourse.domain"),
+    ("bourse/api", "bourse.api"),
+    ("bourse/services", "bourse.services"),
+    ("bourse/adapters", "bourse.adapters"),
+    ("bourse/auth", "bourse.auth"),
+    ("bourse/", "bourse (other)"),
+    ("nats/", "nats-py"),
+    ("h11", "h11"),
+    ("uvicorn", "uvicorn"),
+    ("starlette", "starlette"),
+    ("fastapi", "fastapi"),
+    ("pydantic", "pydantic"),
+    ("anyio", "anyio"),
+    ("msgspec", "msgspec"),
+    ("jwt", "pyjwt"),
+    ("asyncio", "asyncio"),
+    ("logging", "logging"),
+)
+
+
+def frame_package(frame: str) -> str:
+    for marker, name in PACKAGES:
+        if marker in frame:
+            return name
+    return frame.rsplit("(", 1)[-1].rstrip(")") or "?"
+
+
+def summarize_stacks(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive samples per function, and self samples per package (the leaf's)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [frame.strip() for frame in stack.split(";") if frame.strip()]
+        if frames and frames[0].startswith(("process ", "thread ")):
+            frames = frames[1:]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        packages[frame_package(frames[-1])] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def share(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, count / max(total, 1)) for name, count in counter.most_common(top)]
+
+    return {
+        "file": str(path),
+        "samples": total,
+        "self": share(own),
+        "inclusive": share(inclusive),
+        "packages": share(packages),
+    }
+
+
+@dataclass(slots=True)
+class CpuMark:
+    at: float
+    processes: dict[str, float | None]
+    loadgen: float
+    machine: tuple[int, int]
+
+
+def cpu_mark(pids: dict[str, int]) -> CpuMark:
+    times = os.times()
+    return CpuMark(
+        time.perf_counter(),
+        {label: cpu_seconds(pid) for label, pid in pids.items()},
+        times.user + times.system,
+        machine_cpu(),
+    )
+
+
+async def health_facts(system: System, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """Every process's /healthz services (for the stages' own handler CPU counters)."""
+    facts: dict[str, Any] = {}
+    for server in system.servers:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with session.get(f"http://127.0.0.1:{server.health_port}/healthz") as resp:
+                facts.update((await resp.json()).get("services", {}))
+    return facts
+
+
+async def quiesce(listener: EventListener, *, idle_s: float = 1.0, limit_s: float = 15.0) -> None:
+    """Until no engine event arrived for `idle_s` (the pipeline has drained)."""
+    deadline = time.monotonic() + limit_s
+    last = (-1, time.monotonic())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if listener.batches != last[0]:
+            last = (listener.batches, time.monotonic())
+        elif time.monotonic() - last[1] >= idle_s:
+            return
+
+
+def stage_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, facts in after.items():
+        if isinstance(facts, dict) and "cpu_s" in facts:
+            prior = before.get(name, {}).get("cpu_s", 0.0)
+            out[name] = float(facts["cpu_s"]) - float(prior)
+    return out
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bourse-e2e-"))
+    system: System | None = None
+    try:
+        print(f"starting: mode {args.mode}, {args.members} demo members, data in {workdir}", flush=True)
+        system = await start_system(args, workdir)
+        ring = key_ring_for(Settings(data_dir=workdir, _env_file=None))
+        issuer = issuer_for(Settings(data_dir=workdir, _env_file=None), ring)
+        tokens = {member: issuer.issue(member) for member in range(1, args.members + 1)}
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(system, session, 60.0)
+            await wait_seeded(system.api, session, tokens, args.members, 60.0)
+            pids = system.measured()
+            print(
+                "up: "
+                + ", ".join(f"{label} pid {pid}" for label, pid in pids.items())
+                + f"; api {system.api}",
+                flush=True,
+            )
+            nc = await nats.connect(system.nats_url)
+            listener = EventListener()
+            await nc.subscribe(EVENTS.wildcard(system.namespace), cb=listener.on_message)
+            load = LoadRun(args, system.api, tokens)
+            print(
+                f"load: {args.rate}/s for {args.duration}s (+{args.warmup}s warm-up), "
+                f"{args.clients} clients, {args.cancel_share:.0%} cancels",
+                flush=True,
+            )
+            start, end = load.plan()
+            runner = asyncio.create_task(load.run(listener, start, end))
+            await asyncio.sleep(max(load.window[0] - time.perf_counter(), 0.0))
+            health_before = await health_facts(system, session)
+            before = cpu_mark(pids)
+            profilers = start_profilers(args, pids) if args.profile else {}
+            await runner
+            profiles = finish_profilers(profilers)
+            await quiesce(listener)
+            after = cpu_mark(pids)
+            health_after = await health_facts(system, session)
+            await nc.drain()
+        result = analyse(args, system, load, listener, before, after, stage_cpu(health_before, health_after))
+        result["profiles"] = profiles
+        return result
+    finally:
+        if system is not None:
+            stop_system(system)
+            if system.external_nats:
+                with contextlib.suppress(Exception):
+                    await remove_namespace(system.nats_url, system.namespace)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def analyse(
+    args: argparse.Namespace,
+    system: System,
+    load: LoadRun,
+    listener: EventListener,
+    before: CpuMark,
+    after: CpuMark,
+    stages: dict[str, float],
+) -> dict[str, Any]:
+    lo, hi = load.window
+    window = [s for s in load.samples if lo <= s.scheduled < hi]
+    places = [s for s in window if s.kind == "place"]
+    cancels = [s for s in window if s.kind == "cancel"]
+    ok_places = [s for s in places if s.status[:3] in ("201", "202")]
+    ok_cancels = [s for s in cancels if s.status[:3] == "200"]
+    statuses = Counter(f"{s.kind} {s.status}" for s in window)
+    elapsed = hi - lo
+    to_trade = [
+        listener.first_trade[s.order_id] - s.sent for s in ok_places if s.order_id in listener.first_trade
+    ]
+    to_accept = [listener.accepted[s.order_id] - s.sent for s in ok_places if s.order_id in listener.accepted]
+    wall = after.at - before.at
+    orders = max(len(ok_places), 1)
+    commands = max(len(ok_places) + len(ok_cancels), 1)
+    cpu: dict[str, dict[str, float | None]] = {}
+    for label, start_s in before.processes.items():
+        end_s = after.processes.get(label)
+        if start_s is None or end_s is None:
+            cpu[label] = {"cpu_s": None, "us_per_order": None, "cores": None}
+            continue
+        used = end_s - start_s
+        cpu[label] = {
+            "cpu_s": used,
+            "us_per_order": used / orders * 1e6,
+            "us_per_command": used / commands * 1e6,
+            "cores": used / wall,
+        }
+    loadgen = after.loadgen - before.loadgen
+    busy = (after.machine[0] - before.machine[0]) / max(after.machine[1] - before.machine[1], 1)
+    late = sum(1 for s in window if s.sent - s.scheduled > 0.005)
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {
+            key: value for key, value in vars(args).items() if isinstance(value, int | float | str | None)
+        },
+        "mode": system.mode,
+        "nats": "external " + system.nats_url if system.external_nats else "own (sync_interval: always)",
+        "machine": {"cpus": os.cpu_count(), "busy_share": busy},
+        "window_s": elapsed,
+        "drain_s": wall - elapsed,
+        "orders": {
+            "sent": len(places),
+            "ok": len(ok_places),
+            "rate_ok": len(ok_places) / elapsed,
+            "rate_sent": len(places) / elapsed,
+            "status_201": sum(1 for s in ok_places if s.status == "201"),
+            "status_202": sum(1 for s in ok_places if s.status == "202"),
+        },
+        "cancels": {"sent": len(cancels), "ok": len(ok_cancels)},
+        "statuses": dict(statuses.most_common()),
+        "latency_ms": {
+            "post_order": summary_ms(s.done - s.sent for s in ok_places),
+            "post_order_from_schedule": summary_ms(s.done - s.scheduled for s in ok_places),
+            "delete_order": summary_ms(s.done - s.sent for s in ok_cancels),
+            "order_to_trade_event": summary_ms(to_trade),
+            "order_to_accepted_event": summary_ms(to_accept),
+        },
+        "trades": {
+            "events_total": listener.trades,
+            "orders_with_trade_in_window": len(to_trade),
+            "share_of_orders_trading_as_taker": len(to_trade) / orders,
+        },
+        "loadgen": {"late_sends_over_5ms": late, "max_send_lag_ms": load.max_lag * 1000},
+        "cpu": cpu,
+        "cpu_loadgen": {"cpu_s": loadgen, "us_per_order": loadgen / orders * 1e6, "cores": loadgen / wall},
+        "stage_handler_cpu_s": stages,
+        "rss_mb": {label: rss_mb(pid) for label, pid in system.measured().items()},
+        "_samples": window,
+        "_to_trade": to_trade,
+    }
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def render_text(result: dict[str, Any]) -> str:
+    o, lat = result["orders"], result["latency_ms"]
+    lines = [
+        "",
+        f"mode {result['mode']}, nats {result['nats']}, {result['options']['clients']} clients, "
+        f"target {result['options']['rate']}/s, window {result['window_s']:.1f}s "
+        f"(+{result['drain_s']:.1f}s drain), machine busy {result['machine']['busy_share']:.0%} "
+        f"of {result['machine']['cpus']} cpus",
+        f"orders: {o['ok']} ok of {o['sent']} sent, {o['rate_ok']:.0f} orders/s "
+        f"(201: {o['status_201']}, 202: {o['status_202']}); "
+        f"cancels: {result['cancels']['ok']} ok of {result['cancels']['sent']}",
+        f"trades: {result['trades']['events_total']} events; "
+        f"{result['trades']['share_of_orders_trading_as_taker']:.0%} of orders traded as taker",
+        "",
+        f"{'latency (ms)':<30} {'count':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}",
+    ]
+    for name, values in lat.items():
+        lines.append(
+            f"{name:<30} {int(values['count']):>7} {fmt(values['p50']):>7} {fmt(values['p90']):>7} "
+            f"{fmt(values['p99']):>7} {fmt(values['p99.9']):>7} {fmt(values['max']):>7}"
+        )
+    lines += ["", f"{'cpu':<30} {'cpu s':>8} {'cores':>6} {'us/order':>9} {'us/command':>10}"]
+    total = 0.0
+    for label, values in result["cpu"].items():
+        if values["cpu_s"] is not None:
+            total += values["us_per_order"]
+        lines.append(
+            f"{label:<30} {fmt(values['cpu_s'], 2):>8} {fmt(values['cores'], 2):>6} "
+            f"{fmt(values['us_per_order'], 0):>9} {fmt(values.get('us_per_command'), 0):>10}"
+        )
+    lines.append(f"{'total (servers)':<30} {'':>8} {'':>6} {fmt(total, 0):>9}")
+    g = result["cpu_loadgen"]
+    lines.append(
+        f"{'load generator':<30} {fmt(g['cpu_s'], 2):>8} {fmt(g['cores'], 2):>6} "
+        f"{fmt(g['us_per_order'], 0):>9}"
+    )
+    if result["stage_handler_cpu_s"]:
+        ok = max(o["ok"], 1)
+        lines.append(
+            "stage handlers (their own cpu_s counters, us/order): "
+            + ", ".join(f"{name} {cpu / ok * 1e6:.0f}" for name, cpu in result["stage_handler_cpu_s"].items())
+        )
+    errors = {key: count for key, count in result["statuses"].items() if key.split()[1][:3] not in SUCCESS}
+    lines.append("errors: " + (", ".join(f"{key}: {count}" for key, count in errors.items()) or "none"))
+    lg = result["loadgen"]
+    lines.append(
+        f"load generator: {lg['late_sends_over_5ms']} sends >5 ms late, "
+        f"max lag {lg['max_send_lag_ms']:.1f} ms"
+    )
+    for label, profile in result.get("profiles", {}).items():
+        lines += ["", f"profile of {label}: {profile['samples']} samples ({profile['file']})"]
+        lines.append(
+            "  self by package: " + ", ".join(f"{name} {part:.0%}" for name, part in profile["packages"][:12])
+        )
+        lines.append("  self by function:")
+        lines += [f"    {part:6.1%}  {name}" for name, part in profile["self"][:15]]
+        lines.append("  inclusive by function:")
+        lines += [f"    {part:6.1%}  {name}" for name, part in profile["inclusive"][:25]]
+    return "\n".join(lines)
+
+
+def plot_png(result: dict[str, Any]) -> bytes | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    samples: list[Sample] = result["_samples"]
+    ok = [s for s in samples if s.kind == "place" and s.status[:3] in ("201", "202")]
+    if not ok:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    quantiles = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99]
+    xs = [1 / (1 - q / 100) for q in quantiles]
+    series = {
+        "POST /order": sorted(s.done - s.sent for s in ok),
+        "order to trade event": sorted(result["_to_trade"]),
+    }
+    for name, values in series.items():
+        if values:
+            left.plot(xs, [percentile(values, q) * 1000 for q in quantiles], marker="o", label=name)
+    left.set_xscale("log")
+    left.set_xticks(xs, [f"p{q:g}" for q in quantiles])
+    left.set_ylabel("ms")
+    left.set_title("latency by percentile")
+    left.grid(True, alpha=0.3)
+    left.legend()
+    t0 = min(s.scheduled for s in ok)
+    seconds: dict[int, list[float]] = {}
+    for s in ok:
+        seconds.setdefault(int(s.scheduled - t0), []).append(s.done - s.sent)
+    ts = sorted(seconds)
+    right.plot(ts, [len(seconds[t]) for t in ts], color="tab:gray", label="orders/s ok")
+    right.set_xlabel("s")
+    right.set_ylabel("orders/s")
+    other = right.twinx()
+    other.plot(ts, [percentile(sorted(seconds[t]), 50) * 1000 for t in ts], color="tab:blue", label="p50")
+    other.plot(ts, [percentile(sorted(seconds[t]), 99) * 1000 for t in ts], color="tab:red", label="p99")
+    other.set_ylabel("POST /order ms")
+    other.legend(loc="upper right")
+    right.set_title("throughput and latency per second")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_reports(result: dict[str, Any], text: str) -> tuple[Path, Path]:
+    REPORTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = REPORTS / f"e2e-{stamp}-{result['mode']}"
+    public = {key: value for key, value in result.items() if not key.startswith("_")}
+    json_path = base.with_suffix(".json")
+    json_path.write_text(json.dumps(public, indent=2, default=str) + "\n")
+    png = plot_png(result)
+    image = ""
+    if png is not None:
+        base.with_suffix(".png").write_bytes(png)
+        image = f'<img alt="latency plots" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    html_path = base.with_suffix(".html")
+    html_path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>bourse end-to-end benchmark</title>"
+        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f5f5f5;padding:1em}"
+        "img{max-width:100%}</style>"
+        f"<h1>bourse end-to-end benchmark, {escape(result['when'])}</h1>"
+        f"<pre>{escape(text)}</pre>{image}"
+        f"<h2>Raw result</h2><pre>{escape(json.dumps(public, indent=2, default=str))}</pre>"
+    )
+    return json_path, html_path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second, all clients (1000)")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (3)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent keep-alive connections (50)")
+    parser.add_argument("--mode", choices=("up", "split"), default="up")
+    parser.add_argument(
+        "--nats-url", default=None, help="use this NATS (unique namespace) instead of our own"
+    )
+    parser.add_argument(
+        "--members", type=int, default=1000, help="demo members the orders spread over (1000)"
+    )
+    parser.add_argument("--cancel-share", type=float, default=0.1, help="share of commands that cancel (0.1)")
+    parser.add_argument("--ioc-share", type=float, default=0.05, help="share of orders that are IOC (0.05)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds (10)")
+    parser.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines (2)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy every server process during the window"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data folder (logs)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.clients <= 0 or args.duration <= 0 or args.members < 1:
+        parser.error("rate, clients, duration and members must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        result = uvloop.run(run_bench(args))
+    except ImportError:
+        result = asyncio.run(run_bench(args))
+    text = render_text(result)
+    print(text)
+    json_path, html_path = write_reports(result, text)
+    print(f"\nreport: {html_path}\nresult: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
