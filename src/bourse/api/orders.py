@@ -304,8 +304,11 @@ async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) 
     if price is not None:
         out.price = market.format_price(price)
     if amount is not None:
+        # from the integers: parsing `out.executed` back refuses "0.000000" (and anything below
+        # the market minimum) as an order amount, which made every such amend a 500
+        executed = outcome.executed if outcome is not None and outcome.status is not None else view.executed
         out.amount = market.format_amount(amount)
-        out.remaining = market.format_amount(amount - market.parse_amount(out.executed or "0"))
+        out.remaining = market.format_amount(max(amount - executed, 0))
     return out
 
 
