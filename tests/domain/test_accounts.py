@@ -760,3 +760,21 @@ def test_a_redelivered_trade_is_not_settled_twice() -> None:
     eth_bid = placed(accounts, limit(5, ALICE, Side.BUY, price=1_000, amount=1, market="ETH-USD"))
     accounts.apply(trade(1, 1_000, 1, maker=eth_ask, taker=eth_bid, market=ETH_USD))
     assert bal(accounts, ALICE, "ETH") == Balance(ETH_USD.base_units(1), 0)
+
+
+def test_an_amend_answer_without_an_amend_in_flight_is_a_redelivery_and_changes_nothing() -> None:
+    accounts = make()
+    bid = placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=1_00))
+    amend = AmendOrder(1, ALICE, "BTC-USD", price=1_200, amount=2_00)
+    accounts.amend(amend)
+    amended = OrderAmended(1, ALICE, "BTC-USD", 1_200, 2_00, 2_00, False)
+    accounts.apply(amended)
+    ask = placed(accounts, limit(2, BOB, Side.SELL, price=1_200, amount=1_00))
+    accounts.apply(trade(1, 1_200, 1_00, maker=bid, taker=ask))
+    before = accounts.snapshot()
+    accounts.apply(amended)
+    accounts.apply(rejected(amend, RejectReason.AMEND_INVALID, "amend"))
+    assert accounts.snapshot() == before
+    lock = accounts.order_lock(1)
+    assert lock is not None
+    assert (lock.remaining, lock.locked) == (1_00, F(1_200, 1_00))

@@ -13,7 +13,8 @@ event and every command the machine checks:
   pay exactly the fees the fee rule says, the exchange gets the fees, both orders' remaining
   amounts go down by the trade amount;
 - when an order closes, what the engine says it executed and spent is what its trades add up
-  to, and nothing stays locked for it.
+  to, and nothing stays locked for it;
+- the events of a command delivered a second time change nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.executed: dict[int, int] = defaultdict(int)
         self.spent: dict[int, int] = defaultdict(int)
         self.trades = 0
+        self.last_events: list[EngineEvent] = []
 
     # --- the pipeline ---
 
@@ -75,7 +77,8 @@ class ExchangeMachine(RuleBasedStateMachine):
             return
         if isinstance(forwarded, PlaceOrder):
             assert forwarded.locked > 0
-        for event in self.engines[forwarded.market].process(forwarded, self.ts):
+        self.last_events = self.engines[forwarded.market].process(forwarded, self.ts)
+        for event in self.last_events:
             self.apply(event)
 
     def apply(self, event: EngineEvent) -> None:
@@ -241,6 +244,14 @@ class ExchangeMachine(RuleBasedStateMachine):
         candidates = self.placed if stale or not self.open_ids() else self.open_ids()
         order_id, member, market = candidates[pick % len(candidates)]
         self.submit(AmendOrder(order_id, member if stranger is None else stranger, market, price, amount))
+
+    @rule()
+    def redeliver_the_last_events(self) -> None:
+        """Events delivered twice (at-least-once transport) change nothing the second time."""
+        before = self.accounts.snapshot()
+        for event in self.last_events:
+            self.accounts.apply(event)
+        assert self.accounts.snapshot() == before
 
     # --- invariants ---
 

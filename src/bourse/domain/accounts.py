@@ -29,7 +29,11 @@ account receives them. A trade whose other side belongs to another shard is sett
 trade against the ledger's clearing account. Events about orders this shard does not track are
 ignored (they belong to another shard). Trade ids increase per market (the engine's contract):
 a Trade whose id is not above the highest one applied for its market is a redelivery and is
-ignored, so a trade is never settled twice.
+ignored, so a trade is never settled twice. Likewise an amend answer (`OrderAmended`, or
+`OrderRejected` for "amend") for an order with no amend in flight is ignored, and events of
+orders already closed find nothing to change. (Exactly-once application is still the runtime's
+job, by input sequence: a redelivered amend answer while another amend of the same order is in
+flight cannot be told apart.)
 
 `apply` takes the matching engine's events only, never the `OrderRejected`s this class returns
 itself (those changed nothing; fed back, a rejected duplicate place would release the original
@@ -511,6 +515,8 @@ class Accounts:
         elif isinstance(event, OrderAccepted):
             order.accepted = True
         elif isinstance(event, OrderAmended):
+            if not order.pending:
+                return self.take_changes()  # no amend in flight: a redelivered event
             order.price = event.price
             order.amount = event.amount
             order.remaining = event.remaining
@@ -519,7 +525,7 @@ class Accounts:
             if event.command == "place":
                 if not order.accepted:
                     self._forget(event.order_id, order)
-            elif event.command == "amend":
+            elif event.command == "amend" and order.pending:
                 self._amend_done(event.order_id, order)
         return self.take_changes()
 
@@ -600,8 +606,7 @@ class Accounts:
             touched[(EXCHANGE_MEMBER, quote)] = None
 
     def _amend_done(self, order_id: int, order: _Order) -> None:
-        if order.pending:
-            order.pending -= 1
+        order.pending -= 1
         if order.pending or order.price is None:
             return
         surplus = order.locked - order.need()
