@@ -265,6 +265,10 @@ async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) ->
     if decision is not None and not decision.accepted:
         reason = decision.reason or "rejected"
         if reason == "unknown_order":
+            # the accounts stage tracks open orders only: a finished order of the member is
+            # still the member's order, closed rather than not found
+            if await find_order(deps, command.member_id, command.order_id) is not None:
+                raise ApiError(422, "order_closed", f"order {command.order_id} is no longer open")
             raise ApiError(404, "order_not_found", f"no open order {command.order_id}")
         raise ApiError(422, str(reason), f"refused: {reason}", order_id=str(command.order_id))
     if outcome is not None and outcome.status is None and outcome.reason is not None:
