@@ -144,5 +144,12 @@ class OrderIntake:
         else:
             for outcome in reply.items:
                 submission = waiting.pop((outcome.order_id, outcome.command), None)
-                if submission is not None and not submission.outcome.done():
+                if submission is None:
+                    continue
+                # The engine's outcome may overtake the accounts decision: accounts sends its
+                # decisions once all its outputs are acked, matching may have answered by then.
+                # Only accepted commands reach the engine, so the outcome decides it.
+                if not submission.decision.done():
+                    submission.decision.set_result(Decision(outcome.order_id, outcome.command, True))
+                if not submission.outcome.done():
                     submission.outcome.set_result(outcome)

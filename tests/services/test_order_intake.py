@@ -1,0 +1,57 @@
+"""The gateway's order intake: replies resolve the right submission, in whatever order they come."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from bourse.adapters.order_intake import OrderIntake, Submission
+from bourse.contracts import Decision, Decisions, Outcome, Outcomes, encode
+from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, Side
+
+
+class _Client:
+    def jetstream(self) -> None:
+        return None
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+
+def _intake() -> OrderIntake:
+    client: Any = _Client()
+    return OrderIntake(client, "t", 1)
+
+
+def _reply(payload: bytes) -> Msg:
+    return Msg(_client=None, subject="_INBOX.test", data=payload)  # type: ignore[arg-type]
+
+
+def _waiting(intake: OrderIntake, order_id: int) -> Submission:
+    command = PlaceOrder(order_id, 1, "btc_usd", Side.BUY, OrderType.LIMIT, 100, 5_000_000)
+    submission = Submission(command)
+    intake._waiting[(order_id, "place")] = submission
+    return submission
+
+
+async def test_an_outcome_that_overtakes_the_decision_decides_the_order() -> None:
+    intake = _intake()
+    submission = _waiting(intake, 7)
+    await intake._on_reply(_reply(encode(Outcomes([Outcome(7, "place", OrderStatus.SUBMITTED, 0)]))))
+    await intake._on_reply(_reply(encode(Decisions([Decision(7, "place", True)]))))
+    assert submission.decision.done()
+    assert submission.decision.result().accepted
+    assert submission.outcome.result().status is OrderStatus.SUBMITTED
+    assert not intake._waiting
+
+
+async def test_decision_then_outcome() -> None:
+    intake = _intake()
+    submission = _waiting(intake, 8)
+    await intake._on_reply(_reply(encode(Decisions([Decision(8, "place", True)]))))
+    assert submission.decision.result().accepted
+    assert not submission.outcome.done()
+    await intake._on_reply(_reply(encode(Outcomes([Outcome(8, "place", OrderStatus.EXECUTED, 100)]))))
+    assert submission.outcome.result().executed == 100
+    assert not intake._waiting
