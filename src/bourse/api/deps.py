@@ -37,7 +37,9 @@ class GatewayDeps:
     """How long POST /order waits for the accounts decision before answering 202."""
 
 
-def get_deps(request: Request) -> GatewayDeps:
+# Both dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in a worker thread (anyio), two thread hand-offs per request.
+async def get_deps(request: Request) -> GatewayDeps:
     deps: GatewayDeps = request.app.state.deps
     return deps
 
@@ -45,7 +47,7 @@ def get_deps(request: Request) -> GatewayDeps:
 Deps = Annotated[GatewayDeps, Depends(get_deps)]
 
 
-def current_member(request: Request, deps: Deps) -> int:
+async def current_member(request: Request, deps: Deps) -> int:
     """The member id of a valid `Authorization: Bearer <JWT>`; 401 problem+json otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
