@@ -22,6 +22,7 @@ from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, Order
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
+    CloseReason,
     OrderAccepted,
     OrderAmended,
     OrderClosed,
@@ -130,6 +131,9 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     status: OrderStatus | None
     executed: int
     reason: RejectReason | None = None
+    """Why the engine refused the command (then `status` is None)."""
+    close_reason: CloseReason | None = None
+    """Why the order ended, when the command left it final (filled, ioc_remainder, ...)."""
 
 
 class Outcomes(msgspec.Struct, frozen=True, tag_field="kind", tag="outcomes"):

@@ -76,7 +76,7 @@ def place_order_out(market: Market, command: PlaceOrder, outcome: Outcome | None
         time_in_force=command.tif,
         post_only=command.post_only,
         created_at=iso(command.created_at),
-        reason=outcome.reason if outcome is not None and outcome.reason is not None else None,
+        reason=(outcome.reason or outcome.close_reason) if outcome is not None else None,
     )
 
 
@@ -178,8 +178,8 @@ def view_out(deps: GatewayDeps, view: OrderView, outcome: Outcome | None = None)
     if outcome is not None and outcome.status is not None:
         executed, status = outcome.executed, outcome.status
     reason = view.reject_reason or view.close_reason
-    if outcome is not None and outcome.reason is not None:
-        reason = outcome.reason
+    if outcome is not None and (outcome.reason or outcome.close_reason) is not None:
+        reason = outcome.reason or outcome.close_reason
     return OrderOut(
         id=str(view.id),
         client_order_id=view.client_order_id,

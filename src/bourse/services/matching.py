@@ -33,6 +33,7 @@ from bourse.domain.matching import MatchingEngine
 from bourse.domain.money import Market
 from bourse.domain.orders import (
     CancelOrder,
+    CloseReason,
     OrderAccepted,
     OrderAmended,
     OrderClosed,
@@ -129,6 +130,7 @@ def _outcome(command: PlaceOrder | CancelOrder | Any, events: Sequence[EngineEve
     )
     status: OrderStatus | None = None
     executed = 0
+    close_reason: CloseReason | None = None
     for event in events:
         if getattr(event, "order_id", None) != command.order_id:
             continue
@@ -142,8 +144,8 @@ def _outcome(command: PlaceOrder | CancelOrder | Any, events: Sequence[EngineEve
             executed = event.amount - event.remaining
             status = OrderStatus.PARTIALLY_FILLED if executed else OrderStatus.SUBMITTED
         elif isinstance(event, OrderClosed):
-            status, executed = event.status, event.executed
-    return Outcome(command.order_id, kind, status, executed)
+            status, executed, close_reason = event.status, event.executed, event.reason
+    return Outcome(command.order_id, kind, status, executed, None, close_reason)
 
 
 class MatchingService(Service):
