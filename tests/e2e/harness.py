@@ -77,7 +77,7 @@ class Member:
     async def place(self, **body: Any) -> dict[str, Any]:
         """POST /order, expecting 201 (accepted and decided); returns the order."""
         response = await self.post_order(body)
-        assert response.status_code == 201, response.text
+        assert response.status_code == 201, (response.status_code, response.text, self.exchange.health())
         order: dict[str, Any] = response.json()
         return order
 
@@ -155,6 +155,10 @@ class Exchange:
     async def stop(self) -> None:
         await self.http.aclose()
         await self.process.stop()
+
+    def health(self) -> Any:
+        """What the process's health endpoint would say (consumer failures, last errors)."""
+        return self.process.health()
 
     def member(self, member_id: int) -> Member:
         return Member(self, member_id)

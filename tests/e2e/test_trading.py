@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from decimal import ROUND_DOWN, Decimal
 
-import pytest
-
 from tests.e2e.harness import DEMO_BALANCES, Balances, Exchange, Member
 
 MAKER = Decimal("0.001")
@@ -301,11 +299,6 @@ async def test_post_only_that_would_cross_is_closed_and_one_that_does_not_rests(
     assert depth["bids"] == [["49999.99", "0.100000"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: POST /order answers a closed order with reason null; the engine Outcome carries "
-    "only reject reasons, not the close reason (ioc_remainder, fok_not_filled, ...) that GET /order shows",
-)
 async def test_the_answer_to_an_order_closed_at_once_says_why(
     exchange: Exchange, alice: Member, bob: Member
 ) -> None:
