@@ -64,12 +64,13 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from bourse.adapters.jetstream import stream_position
 from bourse.auth import issuer_for, key_ring_for
 from bourse.catalog import default_markets_file
-from bourse.contracts import EVENT_BATCH_DECODER
-from bourse.domain.orders import OrderAccepted, Trade
+from bourse.contracts import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_BATCH_DECODER
+from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.settings import Settings
-from bourse.topology import BUCKETS, EVENTS, OBJECT_STORES, STREAMS
+from bourse.topology import BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
@@ -337,11 +338,15 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
     return system
 
 
+async def _quiet(_exc: Exception) -> None:
+    pass
+
+
 async def wait_for_nats(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1)
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=1, error_cb=_quiet)
             await nc.close()
             return
         except Exception:
@@ -438,6 +443,59 @@ class Sample:
     order_id: int = 0
 
 
+async def stream_times(nc: Any, subject: str, limit_s: float = 30.0) -> list[tuple[int, bytes]]:
+    """(stored at, ns; payload) of every message of a stream subject, read with an ordered consumer."""
+    js = nc.jetstream()
+    found: list[tuple[int, bytes]] = []
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:
+                break
+            found.append((stream_position(msg).timestamp_ns, msg.data))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def stage_trace(nc: Any, namespace: str, sent_wall: dict[int, float]) -> dict[str, dict[str, float]]:
+    """Where an order's time goes, from the streams' own timestamps (server clock = this clock):
+    POST sent -> in ORDERS (gateway) -> in MATCH (accounts) -> in EVENTS (matching)."""
+    in_orders: dict[int, int] = {}
+    for ts, data in await stream_times(nc, ORDERS.wildcard(namespace)):
+        for item in ACCOUNTS_BATCH_DECODER.decode(data).items:
+            if isinstance(item, PlaceOrder):
+                in_orders.setdefault(item.order_id, ts)
+    in_match: dict[int, int] = {}
+    for ts, data in await stream_times(nc, MATCH.wildcard(namespace)):
+        for command in MATCH_BATCH_DECODER.decode(data).commands:
+            if isinstance(command, PlaceOrder):
+                in_match.setdefault(command.order_id, ts)
+    in_events: dict[int, int] = {}
+    for ts, data in await stream_times(nc, EVENTS.wildcard(namespace)):
+        for event in EVENT_BATCH_DECODER.decode(data).events:
+            if isinstance(event, OrderAccepted):
+                in_events.setdefault(event.order_id, ts)
+    gateway, accounts, matching = [], [], []
+    for order_id, sent in sent_wall.items():
+        if order_id in in_orders:
+            gateway.append(in_orders[order_id] / 1e9 - sent)
+            if order_id in in_match:
+                accounts.append((in_match[order_id] - in_orders[order_id]) / 1e9)
+                if order_id in in_events:
+                    matching.append((in_events[order_id] - in_match[order_id]) / 1e9)
+    return {
+        "POST sent -> stored in ORDERS (gateway)": summary_ms(gateway),
+        "ORDERS -> stored in MATCH (accounts)": summary_ms(accounts),
+        "MATCH -> stored in EVENTS (matching)": summary_ms(matching),
+    }
+
+
 class EventListener:
     """Times, at this process's clock, each order's first `accepted` and first trade as taker."""
 
@@ -492,26 +550,24 @@ class LoadRun:
         self.max_lag = 0.0
 
     async def client(self, index: int, start: float, end: float) -> None:
+        """One keep-alive connection sending on its own schedule (rate / clients per second).
+
+        A request goes out at its scheduled time, or as soon as the previous one has returned
+        if that is later: `post_order` latency is measured from the send (what the server
+        takes), `post_order_from_schedule` from the scheduled time (what a client that wanted
+        to send then would see, so a stall shows even though this client waited)."""
         period = self.args.clients / self.args.rate
         connector = aiohttp.TCPConnector(limit=1, force_close=False)
         timeout = aiohttp.ClientTimeout(total=self.args.timeout)
         resting: list[tuple[str, int]] = []
-        inflight: set[asyncio.Task[None]] = set()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             slot = start + period * index / self.args.clients
             while slot < end:
                 delay = slot - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                action = self.workload.next(resting)
-                # open loop: the request goes out now even if the previous one has not returned
-                # (aiohttp queues it behind the connection: that wait counts as latency)
-                task = asyncio.create_task(self.send(session, action, slot, resting))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
+                await self.send(session, self.workload.next(resting), slot, resting)
                 slot += period
-            if inflight:
-                await asyncio.wait(inflight)
 
     async def send(
         self, session: aiohttp.ClientSession, action: Action, scheduled: float, resting: list[tuple[str, int]]
@@ -714,6 +770,47 @@ async def quiesce(listener: EventListener, *, idle_s: float = 1.0, limit_s: floa
             return
 
 
+async def stream_counts(nc: Any, namespace: str) -> dict[str, int]:
+    """Messages stored so far in each of the namespace's streams."""
+    js = nc.jetstream()
+    counts = {}
+    for spec in STREAMS:
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(spec.name(namespace))
+            counts[spec.kind] = int(info.state.last_seq)
+    return counts
+
+
+def batching(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per consumer: stream messages delivered per fetch in the window; gateway: orders per publish."""
+    out: dict[str, dict[str, float]] = {}
+
+    def consumers(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        found = {}
+        for service in facts.values():
+            if isinstance(service, dict):
+                for consumer in service.get("consumers", []):
+                    found[consumer["durable"]] = consumer
+        return found
+
+    prior = consumers(before)
+    for durable, stats in consumers(after).items():
+        old = prior.get(durable, {"delivered": 0, "batches": 0})
+        fetches = stats["batches"] - old["batches"]
+        delivered = stats["delivered"] - old["delivered"]
+        out[durable] = {"fetches": fetches, "messages": delivered, "per_fetch": delivered / max(fetches, 1)}
+    gateway_before, gateway_after = before.get("gateway", {}), after.get("gateway", {})
+    if "orders_published" in gateway_after:
+        published = gateway_after["batches_published"] - gateway_before.get("batches_published", 0)
+        orders = gateway_after["orders_published"] - gateway_before.get("orders_published", 0)
+        out["gateway intake"] = {
+            "fetches": published,
+            "messages": orders,
+            "per_fetch": orders / max(published, 1),
+        }
+    return out
+
+
 def stage_cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     out = {}
     for name, facts in after.items():
@@ -755,6 +852,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             runner = asyncio.create_task(load.run(listener, start, end))
             await asyncio.sleep(max(load.window[0] - time.perf_counter(), 0.0))
             health_before = await health_facts(system, session)
+            streams_before = await stream_counts(nc, system.namespace)
             before = cpu_mark(pids)
             profilers = start_profilers(args, pids) if args.profile else {}
             await runner
@@ -762,9 +860,24 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             await quiesce(listener)
             after = cpu_mark(pids)
             health_after = await health_facts(system, session)
+            streams_after = await stream_counts(nc, system.namespace)
+            offset = time.time() - time.perf_counter()
+            lo, hi = load.window
+            sent_wall = {
+                s.order_id: s.sent + offset
+                for s in load.samples
+                if s.kind == "place" and s.order_id and lo <= s.scheduled < hi
+            }
+            trace = await stage_trace(nc, system.namespace, sent_wall)
             await nc.drain()
         result = analyse(args, system, load, listener, before, after, stage_cpu(health_before, health_after))
         result["profiles"] = profiles
+        result["latency_ms"].update(trace)
+        ok = max(result["orders"]["ok"], 1)
+        result["stream_messages_per_order"] = {
+            name: (streams_after[name] - streams_before.get(name, 0)) / ok for name in streams_after
+        }
+        result["batching"] = batching(health_before, health_after)
         return result
     finally:
         if system is not None:
@@ -818,6 +931,9 @@ def analyse(
     loadgen = after.loadgen - before.loadgen
     busy = (after.machine[0] - before.machine[0]) / max(after.machine[1] - before.machine[1], 1)
     late = sum(1 for s in window if s.sent - s.scheduled > 0.005)
+    ours = sum(values["cpu_s"] or 0.0 for values in cpu.values()) + loadgen
+    cpus = os.cpu_count() or 1
+    others = max(busy * cpus * wall - ours, 0.0) / wall
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "options": {
@@ -825,14 +941,15 @@ def analyse(
         },
         "mode": system.mode,
         "nats": "external " + system.nats_url if system.external_nats else "own (sync_interval: always)",
-        "machine": {"cpus": os.cpu_count(), "busy_share": busy},
+        "machine": {"cpus": cpus, "busy_share": busy, "other_processes_cores": others},
         "window_s": elapsed,
         "drain_s": wall - elapsed,
         "orders": {
             "sent": len(places),
             "ok": len(ok_places),
-            "rate_ok": len(ok_places) / elapsed,
-            "rate_sent": len(places) / elapsed,
+            "rate_ok": sum(1 for s in ok_places if s.done < hi) / elapsed,
+            "rate_sent": sum(1 for s in places if s.sent < hi) / elapsed,
+            "scheduled_rate": len(places) / elapsed,
             "status_201": sum(1 for s in ok_places if s.status == "201"),
             "status_202": sum(1 for s in ok_places if s.status == "202"),
         },
@@ -874,18 +991,20 @@ def render_text(result: dict[str, Any]) -> str:
         f"mode {result['mode']}, nats {result['nats']}, {result['options']['clients']} clients, "
         f"target {result['options']['rate']}/s, window {result['window_s']:.1f}s "
         f"(+{result['drain_s']:.1f}s drain), machine busy {result['machine']['busy_share']:.0%} "
-        f"of {result['machine']['cpus']} cpus",
-        f"orders: {o['ok']} ok of {o['sent']} sent, {o['rate_ok']:.0f} orders/s "
+        f"of {result['machine']['cpus']} cpus ({result['machine']['other_processes_cores']:.2f} cores "
+        "used by processes outside the benchmark)",
+        f"orders: {o['ok']} ok of {o['sent']} sent; achieved {o['rate_ok']:.0f} orders/s ok within the "
+        f"window (scheduled {o['scheduled_rate']:.0f}/s) "
         f"(201: {o['status_201']}, 202: {o['status_202']}); "
         f"cancels: {result['cancels']['ok']} ok of {result['cancels']['sent']}",
         f"trades: {result['trades']['events_total']} events; "
         f"{result['trades']['share_of_orders_trading_as_taker']:.0%} of orders traded as taker",
         "",
-        f"{'latency (ms)':<30} {'count':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}",
+        f"{'latency (ms)':<42} {'count':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7}",
     ]
     for name, values in lat.items():
         lines.append(
-            f"{name:<30} {int(values['count']):>7} {fmt(values['p50']):>7} {fmt(values['p90']):>7} "
+            f"{name:<42} {int(values['count']):>7} {fmt(values['p50']):>7} {fmt(values['p90']):>7} "
             f"{fmt(values['p99']):>7} {fmt(values['p99.9']):>7} {fmt(values['max']):>7}"
         )
     lines += ["", f"{'cpu':<30} {'cpu s':>8} {'cores':>6} {'us/order':>9} {'us/command':>10}"]
@@ -913,9 +1032,24 @@ def render_text(result: dict[str, Any]) -> str:
     lines.append("errors: " + (", ".join(f"{key}: {count}" for key, count in errors.items()) or "none"))
     lg = result["loadgen"]
     lines.append(
-        f"load generator: {lg['late_sends_over_5ms']} sends >5 ms late, "
+        f"load generator: {lg['late_sends_over_5ms']} sends >5 ms behind schedule "
+        "(previous answer late, or the generator slow), "
         f"max lag {lg['max_send_lag_ms']:.1f} ms"
     )
+    if result.get("stream_messages_per_order"):
+        lines.append(
+            "stream messages stored per order: "
+            + ", ".join(f"{name} {count:.2f}" for name, count in result["stream_messages_per_order"].items())
+        )
+    if result.get("batching"):
+        lines.append(
+            "messages per fetch (per publish for the gateway): "
+            + ", ".join(
+                f"{name} {stats['per_fetch']:.1f}"
+                for name, stats in result["batching"].items()
+                if stats["messages"]
+            )
+        )
     for label, profile in result.get("profiles", {}).items():
         lines += ["", f"profile of {label}: {profile['samples']} samples ({profile['file']})"]
         lines.append(
