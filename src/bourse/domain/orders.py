@@ -122,7 +122,7 @@ EngineCommand = PlaceOrder | CancelOrder | AmendOrder
 # --- events (output of the matching engine) ---
 
 
-class OrderAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="accepted"):
+class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="accepted"):
     order_id: int
     member_id: int
     market: str
@@ -139,7 +139,7 @@ class OrderAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="accepted
     client_order_id: str | None = None
 
 
-class OrderRejected(msgspec.Struct, frozen=True, tag_field="kind", tag="rejected"):
+class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="rejected"):
     order_id: int
     member_id: int
     market: str
@@ -149,7 +149,7 @@ class OrderRejected(msgspec.Struct, frozen=True, tag_field="kind", tag="rejected
     leaves the order as it was."""
 
 
-class Trade(msgspec.Struct, frozen=True, tag_field="kind", tag="trade"):
+class Trade(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="trade"):
     trade_id: int
     market: str
     price: int
@@ -165,7 +165,7 @@ class Trade(msgspec.Struct, frozen=True, tag_field="kind", tag="trade"):
     ts: int
 
 
-class OrderUpdated(msgspec.Struct, frozen=True, tag_field="kind", tag="updated"):
+class OrderUpdated(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="updated"):
     """A fill happened: the order's executed amount changed (and it is still open or now final)."""
 
     order_id: int
@@ -176,7 +176,7 @@ class OrderUpdated(msgspec.Struct, frozen=True, tag_field="kind", tag="updated")
     status: OrderStatus
 
 
-class OrderAmended(msgspec.Struct, frozen=True, tag_field="kind", tag="amended"):
+class OrderAmended(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="amended"):
     order_id: int
     member_id: int
     market: str
@@ -186,7 +186,7 @@ class OrderAmended(msgspec.Struct, frozen=True, tag_field="kind", tag="amended")
     priority_kept: bool
 
 
-class OrderClosed(msgspec.Struct, frozen=True, tag_field="kind", tag="closed"):
+class OrderClosed(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="closed"):
     """The order left the book for good. `status` says how: executed, cancelled or closed."""
 
     order_id: int
