@@ -1,30 +1,72 @@
-"""An exchange per test: every service in this process on a fresh namespace, on both NATS servers."""
+"""The exchange under test: every service in this process, on both NATS servers.
+
+`exchange` is one per test (fresh namespace: fresh streams, demo balances), for tests that
+assert exact balances and books. `shared_exchange` is one per module and server, for tests that
+only check that a request is refused and changes nothing (bad inputs, authentication)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
+import nats
 import pytest
 from nats.aio.client import Client
 
+from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.settings import Settings
-from tests.conftest import free_port
-from tests.e2e.harness import DEMO_BALANCES, Exchange, Member
+from tests.conftest import SYSTEM_NATS_URL, free_port
+from tests.e2e.harness import DEMO_BALANCES, Exchange, Member, delete_namespace
 
 
-@pytest.fixture
-async def exchange(settings: Settings, nc: Client) -> AsyncIterator[Exchange]:
-    """Started, seeded with the demo members' balances, and settled. `nc` (requested here)
-    deletes the namespace's streams after the process has stopped."""
-    settings = settings.model_copy(update={"http_port": free_port(), "demo_seed": True})
+async def started(settings: Settings, nc: Client) -> Exchange:
+    """Started, seeded with the demo members' balances, and settled."""
     running = await Exchange.start(settings, nc)
     try:
         for member_id, expected in DEMO_BALANCES.items():
             balances = await running.member(member_id).balances()
             assert {currency: available for currency, (available, _) in balances.items()} == expected
-        yield running
-    finally:
+    except BaseException:
         await running.stop()
+        raise
+    return running
+
+
+@pytest.fixture
+async def exchange(settings: Settings, nc: Client) -> AsyncIterator[Exchange]:
+    """One per test. `nc` (requested here) deletes the namespace after the process stopped."""
+    running = await started(settings.model_copy(update={"http_port": free_port(), "demo_seed": True}), nc)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="module", params=["system", "embedded"])
+async def shared_exchange(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Exchange]:
+    """One per test module and NATS server (the same two servers as `nats_url`)."""
+    if request.param == "system":
+        url = SYSTEM_NATS_URL
+    else:
+        server: EmbeddedNatsServer = request.getfixturevalue("embedded_nats")
+        url = server.url
+    settings = Settings(
+        nats_url=url,
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        data_dir=tmp_path_factory.mktemp("e2e"),
+        http_port=free_port(),
+        health_port=0,
+        demo_seed=True,
+        _env_file=None,
+    )
+    client = await nats.connect(servers=settings.nats_servers)
+    try:
+        running = await started(settings, client)
+        yield running
+        await running.stop()
+    finally:
+        await delete_namespace(client, settings.namespace)
+        await client.close()
 
 
 @pytest.fixture

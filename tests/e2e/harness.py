@@ -13,12 +13,14 @@ EVENTS and ACCOUNTS streams hold, so balances, order lists and depth read afterw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import httpx
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from bourse.adapters.query_client import QueryClient
 from bourse.auth import TokenIssuer, issuer_for, key_ring_for
@@ -30,7 +32,7 @@ from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.query import Query
 from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS
+from bourse.topology import ACCOUNTS, BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
 
 PROBLEM_JSON = "application/problem+json"
 SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Gateway]
@@ -195,3 +197,17 @@ class Exchange:
             spec.kind: (await js.stream_info(spec.name(ns))).state.messages
             for spec in (ORDERS, MATCH, EVENTS, ACCOUNTS)
         }
+
+
+async def delete_namespace(nc: Client, namespace: str) -> None:
+    """Remove a namespace's streams and buckets (what the `nc` fixture does after a test)."""
+    js = nc.jetstream()
+    for spec in STREAMS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(spec.name(namespace))
+    for bucket in BUCKETS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_key_value(bucket.name(namespace))
+    for store in OBJECT_STORES:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_object_store(store.name(namespace))
