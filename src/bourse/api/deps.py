@@ -47,17 +47,31 @@ async def get_deps(request: Request) -> GatewayDeps:
 Deps = Annotated[GatewayDeps, Depends(get_deps)]
 
 
+CHALLENGE = 'Bearer realm="bourse"'
+"""A 401 must say how to authenticate (RFC 9110 WWW-Authenticate; RFC 6750 for bearer tokens)."""
+
+
 async def current_member(request: Request, deps: Deps) -> int:
     """The member id of a valid `Authorization: Bearer <JWT>`; 401 problem+json otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing_token", "send Authorization: Bearer <token>")
+        raise ApiError(
+            401,
+            "missing_token",
+            "send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": CHALLENGE},
+        )
     try:
         principal = deps.verifier.verify(token.strip())
     except Exception as exc:
         code = getattr(exc, "code", "invalid_token")
-        raise ApiError(401, str(code), str(exc) or "invalid token") from exc
+        raise ApiError(
+            401,
+            str(code),
+            str(exc) or "invalid token",
+            headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'},
+        ) from exc
     return principal.member_id
 
 
