@@ -41,17 +41,22 @@ async def exchange(settings: Settings, nc: Client) -> AsyncIterator[Exchange]:
 
 
 @pytest.fixture(scope="module", params=["system", "embedded"])
-async def shared_exchange(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Exchange]:
-    """One per test module and NATS server (the same two servers as `nats_url`)."""
+def module_nats_url(request: pytest.FixtureRequest) -> str:
+    """The two servers of `nats_url`, once per module (a plain function: the embedded server is
+    an async fixture that cannot be requested from inside a running fixture)."""
     if request.param == "system":
-        url = SYSTEM_NATS_URL
-    else:
-        server: EmbeddedNatsServer = request.getfixturevalue("embedded_nats")
-        url = server.url
+        return SYSTEM_NATS_URL
+    server: EmbeddedNatsServer = request.getfixturevalue("embedded_nats")
+    return server.url
+
+
+@pytest.fixture(scope="module")
+async def shared_exchange(
+    module_nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Exchange]:
+    """One per test module and NATS server."""
     settings = Settings(
-        nats_url=url,
+        nats_url=module_nats_url,
         namespace=f"t{uuid.uuid4().hex[:10]}",
         data_dir=tmp_path_factory.mktemp("e2e"),
         http_port=free_port(),
