@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.query_client import QueryClient
@@ -51,11 +52,21 @@ CHALLENGE = 'Bearer realm="bourse"'
 """A 401 must say how to authenticate (RFC 9110 WWW-Authenticate; RFC 6750 for bearer tokens)."""
 
 
-async def current_member(request: Request, deps: Deps) -> int:
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="member token",
+    description="A member's JWT (ES256). In development, `bourse token MEMBER_ID` prints one.",
+)
+"""Reads `Authorization: Bearer <token>` and declares the scheme in the OpenAPI document, so the
+docs page can authorize its requests; refusals stay ours (problem+json with a stable code)."""
+
+
+async def current_member(
+    deps: Deps, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+) -> int:
     """The member id of a valid `Authorization: Bearer <JWT>`; 401 problem+json otherwise."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials if credentials is not None else ""
+    if not token:
         raise ApiError(
             401,
             "missing_token",
@@ -63,7 +74,7 @@ async def current_member(request: Request, deps: Deps) -> int:
             headers={"WWW-Authenticate": CHALLENGE},
         )
     try:
-        principal = deps.verifier.verify(token.strip())
+        principal = deps.verifier.verify(token)
     except Exception as exc:
         code = getattr(exc, "code", "invalid_token")
         raise ApiError(
