@@ -95,7 +95,7 @@ __all__ = [
 ]
 
 
-class BalanceChanged(msgspec.Struct, frozen=True, tag_field="kind", tag="balance"):
+class BalanceChanged(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="balance"):
     """A member's (or the exchange's, member_id 0) balance of one currency, as it is now."""
 
     member_id: int
