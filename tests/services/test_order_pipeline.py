@@ -190,3 +190,11 @@ async def test_restart_from_snapshot_replays_without_duplicates(pipeline: Pipeli
     assert pipeline.outcomes[404].status == OrderStatus.EXECUTED
     balances = await pipeline.balances()
     assert balances[(1, "btc")].locked == 0
+
+
+async def test_an_undecodable_input_is_skipped_and_later_orders_still_flow(pipeline: Pipeline) -> None:
+    js = pipeline.nc.jetstream()
+    await js.publish(ORDERS.subject(pipeline.settings.namespace, 0), b"\xc1 not msgpack")
+    await pipeline.send(limit(501, 1, Side.SELL, "50000", "0.1"))
+    await until(lambda: 501 in pipeline.outcomes)
+    assert pipeline.outcomes[501].status == OrderStatus.SUBMITTED

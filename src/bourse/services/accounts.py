@@ -96,8 +96,8 @@ class AccountsShard:
             if isinstance(item, PlaceOrder | CancelOrder | AmendOrder):
                 self._command(item, out, rejected)
             elif isinstance(item, Deposit):
-                if item.ref in self._deposits or item.amount <= 0:
-                    continue
+                if item.ref in self._deposits or item.amount <= 0 or item.member_id <= 0:
+                    continue  # a repeat, or nothing a member could own: skipped on every replay alike
                 if item.currency not in accounts.currencies:
                     continue
                 self._deposits.add(item.ref)
@@ -256,7 +256,14 @@ class AccountsService(Service):
         started = time.process_time()
         for msg in messages:
             seq = stream_position(msg).seq
-            batch = ACCOUNTS_BATCH_DECODER.decode(msg.data)
+            try:
+                batch = ACCOUNTS_BATCH_DECODER.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                # only our own services write this stream: a bad message is a bug, not a reason to stop
+                self.log.error(
+                    "undecodable input skipped", extra={"shard": shard_id, "seq": seq, "error": str(exc)}
+                )
+                batch = AccountsBatch([])
             out = shard.process(seq, batch)
             for market, commands in out.match.items():
                 outgoing.append(

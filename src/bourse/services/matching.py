@@ -207,7 +207,15 @@ class MatchingService(Service):
         started = time.process_time()
         for msg in messages:
             position = stream_position(msg)
-            batch = MATCH_BATCH_DECODER.decode(msg.data)
+            try:
+                batch = MATCH_BATCH_DECODER.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                # only the accounts stage writes this stream: a bad message is a bug, not a reason to stop
+                self.log.error(
+                    "undecodable input skipped",
+                    extra={"market": symbol, "seq": position.seq, "error": str(exc)},
+                )
+                batch = MatchBatch([], shard=-1, seq=position.seq)
             out = shard.process(position.seq, position.timestamp_ns, batch)
             seq = position.seq
             if out.events is not None:
