@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --duration 20
     .venv/bin/python bench/e2e_bench.py --mode split --rate 1000 --duration 30 --clients 50
+    .venv/bin/python bench/e2e_bench.py --mode split --rate 500 --profile   # py-spy per process
     .venv/bin/python bench/e2e_bench.py --mode split --nats-url nats://127.0.0.1:4222
 
 What runs:
@@ -18,13 +19,16 @@ The markets file is the default one with `--members` demo members (1000 by defau
 locking is spread over many accounts as it would be. Every member gets a token from the key
 ring of the data folder (what `bourse token N` does).
 
-The load: `--clients` keep-alive HTTP connections, each sending on its own schedule so that
-together they post `--rate` commands per second (open loop: a late answer does not delay the
-next send; latency is also reported from the scheduled time, so a stalled server cannot hide
-behind a slow client). The mix: limit orders around a mid price (buys below and sells above it,
-overlapping so that a share trades), a few IOC orders that cross, and cancels of orders that
+The load: `--clients` keep-alive HTTP connections (aiohttp), each sending on its own schedule
+so that together they post `--rate` orders per second, plus cancels (`--cancel-share` of all
+requests). A connection sends at its scheduled time, or when its previous answer came if that
+is later; `post_order` latency is measured from the send, `post_order_from_schedule` from the
+scheduled time, so a stalled server cannot hide behind a waiting client (no coordinated
+omission). The mix: limit orders around a mid price in three markets (buys below and sells above
+it, overlapping so that a share trades), a few IOC orders that cross, and cancels of orders that
 rest. An event listener on `<ns>.events.>` (core NATS) timestamps each order's first trade and
-its `accepted` event, so order-to-trade latency is measured at the client's clock.
+its `accepted` event, so order-to-trade latency is measured at the client's clock; after the
+run, the streams' own timestamps split an order's way into gateway, accounts and matching.
 
 CPU: each server process's utime+stime (`/proc/<pid>/stat`) at the start and the end of the
 measured window, divided by the orders placed in it: microseconds of CPU per order, per process.
@@ -518,6 +522,12 @@ class EventListener:
                 self.accepted.setdefault(event.order_id, now)
 
 
+def command_rate(args: argparse.Namespace) -> float:
+    """Requests per second: `--rate` orders, plus the cancels (a share of all commands)."""
+    rate: float = args.rate / (1.0 - args.cancel_share)
+    return rate
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -556,7 +566,7 @@ class LoadRun:
         if that is later: `post_order` latency is measured from the send (what the server
         takes), `post_order_from_schedule` from the scheduled time (what a client that wanted
         to send then would see, so a stall shows even though this client waited)."""
-        period = self.args.clients / self.args.rate
+        period = self.args.clients / command_rate(self.args)
         connector = aiohttp.TCPConnector(limit=1, force_close=False)
         timeout = aiohttp.ClientTimeout(total=self.args.timeout)
         resting: list[tuple[str, int]] = []
@@ -844,8 +854,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             await nc.subscribe(EVENTS.wildcard(system.namespace), cb=listener.on_message)
             load = LoadRun(args, system.api, tokens)
             print(
-                f"load: {args.rate}/s for {args.duration}s (+{args.warmup}s warm-up), "
-                f"{args.clients} clients, {args.cancel_share:.0%} cancels",
+                f"load: {args.rate:.0f} orders/s + {command_rate(args) - args.rate:.0f} cancels/s "
+                f"for {args.duration}s (+{args.warmup}s warm-up), {args.clients} clients",
                 flush=True,
             )
             start, end = load.plan()
@@ -989,7 +999,7 @@ def render_text(result: dict[str, Any]) -> str:
     lines = [
         "",
         f"mode {result['mode']}, nats {result['nats']}, {result['options']['clients']} clients, "
-        f"target {result['options']['rate']}/s, window {result['window_s']:.1f}s "
+        f"target {result['options']['rate']:.0f} orders/s, window {result['window_s']:.1f}s "
         f"(+{result['drain_s']:.1f}s drain), machine busy {result['machine']['busy_share']:.0%} "
         f"of {result['machine']['cpus']} cpus ({result['machine']['other_processes_cores']:.2f} cores "
         "used by processes outside the benchmark)",
@@ -1139,10 +1149,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second, all clients (1000)")
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="POST /order per second; cancels come on top (1000)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds (20)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (3)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent keep-alive connections (50)")
+    parser.add_argument("--clients", type=int, default=100, help="concurrent keep-alive connections (100)")
     parser.add_argument("--mode", choices=("up", "split"), default="up")
     parser.add_argument(
         "--nats-url", default=None, help="use this NATS (unique namespace) instead of our own"
@@ -1162,6 +1174,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.clients <= 0 or args.duration <= 0 or args.members < 1:
         parser.error("rate, clients, duration and members must be positive")
+    if not 0.0 <= args.cancel_share < 1.0 or not 0.0 <= args.ioc_share <= 1.0:
+        parser.error("--cancel-share must be in [0, 1), --ioc-share in [0, 1]")
     return args
 
 
