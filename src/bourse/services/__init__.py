@@ -8,11 +8,13 @@ from bourse.services.auth import Auth
 from bourse.services.gateway import Gateway
 from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
+from bourse.services.persistence import Persistence
 from bourse.services.query import Query
 from bourse.settings import Settings
 
 SERVICES: dict[str, type[Service]] = {
-    service.name: service for service in (AccountsService, MatchingService, Query, Auth, Ids, Gateway)
+    service.name: service
+    for service in (AccountsService, MatchingService, Persistence, Query, Auth, Ids, Gateway)
 }
 
 

@@ -1,0 +1,245 @@
+"""Batched, idempotent writes of the persistence service, and the reads it needs.
+
+Every write is a bulk statement executed once per transaction with all its rows (executemany),
+in the dialect's own upsert:
+
+- MariaDB/MySQL: `INSERT ... ON DUPLICATE KEY UPDATE`;
+- SQLite: `INSERT ... ON CONFLICT (key) DO UPDATE` / `DO NOTHING`.
+
+*Upserts* replace a row by its key (orders, balances, positions); *inserts if absent* keep the
+row already there (trades, ledger entries, members, orders made from a rejection), so writing
+the same rows twice leaves the tables as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from bourse.adapters.sql import models
+from bourse.domain.order_views import OrderView
+from bourse.domain.orders import CloseReason, OrderStatus, OrderType, RejectReason, Side, TimeInForce, Trade
+
+IN_CHUNK = 500
+"""Ids per `IN (...)` list when loading orders (SQLite allows 32766 parameters, older ones 999)."""
+
+orders = cast(Table, models.orders)
+trades = cast(Table, models.trades)
+balances = cast(Table, models.balances)
+ledger_entries = cast(Table, models.ledger_entries)
+members = cast(Table, models.members)
+applied_positions = cast(Table, models.applied_positions)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    seq: int
+    """Producer's input sequence (envelope `seq`) of the last message applied."""
+    stream_seq: int
+    """Stream sequence of that message."""
+
+
+def order_row(view: OrderView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "member_id": view.member_id,
+        "market": view.market,
+        "side": view.side,
+        "type": view.type,
+        "price": view.price,
+        "amount": view.amount,
+        "executed": view.executed,
+        "remaining": view.remaining,
+        "funds": view.funds,
+        "status": view.status,
+        "close_reason": view.close_reason,
+        "reject_reason": view.reject_reason,
+        "tif": view.tif,
+        "post_only": view.post_only,
+        "client_order_id": view.client_order_id,
+        "created_at": view.created_at,
+        "received_at": view.received_at,
+        "updated_at": view.updated_at,
+    }
+
+
+def order_view(row: Sequence[Any]) -> OrderView:
+    """An `OrderView` from a row of `orders` selected with every column, in table order."""
+    (
+        id_,
+        member_id,
+        market,
+        side,
+        type_,
+        price,
+        amount,
+        executed,
+        remaining,
+        funds,
+        status,
+        close_reason,
+        reject_reason,
+        tif,
+        post_only,
+        client_order_id,
+        created_at,
+        received_at,
+        updated_at,
+    ) = row
+    return OrderView(
+        id=id_,
+        member_id=member_id,
+        market=market,
+        side=None if side is None else Side(side),
+        type=None if type_ is None else OrderType(type_),
+        price=price,
+        amount=amount,
+        executed=executed,
+        remaining=remaining,
+        funds=funds,
+        status=OrderStatus(status),
+        close_reason=None if close_reason is None else CloseReason(close_reason),
+        reject_reason=None if reject_reason is None else RejectReason(reject_reason),
+        tif=None if tif is None else TimeInForce(tif),
+        post_only=bool(post_only),
+        client_order_id=client_order_id,
+        created_at=created_at,
+        received_at=received_at,
+        updated_at=updated_at,
+    )
+
+
+def trade_row(trade: Trade) -> dict[str, Any]:
+    return {
+        "market": trade.market,
+        "trade_id": trade.trade_id,
+        "price": trade.price,
+        "amount": trade.amount,
+        "funds": trade.funds,
+        "maker_order_id": trade.maker_order_id,
+        "maker_member_id": trade.maker_member_id,
+        "taker_order_id": trade.taker_order_id,
+        "taker_member_id": trade.taker_member_id,
+        "taker_side": trade.taker_side,
+        "ts": trade.ts,
+    }
+
+
+class SqlStore:
+    """The statements, built once for the engine's dialect; every method runs inside the
+    caller's transaction (`async with store.engine.begin() as conn`)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect not in {"sqlite", "mysql", "mariadb"}:
+            raise ValueError(f"unsupported database {self.dialect!r}: MariaDB/MySQL or SQLite")
+        self._upsert_orders = self.upsert(orders)
+        self._insert_orders = self.insert_absent(orders)
+        self._insert_trades = self.insert_absent(trades)
+        self._upsert_balances = self.upsert(balances)
+        self._insert_ledger = self.insert_absent(ledger_entries)
+        self._insert_members = self.insert_absent(members)
+        self._upsert_member_emails = self.upsert(members, ("email",))
+        self._upsert_positions = self.upsert(applied_positions)
+
+    # ------------------------------------------------------------------ statements
+
+    def upsert(self, table: Table, columns: Iterable[str] | None = None) -> Insert:
+        """Insert, or replace `columns` (default: every column outside the key) of the row
+        with the same key."""
+        keys = [column.name for column in table.primary_key.columns]
+        names = (
+            list(columns) if columns is not None else [c.name for c in table.columns if c.name not in keys]
+        )
+        if self.dialect == "sqlite":
+            lite = sqlite.insert(table)
+            return lite.on_conflict_do_update(
+                index_elements=keys, set_={name: lite.excluded[name] for name in names}
+            )
+        my = mysql.insert(table)
+        return my.on_duplicate_key_update({name: my.inserted[name] for name in names})
+
+    def insert_absent(self, table: Table) -> Insert:
+        """Insert, or keep the row with the same key as it is."""
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        key = next(iter(table.primary_key.columns)).name
+        return mysql.insert(table).on_duplicate_key_update({key: table.c[key]})
+
+    # ------------------------------------------------------------------ reads
+
+    async def positions(self, conn: AsyncConnection, consumer: str, stream: str) -> dict[str, Position]:
+        result = await conn.execute(
+            select(applied_positions.c.shard, applied_positions.c.seq, applied_positions.c.stream_seq).where(
+                applied_positions.c.consumer == consumer, applied_positions.c.stream == stream
+            )
+        )
+        return {shard: Position(seq, stream_seq) for shard, seq, stream_seq in result.all()}
+
+    async def load_orders(self, conn: AsyncConnection, ids: Iterable[int]) -> dict[int, OrderView]:
+        wanted = sorted(ids)
+        found: dict[int, OrderView] = {}
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            result = await conn.execute(select(orders).where(orders.c.id.in_(chunk)))
+            for row in result.all():
+                view = order_view(row)
+                found[view.id] = view
+        return found
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(
+        self, conn: AsyncConnection, statement: Insert, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        if rows:
+            await conn.execute(statement, list(rows))
+
+    async def upsert_orders(self, conn: AsyncConnection, views: Iterable[OrderView]) -> None:
+        await self.write(conn, self._upsert_orders, [order_row(view) for view in views])
+
+    async def insert_orders_if_absent(self, conn: AsyncConnection, views: Iterable[OrderView]) -> None:
+        await self.write(conn, self._insert_orders, [order_row(view) for view in views])
+
+    async def insert_trades(self, conn: AsyncConnection, rows: Iterable[Trade]) -> None:
+        await self.write(conn, self._insert_trades, [trade_row(trade) for trade in rows])
+
+    async def upsert_balances(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self.write(conn, self._upsert_balances, rows)
+
+    async def insert_ledger(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self.write(conn, self._insert_ledger, rows)
+
+    async def insert_members(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self.write(conn, self._insert_members, rows)
+
+    async def upsert_member_emails(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        await self.write(conn, self._upsert_member_emails, rows)
+
+    async def save_positions(
+        self,
+        conn: AsyncConnection,
+        consumer: str,
+        stream: str,
+        positions: Mapping[str, Position],
+        now: int,
+    ) -> None:
+        rows = [
+            {
+                "consumer": consumer,
+                "stream": stream,
+                "shard": shard,
+                "seq": position.seq,
+                "stream_seq": position.stream_seq,
+                "updated_at": now,
+            }
+            for shard, position in positions.items()
+        ]
+        await self.write(conn, self._upsert_positions, rows)
