@@ -1,5 +1,5 @@
 """The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them,
-`token` prints a member token for development."""
+`token` prints a member token for development, `db upgrade` migrates the SQL database."""
 
 from __future__ import annotations
 
@@ -71,6 +71,26 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from bourse.adapters.sql.database import upgrade_url
+
+    settings = Settings()
+    url = settings.effective_sql_url
+    try:
+        revision = asyncio.run(upgrade_url(url, args.revision))
+    except Exception as exc:
+        print(f"bourse db upgrade: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"database at revision {revision}: {_safe_url(url)}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bourse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--email", default=None, help="email claim")
     token.set_defaults(func=cmd_token)
+    db = commands.add_parser("db", help="the SQL database of the persistence service (BOURSE_SQL_URL)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser(
+        "upgrade", help="create or migrate the schema (BOURSE_SQL_URL; unset: SQLite in the data folder)"
+    )
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    upgrade.set_defaults(func=cmd_db_upgrade)
     return parser
 
 
