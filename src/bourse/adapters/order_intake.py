@@ -112,8 +112,10 @@ class OrderIntake:
             queue.wakeup.clear()
             while queue.pending:
                 batch, queue.pending = queue.pending[: self.max_batch], queue.pending[self.max_batch :]
-                payload = encode(AccountsBatch([s.command for s in batch], reply_to=self.inbox))
                 try:
+                    # encoding inside the try: a command that cannot be encoded (an id beyond 64
+                    # bits) fails its batch instead of ending this loop and every later submit
+                    payload = encode(AccountsBatch([s.command for s in batch], reply_to=self.inbox))
                     await self.js.publish(subject, payload, timeout=5.0)
                 except Exception as exc:
                     for submission in batch:
