@@ -225,10 +225,23 @@ async def find_order(
         await asyncio.sleep(0.02)
 
 
+MAX_ORDER_ID = 2**63 - 1
+"""Order ids are positive signed 64-bit integers."""
+
+
+def parse_order_id(text: str) -> int | None:
+    """An order id as the API writes it (ASCII digits, 1..2**63-1), or None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ORDER_ID else None
+
+
 def order_id_or_404(text: str) -> int:
-    if not text.isdigit() or len(text) > 20:
+    order_id = parse_order_id(text)
+    if order_id is None:
         raise ApiError(404, "order_not_found", f"no order {text!r}")
-    return int(text)
+    return order_id
 
 
 @router.get("/order/{order_id}", responses=PROBLEMS)
@@ -252,7 +265,11 @@ async def list_orders(
     """The member's orders, most recent first."""
     if market is not None:
         market_or_422(deps, market)
-    before = order_id_or_404(before_id) if before_id is not None else None
+    before = parse_order_id(before_id) if before_id is not None else None
+    if before_id is not None and before is None:
+        raise ApiError(
+            422, "invalid_request", f"before_id {before_id!r} is not an order id", field="before_id"
+        )
     views = await query(
         deps, deps.queries.orders(member, market=market, state=state, limit=limit, before_id=before)
     )
