@@ -6,12 +6,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from bourse.api.deps import Deps, Member
+from bourse.api.deps import Deps, GatewayDeps, Member
+from bourse.api.errors import ApiError
 from bourse.api.orders import PROBLEMS, iso, market_or_422, query
 from bourse.api.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
 from bourse.contracts import QUERY_MAX_LIMIT
+from bourse.domain.money import Market
 
 router = APIRouter(prefix="/api/v3")
+
+
+def market_or_404(deps: GatewayDeps, symbol: str) -> Market:
+    """A market named in the path: unknown is a 404, as for GET /markets/{market}."""
+    found = deps.catalog.market(symbol)
+    if found is None:
+        raise ApiError(404, "unknown_market", f"no market {symbol!r}")
+    return found
 
 
 @router.get("/markets/{market}/depth", tags=["markets"], responses=PROBLEMS)
@@ -19,7 +29,7 @@ async def get_depth(
     market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 50
 ) -> DepthOut:
     """Aggregated order book, best levels first: `[price, amount]`."""
-    found = market_or_422(deps, market)
+    found = market_or_404(deps, market)
     depth = await query(deps, deps.queries.depth(market, limit))
     return DepthOut(
         market=market,
@@ -34,7 +44,7 @@ async def get_trades(
     market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100
 ) -> list[TradeOut]:
     """Recent trades of the market, most recent first."""
-    found = market_or_422(deps, market)
+    found = market_or_404(deps, market)
     trades = await query(deps, deps.queries.trades(market, limit))
     return [
         TradeOut(
