@@ -166,3 +166,24 @@ async def test_a_problem_names_the_field_at_fault(shared_exchange: Exchange) -> 
     assert body["field"] == "price"
     body = expect_problem(await alice.post_order({**ORDER, "leverage": "10"}), 422, "invalid_request")
     assert [error["field"] for error in body["errors"]] == ["leverage"]
+
+
+OUT_OF_RANGE_IDS = ["0", "9223372036854775808", "18446744073709551616", "99999999999999999999", "12a", "١٢٣"]
+"""Not order ids: ids are positive signed 64-bit integers written in ASCII digits."""
+
+
+async def test_an_order_id_that_cannot_exist_is_not_found_and_breaks_nothing(
+    exchange: Exchange, alice: Member
+) -> None:
+    for oid in OUT_OF_RANGE_IDS:
+        expect_problem(await alice.http.get(f"/order/{oid}", headers=alice.headers), 404, "order_not_found")
+        expect_problem(await alice.cancel(oid), 404, "order_not_found")
+        expect_problem(await alice.amend(oid, price="1"), 404, "order_not_found")
+        response = await alice.http.get("/orders", params={"before_id": oid}, headers=alice.headers)
+        expect_problem(response, 422, "invalid_request")
+    # the way in still works for everyone
+    assert (await alice.place(market="btc_usd", side="buy", amount="0.1", price="100"))[
+        "status"
+    ] == "submitted"
+    await exchange.settle()
+    assert len(await alice.orders()) == 1
