@@ -196,10 +196,29 @@ class Exchange:
             busy = False
             for spec in (ORDERS, MATCH):
                 for info in await self.js.consumers_info(spec.name(ns)):
-                    busy = busy or info.num_pending > 0 or info.num_ack_pending > 0
+                    busy = busy or bool(info.num_pending) or bool(info.num_ack_pending)
             lasts = (await stream_last(self.js, ns, "events"), await stream_last(self.js, ns, "accounts"))
             if not busy and lasts == previous:
                 return
             previous = lasts
             assert loop.time() < deadline, "the exchange did not settle"
             await asyncio.sleep(0.2)
+
+
+async def fetch_all(js: JetStreamContext, namespace: str, kind: str) -> list[Any]:
+    """Every message of the EVENTS or ACCOUNTS stream, as a pull consumer delivers them (with
+    their ack subjects, so they carry stream sequence and time)."""
+    spec = {"events": EVENTS, "accounts": ACCOUNTS}[kind]
+    durable = f"test-{kind}-{uuid.uuid4().hex[:6]}"
+    sub = await js.pull_subscribe(spec.wildcard(namespace), durable=durable, stream=spec.name(namespace))
+    found: list[Any] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(1000, timeout=0.5)
+            except TimeoutError:
+                break
+            found.extend(batch)
+    finally:
+        await js.delete_consumer(spec.name(namespace), durable)
+    return found

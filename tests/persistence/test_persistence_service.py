@@ -3,16 +3,22 @@ writing to MariaDB and to SQLite: what lands in the tables, group commit, repeat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import text
 
+from bourse.adapters.jetstream import stream_position
 from bourse.adapters.sql.database import create_engine
+from bourse.adapters.sql.store import order_view
 from bourse.catalog import load_catalog
+from bourse.contracts import ACCOUNTS_REPORT_DECODER, EVENT_BATCH_DECODER
+from bourse.domain.order_views import BalanceView, OrderViews
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
 from bourse.runtime.host import ServiceHost
+from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
-from tests.persistence.helpers import Exchange, stream_last, until
+from tests.persistence.helpers import Exchange, dump, fetch_all, stream_last, until
 
 BTC_USD = load_catalog().markets["btc_usd"]
 
@@ -101,3 +107,186 @@ async def test_orders_trades_balances_and_ledger_of_a_trade_land_in_sql(
     members = await rows(sql_url, "SELECT id, email FROM members ORDER BY id")
     assert (1, "alice@example.com") in members
     assert service.health()["ok"]
+
+
+async def started(exchange: Exchange) -> Persistence:
+    """A persistence service started by hand (its consumers not running): tests feed it."""
+    service = Persistence(ServiceContext(exchange.settings, exchange.nc, exchange.js))
+    await service.start()
+    return service
+
+
+async def busy_streams(exchange: Exchange, members: int = 12, rounds: int = 30) -> None:
+    """Run accounts and matching over a trading mix and wait until it has all come out."""
+    await exchange.start()
+    await exchange.fund(range(10, 10 + members))
+    await exchange.trade(range(1, 4), rounds)
+    await exchange.trade(range(10, 10 + members), rounds)
+    await exchange.settled()
+    await exchange.stop()
+
+
+async def test_a_long_stream_is_written_in_few_transactions(exchange: Exchange, sql_url: str) -> None:
+    await busy_streams(exchange, members=20, rounds=60)
+    ns = exchange.settings.namespace
+    events = await stream_last(exchange.js, ns, "events")
+    reports = await stream_last(exchange.js, ns, "accounts")
+    assert events > 2 * Persistence.BATCH
+    service = persistence_of(await exchange.start(Persistence))
+    await caught_up(exchange, service)
+    transactions = service.events.transactions + service.accounts.transactions
+    assert service.events.messages == events
+    assert service.accounts.messages == reports
+    # a transaction per fetched batch: the messages stored before the start fill whole batches
+    assert transactions <= -(-events // Persistence.BATCH) + -(-reports // Persistence.BATCH) + 4
+    assert service.events.items > 5 * transactions
+    counts = await rows(sql_url, "SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM trades)")
+    assert counts[0][0] > 1000
+    assert counts[0][1] > 50
+
+
+async def test_the_same_messages_written_twice_leave_the_tables_as_they_were(
+    exchange: Exchange, sql_url: str
+) -> None:
+    await busy_streams(exchange, members=4, rounds=10)
+    ns = exchange.settings.namespace
+    events = await fetch_all(exchange.js, ns, "events")
+    reports = await fetch_all(exchange.js, ns, "accounts")
+    service = await started(exchange)
+    try:
+        await service.write_events(events)
+        await service.write_reports(reports)
+        once = await dump(sql_url)
+        await service.write_reports(reports)
+        await service.write_events(events)
+        # and in pieces, out of the batches they first came in
+        for start in range(0, len(events), 7):
+            await service.write_events(events[start : start + 7])
+        assert await dump(sql_url) == once
+        assert service.events.duplicates == 2 * len(events)
+        assert service.accounts.duplicates == len(reports)
+    finally:
+        await service.stop()
+    assert len(once["orders"]) > 100
+    assert len(once["ledger_entries"]) > 100
+
+
+async def test_a_batch_published_again_by_its_producer_is_skipped(exchange: Exchange, sql_url: str) -> None:
+    """Beyond JetStream's duplicate window a replayed batch is a new stream message with the
+    sequence of the old envelope: the position stored in SQL is what drops it."""
+    await busy_streams(exchange, members=2, rounds=5)
+    ns = exchange.settings.namespace
+    events = await fetch_all(exchange.js, ns, "events")
+    reports = await fetch_all(exchange.js, ns, "accounts")
+    service = await started(exchange)
+    try:
+        await service.write_events(events)
+        await service.write_reports(reports)
+        before = await dump(sql_url)
+        for msg in events[-3:]:
+            await exchange.js.publish(msg.subject, msg.data)  # no Nats-Msg-Id: stored again
+        for msg in reports[-3:]:
+            await exchange.js.publish(msg.subject, msg.data)
+        await service.write_events((await fetch_all(exchange.js, ns, "events"))[-3:])
+        await service.write_reports((await fetch_all(exchange.js, ns, "accounts"))[-3:])
+        after = await dump(sql_url)
+    finally:
+        await service.stop()
+    assert service.events.duplicates == 3
+    assert service.accounts.duplicates == 3
+    positions = before.pop("applied_positions"), after.pop("applied_positions")
+    assert after == before
+    # only the watermarks moved on (past the repeats)
+    assert [row for row in positions[0] if row[2] != "*"] == [row for row in positions[1] if row[2] != "*"]
+
+
+async def test_persisted_orders_equal_the_query_service_projection(exchange: Exchange, sql_url: str) -> None:
+    await busy_streams(exchange, members=6, rounds=12)
+    ns = exchange.settings.namespace
+    events = await fetch_all(exchange.js, ns, "events")
+    reports = await fetch_all(exchange.js, ns, "accounts")
+    views = OrderViews()
+    for msg in events:
+        views.apply_events(EVENT_BATCH_DECODER.decode(msg.data))
+    for msg in reports:
+        views.apply_report(ACCOUNTS_REPORT_DECODER.decode(msg.data), stream_position(msg).timestamp_ns)
+    service = await started(exchange)
+    try:
+        # interleaved as two consumers would: reports first (rejections), events after
+        await service.write_reports(reports)
+        await service.write_events(events)
+    finally:
+        await service.stop()
+    stored = [order_view(row) for row in await rows(sql_url, "SELECT * FROM orders")]
+    assert len(stored) == views.counts()["orders"]
+    for view in stored:
+        assert views.order(view.member_id, view.id) == view
+    balances = await rows(
+        sql_url, "SELECT member_id, currency, available, locked FROM balances WHERE member_id > 0"
+    )
+    for member, currency, available, locked in balances:
+        assert BalanceView(currency, available, locked) in views.balances(member)
+
+
+async def test_a_failing_write_is_retried_until_it_commits_and_health_says_so(
+    exchange: Exchange, sql_url: str
+) -> None:
+    host = await exchange.start(Persistence)
+    service = persistence_of(host)
+    service.RETRY_PAUSE_S = 0.05
+    store = service.store
+    real = store.upsert_orders
+    failures = 0
+    health: list[Mapping[str, Any]] = []
+
+    async def flaky(conn: Any, views: Any) -> None:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            health.append(service.health())
+            raise OSError("database went away")
+        await real(conn, views)
+
+    store.upsert_orders = flaky  # type: ignore[method-assign]
+    await exchange.send([limit(101, 1, Side.SELL, "50000", "0.5")], member=1)
+    await exchange.send([limit(102, 2, Side.BUY, "50010", "0.2")], member=2)
+    await exchange.settled()
+    await caught_up(exchange, service)
+    assert failures == 3
+    assert not health[-1]["ok"]
+    assert health[-1]["failing"] == ["persistence-events"]
+    assert "database went away" in health[-1]["events"]["last_error"]
+    assert service.health()["ok"]
+    assert service.events.failures == 3
+    stored = await rows(sql_url, "SELECT id, status FROM orders ORDER BY id")
+    assert stored == [(101, "partially_filled"), (102, "executed")]
+    assert len(await rows(sql_url, "SELECT * FROM trades")) == 1
+
+
+async def test_lag_counts_what_the_streams_hold_beyond_the_database(exchange: Exchange, sql_url: str) -> None:
+    await busy_streams(exchange, members=2, rounds=5)
+    ns = exchange.settings.namespace
+    events = await fetch_all(exchange.js, ns, "events")
+    reports = await fetch_all(exchange.js, ns, "accounts")
+    service = await started(exchange)
+    try:
+        await service.refresh_lag()
+        lag = service.health()["lag"]
+        assert lag["events"]["messages"] == len(events)
+        assert lag["accounts"]["messages"] == len(reports)
+        assert sum(lag["events"]["subjects"].values()) > 0
+        assert f'bourse_persistence_lag_messages{{stream="{service.events.stream}"}} {len(events)}' in (
+            service.metrics()
+        )
+        await service.write_events(events[: len(events) // 2])
+        await service.refresh_lag()
+        assert service.health()["lag"]["events"]["messages"] == len(events) - len(events) // 2
+        await service.write_events(events[len(events) // 2 :])
+        await service.write_reports(reports)
+        await service.refresh_lag()
+        lag = service.health()["lag"]
+    finally:
+        await service.stop()
+    assert lag["events"] == {"messages": 0, "subjects": dict.fromkeys(lag["events"]["subjects"], 0)}
+    assert lag["accounts"]["messages"] == 0
+    assert set(lag["events"]["subjects"]) == {"btc_usd", "eth_usd", "eth_btc"}
