@@ -10,8 +10,8 @@ What runs:
 - `--mode up` (default): one `bourse up` process with its embedded NATS (JetStream with
   `sync_interval: always`, in a temporary data folder, free ports). Its CPU is one figure for
   every service together, plus the nats-server's.
-- `--mode split`: one `bourse run SERVICE` process per service (accounts, matching, query, auth,
-  ids, gateway), so the CPU of each service is measured on its own. Without `--nats-url` the
+- `--mode split`: one `bourse run SERVICE` process per service (`bourse services` lists them),
+  so the CPU of each service is measured on its own. Without `--nats-url` the
   bench starts its own nats-server from the wheel, configured like the embedded one; with it,
   the services use that server under a unique `BOURSE_NAMESPACE` (removed at the end).
 
@@ -73,13 +73,13 @@ from bourse.auth import issuer_for, key_ring_for
 from bourse.catalog import default_markets_file
 from bourse.contracts import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_BATCH_DECODER
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
+from bourse.services import SERVICES
 from bourse.settings import Settings
 from bourse.topology import BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SPLIT_SERVICES = ("accounts", "matching", "query", "auth", "ids", "gateway")
 SUCCESS = ("200", "201", "202")
 
 
@@ -337,7 +337,7 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
         env["BOURSE_NATS_URL"] = nats_url
         system = System("split", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
         system.own_nats = own
-        for name in SPLIT_SERVICES:
+        for name in SERVICES:  # every service `bourse up` would run, each in its own process
             system.servers.append(spawn(name, ["run", name], env, workdir, free_port()))
     return system
 
