@@ -94,7 +94,6 @@ class LedgerRow(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         Index("ix_ledger_account_currency", "account", "currency"),
-        Index("ix_ledger_ref", "ref_type", "ref_id"),
         MYSQL_TABLE_ARGS,
     )
 

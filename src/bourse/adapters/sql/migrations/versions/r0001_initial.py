@@ -75,7 +75,6 @@ def upgrade() -> None:
         **MYSQL,
     )
     op.create_index("ix_ledger_account_currency", "ledger_entries", ["account", "currency"])
-    op.create_index("ix_ledger_ref", "ledger_entries", ["ref_type", "ref_id"])
     op.create_table(
         "orders",
         _id("id", primary_key=True),
