@@ -74,6 +74,11 @@ class OrderIntake:
         for shard, queue in self._queues.items():
             queue.task = asyncio.create_task(self._flush_loop(shard, queue), name=f"intake:{shard}")
 
+    @property
+    def flushing(self) -> bool:
+        """True while every shard's flush loop runs; a dead loop would leave orders hanging."""
+        return all(queue.task is not None and not queue.task.done() for queue in self._queues.values())
+
     async def stop(self) -> None:
         for queue in self._queues.values():
             if queue.task is not None:

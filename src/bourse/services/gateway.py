@@ -79,9 +79,10 @@ class Gateway(Service):
             "orders_published": self.intake.published_commands,
             "batches_published": self.intake.published_messages,
         }
+        facts["intake"] = "flushing" if self.intake.flushing else "stopped"
         if self.ids is not None:
             facts["ids"] = self.ids.health()
-            facts["ok"] = not self.ids.lease.lost
+            facts["ok"] = not self.ids.lease.lost and self.intake.flushing
         return facts
 
     def links(self) -> Mapping[str, str]:
