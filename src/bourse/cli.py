@@ -1,5 +1,6 @@
 """The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them,
-`token` prints a member token for development, `db upgrade` migrates the SQL database."""
+`token` prints a member token for development, `db upgrade` migrates the SQL database, `audit`
+checks it against its ledger."""
 
 from __future__ import annotations
 
@@ -85,6 +86,22 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(_args: argparse.Namespace) -> int:
+    from bourse.adapters.sql.audit import audit_url
+
+    url = Settings().effective_sql_url
+    print(f"bourse audit: {_safe_url(url)}")
+    try:
+        report = asyncio.run(audit_url(url))
+    except Exception as exc:
+        print(f"bourse audit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    for line in report.lines():
+        print(line)
+    print("ok: the database agrees with its ledger" if report.ok else "DIFFERENCES FOUND")
+    return 0 if report.ok else 1
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -118,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     upgrade.set_defaults(func=cmd_db_upgrade)
+    commands.add_parser(
+        "audit",
+        help="check the SQL database against its ledger (balances, conservation, executed amounts); "
+        "exit 1 on any difference",
+    ).set_defaults(func=cmd_audit)
     return parser
 
 
