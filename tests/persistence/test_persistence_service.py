@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 
 from bourse.adapters.jetstream import stream_position
@@ -16,8 +17,12 @@ from bourse.contracts import ACCOUNTS_REPORT_DECODER, EVENT_BATCH_DECODER
 from bourse.domain.order_views import BalanceView, OrderViews
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
 from bourse.runtime.host import ServiceHost
+from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
+from bourse.settings import Settings
+from bourse.topology import EVENTS
+from tests.conftest import free_port
 from tests.persistence.helpers import Exchange, dump, fetch_all, stream_last, until
 
 BTC_USD = load_catalog().markets["btc_usd"]
@@ -290,3 +295,33 @@ async def test_lag_counts_what_the_streams_hold_beyond_the_database(exchange: Ex
     assert lag["events"] == {"messages": 0, "subjects": dict.fromkeys(lag["events"]["subjects"], 0)}
     assert lag["accounts"]["messages"] == 0
     assert set(lag["events"]["subjects"]) == {"btc_usd", "eth_usd", "eth_btc"}
+
+
+async def test_the_health_port_serves_the_lag_in_healthz_and_as_prometheus_metrics(
+    exchange: Exchange, sql_settings: Settings
+) -> None:
+    await busy_streams(exchange, members=2, rounds=3)
+    port = free_port()
+    process = BourseProcess(
+        sql_settings.model_copy(update={"health_port": port}), [Persistence], embedded_nats=False
+    )
+    await process.start()
+    try:
+        assert process.host is not None
+        service = persistence_of(process.host)
+        await caught_up(exchange, service)
+        await service.refresh_lag()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            health = (await client.get("/healthz")).json()
+            metrics = await client.get("/metrics")
+    finally:
+        await process.stop()
+    facts = health["services"]["persistence"]
+    assert facts["ok"]
+    assert facts["lag"]["events"]["messages"] == 0
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    stream = EVENTS.name(sql_settings.namespace)
+    assert f'bourse_persistence_lag_messages{{stream="{stream}"}} 0' in metrics.text
+    subject = f"{sql_settings.namespace}.events.btc_usd"
+    assert f'bourse_persistence_subject_lag{{stream="{stream}",subject="{subject}"}} 0' in metrics.text

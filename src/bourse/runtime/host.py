@@ -195,6 +195,16 @@ class ServiceHost:
     def health(self) -> Mapping[str, dict[str, Any]]:
         return {running.service.name: running.health() for running in self.running}
 
+    def metrics(self) -> str:
+        """Every running service's Prometheus text, one after the other."""
+        parts = []
+        for running in self.running:
+            try:
+                parts.append(running.service.metrics())
+            except Exception:
+                log.exception("metrics failed", extra={"service": running.service.name})
+        return "".join(part if part.endswith("\n") else part + "\n" for part in parts if part)
+
     def links(self) -> dict[str, str]:
         links: dict[str, str] = {}
         for running in self.running:

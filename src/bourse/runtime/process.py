@@ -76,7 +76,7 @@ class BourseProcess:
         await self.host.start(self.services)
         if self.settings.health_port:
             self.health_server = HttpServer(
-                HealthApp(self.health), self.settings.http_host, self.settings.health_port
+                HealthApp(self.health, self.metrics), self.settings.http_host, self.settings.health_port
             )
             await self.health_server.start()
 
@@ -85,6 +85,9 @@ class BourseProcess:
         nats_ok = self.nc is not None and self.nc.is_connected
         ok = nats_ok and all(facts.get("ok") for facts in services.values())
         return {"ok": ok, "nats": "connected" if nats_ok else "disconnected", "services": services}
+
+    def metrics(self) -> str:
+        return self.host.metrics() if self.host else ""
 
     def links(self) -> dict[str, str]:
         links = dict(self.host.links()) if self.host else {}

@@ -111,3 +111,7 @@ class Service:
     def links(self) -> Mapping[str, str]:
         """Addresses a person may want to open (API, docs); printed by `bourse up`."""
         return {}
+
+    def metrics(self) -> str:
+        """Prometheus text exposition lines (served at the health port's `/metrics`); "" for none."""
+        return ""
