@@ -338,6 +338,8 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
         system = System("split", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
         system.own_nats = own
         for name in SERVICES:  # every service `bourse up` would run, each in its own process
+            if name in args.skip:
+                continue
             system.servers.append(spawn(name, ["run", name], env, workdir, free_port()))
     return system
 
@@ -947,7 +949,9 @@ def analyse(
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "options": {
-            key: value for key, value in vars(args).items() if isinstance(value, int | float | str | None)
+            key: value
+            for key, value in vars(args).items()
+            if isinstance(value, int | float | str | list | None)
         },
         "mode": system.mode,
         "nats": "external " + system.nats_url if system.external_nats else "own (sync_interval: always)",
@@ -1168,6 +1172,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds (10)")
     parser.add_argument("--progress", type=float, default=2.0, help="seconds between progress lines (2)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--skip", action="append", default=[], metavar="SERVICE", help="split mode: do not run this service"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy every server process during the window"
     )
