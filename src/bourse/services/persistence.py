@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.models import WATERMARK
-from bourse.adapters.sql.store import Position, SqlStore
+from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
 from bourse.contracts import ACCOUNTS_REPORT_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
@@ -165,7 +165,7 @@ class Persistence(Service):
                 await store.upsert_member_emails(
                     conn,
                     [
-                        {"id": member.id, "email": member.email or None, "created_at": 0}
+                        member_row(member.id, member.email or None, 0)
                         for member in self.ctx.catalog.demo_members
                     ],
                 )
@@ -268,9 +268,9 @@ class Persistence(Service):
             written = Written(positions)
             changed: dict[str, Position] = {}
             records = OrderRecords({})
-            balances: dict[tuple[int, str, int], dict[str, Any]] = {}
-            entries: list[dict[str, Any]] = []
-            members: dict[int, dict[str, Any]] = {}
+            balances: dict[tuple[int, str, int], Row] = {}
+            entries: list[Row] = []
+            members: dict[int, Row] = {}
             known = self._known_members
             for stream_seq, ts, report in items:
                 shard = str(report.shard)
@@ -282,32 +282,16 @@ class Persistence(Service):
                 for rejected in report.rejected:
                     records.apply_rejection(rejected, ts)
                 for change in report.balances:
-                    balances[(change.member_id, change.currency, report.shard)] = {
-                        "member_id": change.member_id,
-                        "currency": change.currency,
-                        "shard": report.shard,
-                        "available": change.available,
-                        "locked": change.locked,
-                        "seq": report.seq,
-                        "updated_at": ts,
-                    }
-                    if change.member_id not in known and change.member_id not in members:
-                        members[change.member_id] = {"id": change.member_id, "email": None, "created_at": ts}
-                for n, entry in enumerate(report.entries):
-                    entries.append(
-                        {
-                            "shard": report.shard,
-                            "seq": report.seq,
-                            "n": n,
-                            "account": entry.account,
-                            "currency": entry.currency,
-                            "bucket": entry.bucket,
-                            "delta": entry.delta,
-                            "ref_type": entry.ref_type,
-                            "ref_id": entry.ref_id,
-                            "ts": ts,
-                        }
+                    member = change.member_id
+                    balances[(member, change.currency, report.shard)] = balance_row(
+                        change, report.shard, report.seq, ts
                     )
+                    if member not in known and member not in members:
+                        members[member] = member_row(member, None, ts)
+                entries.extend(
+                    ledger_row(entry, report.shard, report.seq, n, ts)
+                    for n, entry in enumerate(report.entries)
+                )
                 written.items += len(report.rejected) + len(report.balances) + len(report.entries)
             await store.insert_members(conn, list(members.values()))
             await store.insert_orders_if_absent(conn, records.rejected.values())
