@@ -1,6 +1,6 @@
 """The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them,
-`token` prints a member token for development, `db upgrade` migrates the SQL database, `audit`
-checks it against its ledger."""
+`token` prints a member token for development, `db upgrade` migrates the SQL database, `db reset`
+empties it (to rebuild it from the streams), `audit` checks it against its ledger."""
 
 from __future__ import annotations
 
@@ -86,6 +86,27 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_reset(args: argparse.Namespace) -> int:
+    from bourse.adapters.sql.database import reset_url
+
+    url = Settings().effective_sql_url
+    if not args.yes:
+        print(
+            f"bourse db reset: this empties every table of {_safe_url(url)}; stop the persistence "
+            "service first, then run again with --yes. On its next start the service refills the "
+            "tables from the streams (they keep 7 days).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        revision = asyncio.run(reset_url(url))
+    except Exception as exc:
+        print(f"bourse db reset: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"database emptied, at revision {revision}: {_safe_url(url)}")
+    return 0
+
+
 def cmd_audit(_args: argparse.Namespace) -> int:
     from bourse.adapters.sql.audit import audit_url
 
@@ -135,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     upgrade.set_defaults(func=cmd_db_upgrade)
+    reset = db_commands.add_parser(
+        "reset", help="empty every table (the persistence service refills them from the streams on start)"
+    )
+    reset.add_argument("--yes", action="store_true", help="really empty the tables")
+    reset.set_defaults(func=cmd_db_reset)
     commands.add_parser(
         "audit",
         help="check the SQL database against its ledger (balances, conservation, executed amounts); "

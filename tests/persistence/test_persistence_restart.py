@@ -1,5 +1,6 @@
 """`bourse run persistence` killed with SIGKILL while it writes, then started again, leaves
-exactly the tables an uninterrupted run writes: nothing twice, nothing skipped."""
+exactly the tables an uninterrupted run writes: nothing twice, nothing skipped; and a database
+emptied with `bourse db reset` is refilled from the streams as it was."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from bourse.cli import main
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
@@ -110,3 +112,25 @@ async def test_a_process_killed_while_writing_and_restarted_writes_what_an_unint
         if second.poll() is None:
             second.kill()
     assert await dump(sql_url) == expected
+
+
+async def test_a_reset_database_is_refilled_from_the_streams_as_it_was(
+    exchange: Exchange, sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await busy_streams(exchange, members=4, rounds=10)
+    service = persistence_of(await exchange.start(Persistence))
+    await caught_up(exchange, service)
+    await exchange.stop()
+    before = await dump(sql_url)
+    assert len(before["orders"]) > 50
+
+    monkeypatch.setenv("BOURSE_SQL_URL", sql_url)
+    assert await asyncio.to_thread(main, ["db", "reset"]) == 2  # not without --yes
+    assert (await dump(sql_url))["orders"] == before["orders"]
+    assert await asyncio.to_thread(main, ["db", "reset", "--yes"]) == 0
+    assert all(rows == [] for rows in (await dump(sql_url)).values())
+
+    service = persistence_of(await exchange.start(Persistence))  # resumes from an empty watermark
+    await caught_up(exchange, service)
+    await exchange.stop()
+    assert await dump(sql_url) == before
