@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     order_decision_timeout_s: float = Field(
         default=2.0, gt=0, description="How long POST /order waits for the accounts decision before a 202."
     )
+    gateway_hot_path: bool = Field(
+        default=True,
+        description="Serve POST /order without the framework (same code and schema; see api/hot_path.py).",
+    )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
     jwt_issuer: str = Field(default="bourse", description="`iss` of member tokens: issued and required.")

@@ -65,7 +65,10 @@ async def current_member(
     deps: Deps, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 ) -> int:
     """The member id of a valid `Authorization: Bearer <JWT>`; 401 problem+json otherwise."""
-    token = credentials.credentials if credentials is not None else ""
+    return member_of_token(deps, credentials.credentials if credentials is not None else "")
+
+
+def member_of_token(deps: GatewayDeps, token: str) -> int:
     if not token:
         raise ApiError(
             401,

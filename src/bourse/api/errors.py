@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,10 +27,8 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def problem(
-    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = {
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
         "type": f"https://bourse.dev/errors/{code}",
         "title": code.replace("_", " "),
         "status": status,
@@ -37,7 +36,24 @@ def problem(
         "detail": detail,
         **extra,
     }
+
+
+def problem(
+    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = problem_body(status, code, detail, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def schema_errors(errors: Sequence[Any], *, skip: int = 0) -> list[dict[str, str]]:
+    """pydantic's errors as `{field, message}`; `skip` drops leading location parts ("body")."""
+    return [
+        {"field": ".".join(str(part) for part in error["loc"][skip:]) or "body", "message": error["msg"]}
+        for error in errors
+    ]
+
+
+INVALID_REQUEST = "the request does not match the schema"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -47,11 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"field": ".".join(str(part) for part in error["loc"][1:]) or "body", "message": error["msg"]}
-            for error in exc.errors()
-        ]
-        return problem(422, "invalid_request", "the request does not match the schema", errors=errors)
+        return problem(422, "invalid_request", INVALID_REQUEST, errors=schema_errors(exc.errors(), skip=1))
 
     async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

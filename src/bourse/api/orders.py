@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from bourse.adapters.order_intake import Submission
 from bourse.adapters.query_client import QueryFailed
@@ -113,13 +113,20 @@ async def wait_answer(deps: GatewayDeps, submission: Submission) -> tuple[Decisi
     response_model=OrderOut,
     responses={**PROBLEMS, 202: {"model": OrderOut, "description": "Durable, decision still pending"}},
 )
-async def create_order(body: OrderIn, member: Member, deps: Deps) -> OrderOut | JSONResponse:
+async def create_order(body: OrderIn, member: Member, deps: Deps) -> Response:
     """Place a market or limit order.
 
     201: the accounts stage locked the funds (and usually the engine has matched it: see
     `status` and `executed`). 202: the order is durable but not decided yet (`status: submitted`).
     422: refused, nothing changed (`code` says why, e.g. `insufficient_funds`). Resending the same
     `client_order_id` returns the first order (200)."""
+    status, out = await place_order(deps, member, body)
+    return Response(out.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def place_order(deps: GatewayDeps, member: int, body: OrderIn) -> tuple[int, OrderOut]:
+    """The whole of POST /order once the member is known: shared by the FastAPI route and the
+    gateway's lean hot path (`bourse.api.hot_path`). Raises `ApiError` for every refusal."""
     market = market_or_422(deps, body.market)
     amount = parse_money(market.parse_amount, body.amount)
     price: int | None = None
@@ -154,7 +161,7 @@ async def create_order(body: OrderIn, member: Member, deps: Deps) -> OrderOut | 
     submission = await submit(deps, command)
     decision, outcome = await wait_answer(deps, submission)
     if decision is None:
-        return JSONResponse(place_order_out(market, command, None).model_dump(), status_code=202)
+        return 202, place_order_out(market, command, None)
     if not decision.accepted:
         if decision.existing_order_id is not None:
             first = await find_order(deps, member, decision.existing_order_id, wait_s=deps.decision_timeout_s)
@@ -165,10 +172,10 @@ async def create_order(body: OrderIn, member: Member, deps: Deps) -> OrderOut | 
                     "an order with this client_order_id exists",
                     order_id=str(decision.existing_order_id),
                 )
-            return JSONResponse(view_out(deps, first).model_dump(), status_code=200)
+            return 200, view_out(deps, first)
         reason = decision.reason or "rejected"
         raise ApiError(422, str(reason), f"order refused: {reason}", order_id=str(order_id))
-    return place_order_out(market, command, outcome)
+    return 201, place_order_out(market, command, outcome)
 
 
 def view_out(deps: GatewayDeps, view: OrderView, outcome: Outcome | None = None) -> OrderOut:

@@ -14,6 +14,7 @@ from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.query_client import QueryClient
 from bourse.api.app import create_app
 from bourse.api.deps import GatewayDeps
+from bourse.api.hot_path import OrderHotPath
 from bourse.auth import TokenVerifier, fetch_jwks, verifier_for
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.ids import LeasedIdGenerator
@@ -47,7 +48,10 @@ class Gateway(Service):
             queries=QueryClient(ctx.nc, ctx.namespace),
             decision_timeout_s=settings.order_decision_timeout_s,
         )
-        self.server = HttpServer(create_app(deps), settings.http_host, settings.http_port)
+        app: Any = create_app(deps)
+        if settings.gateway_hot_path:
+            app = OrderHotPath(app, deps)
+        self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
         self._refresh = asyncio.create_task(self._refresh_keys(), name="gateway:jwks")
 
