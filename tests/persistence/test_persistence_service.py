@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from bourse.adapters.jetstream import stream_position
@@ -325,3 +326,20 @@ async def test_the_health_port_serves_the_lag_in_healthz_and_as_prometheus_metri
     assert f'bourse_persistence_lag_messages{{stream="{stream}"}} 0' in metrics.text
     subject = f"{sql_settings.namespace}.events.btc_usd"
     assert f'bourse_persistence_subject_lag{{stream="{stream}",subject="{subject}"}} 0' in metrics.text
+
+
+@pytest.mark.parametrize("sql_url", ["mariadb"], indirect=True)  # the lock is MariaDB/MySQL's GET_LOCK
+async def test_a_second_instance_on_the_same_mariadb_database_refuses_to_start(
+    exchange: Exchange, sql_url: str
+) -> None:
+    first = await started(exchange)
+    second = Persistence(ServiceContext(exchange.settings, exchange.nc, exchange.js))
+    second.LOCK_WAIT_S = 0.2
+    try:
+        with pytest.raises(RuntimeError, match="another persistence instance"):
+            await second.start()
+    finally:
+        await second.stop()
+        await first.stop()
+    third = await started(exchange)  # the first one's lock went with it
+    await third.stop()

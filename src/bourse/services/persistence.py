@@ -21,7 +21,9 @@ commit lost with the machine (SQLite's WAL with `synchronous=NORMAL`) is simply 
 
 A transaction that fails (database down, deadlock) is retried with backoff until it commits:
 nothing is ever skipped; `health()` is not ok meanwhile. One instance at a time: two instances
-would split the durable consumer's messages between them.
+would split the durable consumer's messages between them. On MariaDB/MySQL an instance holds a
+named lock (`GET_LOCK`, released with its connection) for the namespace and database, and a
+second one refuses to start (after waiting `LOCK_WAIT_S` for the first to go).
 
 Schema: `bourse.adapters.sql.models`; migrations run at start (Alembic, to the newest revision;
 a no-op when the database is there), or ahead of time with `bourse db upgrade`.
@@ -131,6 +133,7 @@ class Persistence(Service):
     LAG_INTERVAL_S = 2.0
     RETRY_PAUSE_S = 0.1
     RETRY_PAUSE_MAX_S = 5.0
+    LOCK_WAIT_S = 10.0
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -144,6 +147,7 @@ class Persistence(Service):
         self._known_members: set[int] = set()
         self._lag_task: asyncio.Task[None] | None = None
         self._lag_error: str | None = None
+        self._lock: AsyncConnection | None = None
 
     @property
     def store(self) -> SqlStore:
@@ -158,6 +162,8 @@ class Persistence(Service):
         self._store = store = SqlStore(engine)
         if store.dialect == "sqlite":
             self._serial = asyncio.Lock()  # one writer at a time: SQLite has one write lock anyway
+        else:
+            await self._take_lock(engine)
         async with engine.begin() as conn:
             for feed in (self.events, self.accounts):
                 feed.positions = await store.positions(conn, feed.durable, feed.stream)
@@ -179,11 +185,31 @@ class Persistence(Service):
         )
         self._lag_task = asyncio.create_task(self._watch_lag(), name="persistence:lag")
 
+    async def _take_lock(self, engine: AsyncEngine) -> None:
+        """The instance lock (MariaDB/MySQL): held by a connection of its own until `stop()`."""
+        name = f"bourse.persistence.{self.ctx.namespace}.{make_url(self.url).database}"[:64]
+        conn = await engine.connect()
+        try:
+            result = await conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, self.LOCK_WAIT_S))
+            taken = result.scalar()
+            await conn.commit()  # the lock belongs to the session, not to a transaction
+        except BaseException:
+            await conn.close()
+            raise
+        if taken != 1:
+            await conn.close()
+            raise RuntimeError(f"another persistence instance holds the lock {name!r}: run one at a time")
+        self._lock = conn
+
     async def stop(self) -> None:
         if self._lag_task is not None:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
+        if self._lock is not None:
+            with contextlib.suppress(Exception):
+                await self._lock.close()
+            self._lock = None
         if self.engine is not None:
             await self.engine.dispose()
 
