@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -25,7 +27,16 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerLoop:
-    """Fetch a batch, hand it to the service, ack the batch; repeat until stopped."""
+    """Keep one pull request outstanding, hand whatever has arrived to the service as one batch,
+    ack the batch; repeat until stopped.
+
+    nats-py's `fetch(n)` waits, once the stream is idle, until `n` messages or its timeout have
+    come: a lone order would wait for the timeout. Here messages are handed over as soon as they
+    arrive, in batches of what is there, which is what a stage wants under any load. A batch the
+    handler fails on is retried in place (not skipped), so a stage never sees its input out of
+    order."""
+
+    REQUEST_EXPIRES_S = 5.0
 
     def __init__(self, ctx: ServiceContext, spec: StreamConsumer, owner: str) -> None:
         self.ctx = ctx
@@ -39,6 +50,9 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._sub: Subscription | None = None
+        self._next_subject = ""
+        self._requested = 0
 
     async def start(self) -> None:
         spec = self.spec
@@ -57,41 +71,80 @@ class ConsumerLoop:
                 config.opt_start_seq = last + 1
             with contextlib.suppress(NotFoundError):
                 await self.ctx.js.delete_consumer(stream, spec.durable)
-        self._sub = await self.ctx.js.pull_subscribe(
-            spec.filter_subject, durable=spec.durable, stream=stream, config=config
+        try:
+            await self.ctx.js.consumer_info(stream, spec.durable)
+        except NotFoundError:
+            await self.ctx.js.add_consumer(stream, config)
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{spec.durable}"
+        self._sub = await self.ctx.nc.subscribe(
+            self.ctx.nc.new_inbox(), pending_msgs_limit=4 * spec.batch + 1024
         )
         self._task = asyncio.create_task(self._run(), name=f"{self.owner}:{spec.durable}")
+
+    async def _request(self) -> None:
+        """Ask for a full batch; the server delivers as messages come, until it is used up or expires."""
+        assert self._sub is not None
+        body = {"batch": self.spec.batch, "expires": int(self.REQUEST_EXPIRES_S * 1e9)}
+        await self.ctx.nc.publish(self._next_subject, msgspec.json.encode(body), reply=self._sub.subject)
+        self._requested = self.spec.batch
+
+    async def _receive(self) -> list[Msg]:
+        """Wait for the next message, then take every one that has already arrived."""
+        assert self._sub is not None
+        if self._requested <= 0:
+            await self._request()
+        try:
+            first = await self._sub.next_msg(timeout=self.REQUEST_EXPIRES_S + 1.0)
+        except (NatsTimeoutError, TimeoutError):
+            self._requested = 0  # the request may be lost (e.g. a reconnect): ask again
+            return []
+        arrived = [first]
+        for _ in range(self._sub.pending_msgs):
+            arrived.append(await self._sub.next_msg())
+        messages = []
+        for msg in arrived:
+            if msg.reply and not (msg.headers and "Status" in msg.headers):
+                messages.append(msg)
+                self._requested -= 1
+            else:  # a status: 408 request expired, 409 consumer changed, 404 no messages
+                self._requested = 0
+        return messages
 
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                messages = await self._sub.fetch(self.spec.batch, timeout=1.0)
-            except (NatsTimeoutError, TimeoutError):
-                continue
+                messages = await self._receive()
             except Exception as exc:  # connection trouble: the client reconnects; keep trying
                 self._record_failure(exc)
+                self._requested = 0
                 await asyncio.sleep(backoff)
                 continue
             if not messages:
                 continue
+            self._idle.clear()
             try:
-                self._idle.clear()
-                await self.spec.handler(messages)
-                await messages[-1].ack()
-            except Exception as exc:
-                # Not acked: JetStream redelivers the batch after ack_wait.
-                self._record_failure(exc)
-                log.exception("consumer handler failed", extra={"consumer": self.spec.durable})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
+                await self._deliver(messages)
             finally:
                 self._idle.set()
-            backoff = 0.1
             self.delivered += len(messages)
             self.batches += 1
-            self.last_error = None
+
+    async def _deliver(self, messages: list[Msg]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.spec.handler(messages)
+                await messages[-1].ack()
+                self.last_error = None
+                return
+            except Exception as exc:
+                self._record_failure(exc)
+                log.exception("consumer handler failed", extra={"consumer": self.spec.durable})
+                if self._stopping.is_set():
+                    return  # not acked: JetStream redelivers it to the next run
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _record_failure(self, exc: BaseException) -> None:
         self.failures += 1
@@ -106,8 +159,9 @@ class ConsumerLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     def stats(self) -> dict[str, Any]:
         return {
