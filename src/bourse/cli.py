@@ -1,6 +1,7 @@
-"""The `bourse` command: `up` runs everything, `run` runs chosen services, `services` lists them,
-`token` prints a member token for development, `db upgrade` migrates the SQL database, `db reset`
-empties it (to rebuild it from the streams), `audit` checks it against its ledger."""
+"""The `bourse` command: `up` runs everything (supervised processes), `run` runs chosen services,
+`services` lists them, `token` prints a member token for development, `db upgrade` migrates the
+SQL database, `db reset` empties it (to rebuild it from the streams), `audit` checks it against
+its ledger."""
 
 from __future__ import annotations
 
@@ -41,9 +42,30 @@ def _event_loop_runner(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
+    from bourse.runtime.supervisor import Supervisor, auto_processes, group_services, print_supervisor_links
+    from bourse.services import services_for
+
     settings = Settings()
-    return _run_process(settings, None, embedded=settings.nats_url is None)
+    embedded = settings.nats_url is None
+    processes = auto_processes() if args.processes == "auto" else int(args.processes)
+    groups = group_services([service.name for service in services_for(settings)], processes)
+    if len(groups) <= 1:
+        return _run_process(settings, None, embedded=embedded)
+    configure_logging(settings.log_level, settings.log_format)
+    supervisor = Supervisor(settings, groups, embedded_nats=embedded)
+    try:
+        _event_loop_runner(supervisor.run(on_ready=print_supervisor_links))
+    except Exception as exc:
+        print(f"bourse: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _processes(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError("a number of processes (1 or more) or 'auto'")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,7 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bourse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser(
-        "up", help="run every service in one process; starts an embedded NATS unless BOURSE_NATS_URL is set"
+        "up",
+        help="run every service, supervised in several processes (or one); starts an embedded NATS "
+        "unless BOURSE_NATS_URL is set",
+    )
+    up.add_argument(
+        "--processes",
+        type=_processes,
+        default="auto",
+        metavar="N",
+        help="processes to spread the services over (default: auto = one per core, at most 4; "
+        "1 = everything in this process)",
     )
     up.set_defaults(func=cmd_up)
     run = commands.add_parser("run", help="run the named services against the configured servers")

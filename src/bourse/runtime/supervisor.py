@@ -1,0 +1,444 @@
+"""`bourse up` on several cores: the embedded NATS (unless `BOURSE_NATS_URL` is set) and N child
+processes `python -m bourse run <group>`, supervised.
+
+- The services are split into contiguous groups of the start order by `group_services` (the one
+  place that says which service runs with which).
+- Children are started one after the other, each once the previous one has printed its banner
+  (so the gateway finds auth's keys, as in one process). Each child runs in its own session, so a
+  Ctrl-C in the terminal reaches only this supervisor, which then stops the children in reverse
+  order (the gateway's group first) with SIGTERM, and the NATS server last. Each child gets
+  PDEATHSIG=SIGTERM: if the supervisor is killed, its children stop too.
+- A child that exits while we are not stopping is logged and started again after a backoff
+  (0.5 s doubling up to 15 s; back to 0.5 s once a child has run for 30 s). Stateful stages
+  recover from their snapshots and the streams, as after any crash.
+- Each child serves its own health endpoint on a free loopback port the supervisor picks once
+  (kept across restarts); only the supervisor's `BOURSE_HEALTH_PORT` is the public one, and its
+  `/healthz` merges the children's services with their liveness and the supervisor's NATS
+  connection (`/metrics` concatenates theirs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import msgspec
+from nats.aio.client import Client
+
+from bourse.adapters.http_server import HttpServer
+from bourse.runtime.health import HealthApp
+from bourse.runtime.nats_server import EmbeddedNatsServer, _die_with_parent
+from bourse.runtime.process import connect_nats
+from bourse.settings import Settings
+from bourse.topology import ensure_topology
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_PROCESSES = 4
+
+# CPU per order of each service, in µs, at 1000 orders/s (bench/e2e_bench.py --mode split; the
+# persistence figure is an estimate from its ~40 µs per engine event). Only the proportions matter.
+SERVICE_WEIGHTS: dict[str, int] = {
+    "gateway": 400,
+    "accounts": 185,
+    "matching": 157,
+    "persistence": 100,
+    "query": 102,
+    "auth": 1,
+    "ids": 1,
+}
+UNKNOWN_SERVICE_WEIGHT = 50
+
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 15.0
+STABLE_AFTER_S = 30.0
+POLL_INTERVAL_S = 1.0
+BANNER_END = "Press Ctrl-C to stop."
+
+
+class SupervisorError(RuntimeError):
+    pass
+
+
+def auto_processes(cpu_count: int | None = None) -> int:
+    """`--processes auto`: one process per core, at most `MAX_AUTO_PROCESSES`."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_AUTO_PROCESSES))
+
+
+def group_services(
+    names: Sequence[str], processes: int, weights: Mapping[str, int] = SERVICE_WEIGHTS
+) -> list[list[str]]:
+    """Split `names` (in start order) into at most `processes` contiguous, non-empty groups.
+
+    The rule: of all the ways to cut the start order into that many pieces, the one whose heaviest
+    piece (by `weights`, the measured CPU per order) is lightest; ties go to the cut whose pieces,
+    heaviest first, are lightest. Contiguous pieces keep the start order between processes, so the
+    last group (with the gateway) starts last and stops first.
+    """
+    names = list(names)
+    count = max(1, min(processes, len(names)))
+    if count <= 1:
+        return [names] if names else []
+
+    def weight(group: Sequence[str]) -> int:
+        return sum(weights.get(name, UNKNOWN_SERVICE_WEIGHT) for name in group)
+
+    best: tuple[list[int], list[list[str]]] | None = None
+    for cuts in itertools.combinations(range(1, len(names)), count - 1):
+        bounds = [0, *cuts, len(names)]
+        groups = [names[start:end] for start, end in itertools.pairwise(bounds)]
+        score = sorted((weight(group) for group in groups), reverse=True)
+        if best is None or score < best[0]:
+            best = (score, groups)
+    assert best is not None
+    return best[1]
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(slots=True)
+class Child:
+    """One supervised `bourse run` process and what we know of it."""
+
+    index: int
+    services: list[str]
+    health_port: int
+    process: asyncio.subprocess.Process | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    started_at: float = 0.0
+    ready: bool = False
+    health: dict[str, Any] = field(default_factory=dict)
+    metrics: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.services)
+
+
+class Supervisor:
+    """Start with `start()`, stop with `stop()`; `run()` does both around a signal wait."""
+
+    def __init__(self, settings: Settings, groups: Sequence[Sequence[str]], *, embedded_nats: bool) -> None:
+        self.settings = settings
+        self.nats_server = (
+            EmbeddedNatsServer(
+                settings.data_dir / "nats",
+                settings.embedded_nats_port,
+                settings.embedded_nats_monitor_port,
+            )
+            if embedded_nats
+            else None
+        )
+        self.children = [
+            Child(index, list(group), free_port(settings.http_host)) for index, group in enumerate(groups)
+        ]
+        self.nc: Client | None = None
+        self.health_server: HttpServer | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stop = asyncio.Event()
+
+    @property
+    def nats_url(self) -> str:
+        if self.nats_server is not None:
+            return self.nats_server.url
+        return ",".join(self.settings.nats_servers)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.nats_server is not None:
+            await self.nats_server.start()
+        self.nc = await connect_nats(self.settings, "bourse[supervisor]")
+        # once, before the children: they would otherwise all create the streams at the same time
+        await ensure_topology(self.nc.jetstream(), self.settings.namespace, self.settings.stream_replicas)
+        for child in self.children:
+            await self._spawn(child)
+            await self._wait_ready(child)
+        self._watchers = [
+            asyncio.create_task(self._watch(child), name=f"supervise:{child.label}")
+            for child in self.children
+        ]
+        await self._poll_once()
+        self._poller = asyncio.create_task(self._poll(), name="supervise:health")
+        if self.settings.health_port:
+            self.health_server = HttpServer(
+                HealthApp(self.health, self.metrics), self.settings.http_host, self.settings.health_port
+            )
+            await self.health_server.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [*self._watchers, *([self._poller] if self._poller else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers, self._poller = [], None
+        if self.health_server is not None:
+            await self.health_server.stop()
+            self.health_server = None
+        for child in reversed(self.children):
+            await self._terminate(child)
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5.0)
+            except Exception:
+                await self.nc.close()
+        if self.nats_server is not None:
+            await self.nats_server.stop()
+
+    async def run(self, on_ready: Callable[[Supervisor], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            starting = asyncio.create_task(self.start(), name="supervise:start")
+            stopped = asyncio.create_task(self._stop.wait(), name="supervise:stop-wait")
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # Ctrl-C while starting: stop what has started
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            else:
+                starting.result()
+                if on_ready is not None:
+                    on_ready(self)
+            await stopped
+            log.info("stopping")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    # -- children -----------------------------------------------------------------------------
+
+    def child_env(self, child: Child) -> dict[str, str]:
+        env = dict(os.environ)
+        env["BOURSE_NATS_URL"] = self.nats_url
+        env["BOURSE_HEALTH_PORT"] = str(child.health_port)
+        return env
+
+    def child_command(self, child: Child) -> list[str]:
+        return [sys.executable, "-m", "bourse", "run", *child.services]
+
+    async def _spawn(self, child: Child) -> None:
+        child.ready = False
+        child.links = {}
+        child.started_at = time.monotonic()
+        child.process = await asyncio.create_subprocess_exec(
+            *self.child_command(child),
+            env=self.child_env(child),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,  # the banner: ready, and its links (logs go to stderr)
+            stderr=None,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            start_new_session=True,  # Ctrl-C reaches us only: we stop the children in order
+        )
+        log.info("child started", extra={"services": child.label, "pid": child.process.pid})
+
+    async def _wait_ready(self, child: Child) -> None:
+        """Read the child's banner; its links lines are `  <label>  <url>`."""
+        process = child.process
+        assert process is not None
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while True:
+                    line = (await process.stdout.readline()).decode(errors="replace")
+                    if not line:
+                        rc = await process.wait()
+                        raise SupervisorError(f"{child.label} exited with {rc} before it was up")
+                    text = line.strip()
+                    if text == BANNER_END:
+                        break
+                    if line.startswith("  ") and " " in text:
+                        label, url = text.rsplit(None, 1)
+                        child.links[label] = url
+        except TimeoutError:
+            raise SupervisorError(f"{child.label} was not up within {READY_TIMEOUT_S}s") from None
+        child.ready = True
+
+    async def _watch(self, child: Child) -> None:
+        """Wait for the child to exit; unless we are stopping, start it again after a backoff."""
+        failures = 0
+        while not self._stopping:
+            process = child.process
+            assert process is not None
+            assert process.stdout is not None
+            while await process.stdout.readline():  # nothing is expected after the banner
+                pass
+            rc = await process.wait()
+            if self._stopping:
+                return
+            child.ready = False
+            ran = time.monotonic() - child.started_at
+            failures = 0 if ran >= STABLE_AFTER_S else failures + 1
+            delay = min(BACKOFF_FIRST_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
+            log.error(
+                "child exited, restarting",
+                extra={
+                    "services": child.label,
+                    "pid": process.pid,
+                    "rc": rc,
+                    "ran_s": round(ran, 1),
+                    "restart_in_s": delay,
+                },
+            )
+            await asyncio.sleep(delay)
+            child.restarts += 1
+            await self._spawn(child)
+            try:
+                await self._wait_ready(child)
+            except SupervisorError as exc:
+                log.error("restart failed", extra={"services": child.label, "error": str(exc)})
+                if child.alive:
+                    await self._terminate(child)
+                child.started_at = time.monotonic()  # counts as a short run: the backoff grows
+                continue
+            pid = child.process.pid if child.process else None
+            log.info("child restarted", extra={"services": child.label, "pid": pid})
+
+    async def _terminate(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("child did not stop, killing it", extra={"services": child.label, "pid": process.pid})
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        child.ready = False
+        log.info("child stopped", extra={"services": child.label, "rc": process.returncode})
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        await asyncio.gather(*(self._poll_child(child) for child in self.children))
+
+    async def _poll_child(self, child: Child) -> None:
+        if not child.ready:
+            child.health = {}
+            return
+        status, body = await http_get(self.settings.http_host, child.health_port, "/healthz")
+        try:
+            child.health = dict(msgspec.json.decode(body)) if status else {}
+        except msgspec.DecodeError:
+            child.health = {}
+        status, body = await http_get(self.settings.http_host, child.health_port, "/metrics")
+        child.metrics = body.decode(errors="replace") if status == 200 else ""
+
+    def health(self) -> Mapping[str, Any]:
+        nats_ok = self.nc is not None and self.nc.is_connected
+        services: dict[str, Any] = {}
+        processes = []
+        for child in self.children:
+            ok = child.alive and child.ready and bool(child.health.get("ok"))
+            services.update(child.health.get("services", {}))
+            processes.append(
+                {
+                    "services": child.services,
+                    "pid": child.process.pid if child.process else None,
+                    "state": "running"
+                    if child.alive and child.ready
+                    else "starting"
+                    if child.alive
+                    else "down",
+                    "restarts": child.restarts,
+                    "health_port": child.health_port,
+                    "ok": ok,
+                }
+            )
+        ok = nats_ok and all(process["ok"] for process in processes)
+        return {
+            "ok": ok,
+            "nats": "connected" if nats_ok else "disconnected",
+            "processes": processes,
+            "services": services,
+        }
+
+    def metrics(self) -> str:
+        return "".join(child.metrics for child in self.children if child.alive and child.ready)
+
+    def links(self) -> dict[str, str]:
+        links: dict[str, str] = {}
+        for child in self.children:
+            links.update(
+                (label, url) for label, url in child.links.items() if label not in ("health", "nats")
+            )
+        if self.health_server is not None:
+            links["health"] = f"{self.health_server.url}/healthz"
+        if self.nats_server is not None:
+            links["nats"] = self.nats_server.url
+            links["nats monitoring"] = self.nats_server.monitor_url
+        else:
+            links["nats"] = ", ".join(self.settings.nats_servers)
+        return links
+
+
+async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A tiny HTTP/1.0 GET: (status, body), (0, b"") when the server does not answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                await writer.drain()
+                response = await reader.read()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return 0, b""
+    head, _, body = response.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0, b""
+    return status, body
+
+
+def print_supervisor_links(supervisor: Supervisor, out: TextIO = sys.stdout) -> None:
+    groups = " | ".join(", ".join(child.services) for child in supervisor.children)
+    print(f"bourse is up in {len(supervisor.children)} processes: {groups}", file=out)
+    for label, url in supervisor.links().items():
+        print(f"  {label:<16} {url}", file=out)
+    print(BANNER_END, file=out, flush=True)
