@@ -21,6 +21,12 @@ rejection names an order that exists already and creates nothing; rejected cance
 leave the order as it was.
 
 Order lists are most recent first, by order id (ids are time ordered).
+
+The rules that fold one event into one order's `OrderView` are the functions below
+(`accepted_view`, `rejected_view`, `fold_trade`, `fold_updated`, `fold_amended`, `fold_closed`):
+`OrderViews` adds its indexes around them (open and closed orders per member, depth, trades),
+and `bourse.domain.order_records` applies the same functions to the rows of the persistence
+service's SQL tables.
 """
 
 from __future__ import annotations
@@ -60,7 +66,13 @@ __all__ = [
     "OrderView",
     "OrderViews",
     "PublicTrade",
+    "accepted_view",
+    "fold_amended",
+    "fold_closed",
+    "fold_trade",
+    "fold_updated",
     "parse_state",
+    "rejected_view",
 ]
 
 CLOSED_PER_MEMBER: Final = 1000
@@ -235,6 +247,91 @@ def _rests(view: OrderView) -> bool:
     return view.tif is _GTC and view.type is _LIMIT and view.status in _OPEN_STATUSES and view.remaining > 0
 
 
+# ---------------------------------------------------------------------- folding rules
+#
+# One event applied to one order's view; the callers own everything else (which views exist,
+# events about unknown orders, indexes). Pure; `ts` is the `updated_at` the change stamps.
+
+
+def accepted_view(e: OrderAccepted, ts: int) -> OrderView:
+    """`accepted` makes the view: `submitted`, remaining = amount. It replaces a view made from a
+    rejection (the caller's job)."""
+    return OrderView(
+        id=e.order_id,
+        member_id=e.member_id,
+        market=e.market,
+        side=e.side,
+        type=e.type,
+        price=e.price,
+        amount=e.amount,
+        remaining=e.amount,
+        status=_SUBMITTED,
+        tif=e.tif,
+        post_only=e.post_only,
+        client_order_id=e.client_order_id,
+        created_at=e.created_at,
+        received_at=e.received_at,
+        updated_at=ts,
+    )
+
+
+def rejected_view(e: OrderRejected, ts: int) -> OrderView | None:
+    """The view a rejected place makes when the order has none yet (the caller checks that):
+    `closed`, `close_reason = rejected`, the reject reason; side, type, price, amount and tif
+    unknown (None). None if it makes none: a rejected cancel or amend, or a DUPLICATE_ORDER place
+    (it names an order that exists already)."""
+    if e.command != "place" or e.reason == RejectReason.DUPLICATE_ORDER:
+        return None
+    return OrderView(
+        id=e.order_id,
+        member_id=e.member_id,
+        market=e.market,
+        side=None,
+        type=None,
+        price=None,
+        amount=None,
+        status=_CLOSED,
+        close_reason=CloseReason.REJECTED,
+        reject_reason=e.reason,
+        updated_at=ts,
+    )
+
+
+def fold_trade(view: OrderView, t: Trade) -> None:
+    """`trade` adds its funds to the order (called for the maker and the taker)."""
+    view.funds += t.funds
+
+
+def fold_updated(view: OrderView, e: OrderUpdated, ts: int) -> None:
+    """`updated` sets executed, remaining and status."""
+    view.executed = e.executed
+    view.remaining = e.remaining
+    view.status = e.status
+    view.updated_at = ts
+
+
+def fold_amended(view: OrderView, e: OrderAmended, ts: int) -> None:
+    """`amended` sets price, amount, remaining, executed = amount - remaining, and status
+    `partially_filled` if anything executed, else `submitted`."""
+    view.price = e.price
+    view.amount = e.amount
+    view.remaining = e.remaining
+    view.executed = e.amount - e.remaining
+    view.status = _PARTIAL if view.executed else _SUBMITTED
+    view.updated_at = ts
+
+
+def fold_closed(view: OrderView, e: OrderClosed, ts: int) -> None:
+    """`closed` sets status, close reason, executed, remaining = amount - executed (what was left
+    unfilled) and funds = funds_spent."""
+    view.status = e.status
+    view.close_reason = e.reason
+    view.executed = e.executed
+    view.remaining = (view.amount or 0) - e.executed
+    view.funds = e.funds_spent
+    view.updated_at = ts
+
+
 class OrderViews:
     """The projection. Feed it with `apply_events` and `apply_report`; ask with the queries."""
 
@@ -312,46 +409,19 @@ class OrderViews:
         previous = self._orders.get(e.order_id)
         if previous is not None:  # only a view made from a rejection can be here
             self._forget(previous, market)
-        view = OrderView(
-            id=e.order_id,
-            member_id=e.member_id,
-            market=e.market,
-            side=e.side,
-            type=e.type,
-            price=e.price,
-            amount=e.amount,
-            remaining=e.amount,
-            status=_SUBMITTED,
-            tif=e.tif,
-            post_only=e.post_only,
-            client_order_id=e.client_order_id,
-            created_at=e.created_at,
-            received_at=e.received_at,
-            updated_at=ts,
-        )
+        view = accepted_view(e, ts)
         self._orders[e.order_id] = view
         self._member(e.member_id).open[e.order_id] = view
         if _rests(view):
             (market.bids if e.side is _BUY else market.asks).add(e.price, e.amount)  # type: ignore[arg-type]
 
     def _rejected(self, e: OrderRejected, ts: int) -> None:
-        if e.command != "place" or e.reason == RejectReason.DUPLICATE_ORDER or e.order_id in self._orders:
+        if e.order_id in self._orders:
             return
-        view = OrderView(
-            id=e.order_id,
-            member_id=e.member_id,
-            market=e.market,
-            side=None,
-            type=None,
-            price=None,
-            amount=None,
-            status=_CLOSED,
-            close_reason=CloseReason.REJECTED,
-            reject_reason=e.reason,
-            updated_at=ts,
-        )
-        self._orders[e.order_id] = view
-        self._retire(view, self._member(e.member_id))
+        view = rejected_view(e, ts)
+        if view is not None:
+            self._orders[e.order_id] = view
+            self._retire(view, self._member(e.member_id))
 
     def _trade(self, t: Trade, market: _Market) -> None:
         market.trades.append(
@@ -367,7 +437,7 @@ class OrderViews:
         ):
             view = orders.get(order_id)
             if view is not None:
-                view.funds += t.funds
+                fold_trade(view, t)
             self._member(member_id).trades.append(
                 MemberTrade(t.trade_id, t.market, t.price, t.amount, t.funds, side, order_id, role, t.ts)
             )
@@ -376,13 +446,9 @@ class OrderViews:
         if view is None:
             self.unknown_order_events += 1
             return
-        rests = _rests(view)
-        if rests:
+        if _rests(view):
             self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
-        view.executed = e.executed
-        view.remaining = e.remaining
-        view.status = e.status
-        view.updated_at = ts
+        fold_updated(view, e, ts)
         if _rests(view):
             self._levels(view, market).add(view.price, view.remaining)  # type: ignore[arg-type]
 
@@ -392,12 +458,7 @@ class OrderViews:
             return
         if _rests(view):
             self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
-        view.price = e.price
-        view.amount = e.amount
-        view.remaining = e.remaining
-        view.executed = e.amount - e.remaining
-        view.status = _PARTIAL if view.executed else _SUBMITTED
-        view.updated_at = ts
+        fold_amended(view, e, ts)
         if _rests(view):
             self._levels(view, market).add(e.price, e.remaining)
 
@@ -407,12 +468,7 @@ class OrderViews:
             return
         if _rests(view):
             self._levels(view, market).sub(view.price, view.remaining)  # type: ignore[arg-type]
-        view.status = e.status
-        view.close_reason = e.reason
-        view.executed = e.executed
-        view.remaining = (view.amount or 0) - e.executed
-        view.funds = e.funds_spent
-        view.updated_at = ts
+        fold_closed(view, e, ts)
         member = self._member(view.member_id)
         member.open.pop(view.id, None)
         self._retire(view, member)
