@@ -7,9 +7,11 @@
 
 What runs:
 
-- `--mode up` (default): one `bourse up` process with its embedded NATS (JetStream with
-  `sync_interval: always`, in a temporary data folder, free ports). Its CPU is one figure for
-  every service together, plus the nats-server's.
+- `--mode up` (default): `bourse up` with its embedded NATS (JetStream with
+  `sync_interval: always`, in a temporary data folder, free ports), in as many processes as it
+  chooses (`--processes`, passed on; default: its own, one per core up to 4). The CPU is one figure
+  per process: the supervisor, each of its `bourse run` children (labelled by their services,
+  `accounts+matching+persistence`), the nats-server.
 - `--mode split`: one `bourse run SERVICE` process per service (`bourse services` lists them),
   so the CPU of each service is measured on its own. Without `--nats-url` the
   bench starts its own nats-server from the wheel, configured like the embedded one; with it,
@@ -219,6 +221,13 @@ def process_name(pid: int) -> str:
         return "?"
 
 
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def machine_cpu() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -257,6 +266,8 @@ class System:
             for child in children_of(server.process.pid):
                 if process_name(child).startswith("nats-server"):
                     pids["nats-server"] = child
+                elif "run" in (argv := command_line(child)):  # a child of `bourse up --processes N`
+                    pids["+".join(argv[argv.index("run") + 1 :])] = child
         return pids
 
 
@@ -326,7 +337,8 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
             env["BOURSE_EMBEDDED_NATS_MONITOR_PORT"] = str(free_port())
             nats_url = f"nats://127.0.0.1:{nats_port}"
         system = System("up", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
-        system.servers.append(spawn("bourse up", ["up"], env, workdir, free_port()))
+        processes = ["--processes", args.processes] if args.processes else []
+        system.servers.append(spawn("bourse up", ["up", *processes], env, workdir, free_port()))
     else:
         own: subprocess.Popen[bytes] | None = None
         if args.nats_url:
@@ -1163,6 +1175,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("up", "split"), default="up")
     parser.add_argument(
         "--nats-url", default=None, help="use this NATS (unique namespace) instead of our own"
+    )
+    parser.add_argument(
+        "--processes", default=None, metavar="N", help="up mode: `bourse up --processes N` (default: its own)"
     )
     parser.add_argument(
         "--members", type=int, default=1000, help="demo members the orders spread over (1000)"
