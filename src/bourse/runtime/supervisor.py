@@ -46,13 +46,14 @@ log = logging.getLogger(__name__)
 
 MAX_AUTO_PROCESSES = 4
 
-# CPU per order of each service, in µs, at 1000 orders/s (bench/e2e_bench.py --mode split; the
-# persistence figure is an estimate from its ~40 µs per engine event). Only the proportions matter.
+# CPU per order of each service, in µs, at 1000 orders/s (bench/e2e_bench.py --mode split, README).
+# Persistence (SQLite) depends most on its batch sizes: 550 µs in its own process on a saturated box,
+# about 140 µs beside accounts and matching; 300 in between. Only the proportions matter.
 SERVICE_WEIGHTS: dict[str, int] = {
     "gateway": 400,
     "accounts": 185,
     "matching": 157,
-    "persistence": 100,
+    "persistence": 300,
     "query": 102,
     "auth": 1,
     "ids": 1,
