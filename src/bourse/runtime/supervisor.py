@@ -75,7 +75,9 @@ class SupervisorError(RuntimeError):
 
 def auto_processes(cpu_count: int | None = None) -> int:
     """`--processes auto`: one process per core, at most `MAX_AUTO_PROCESSES`."""
-    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    if cpu_count is None:  # the cores this process may use (a cpuset), else the machine's
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_count or 1
     return max(1, min(cores, MAX_AUTO_PROCESSES))
 
 
