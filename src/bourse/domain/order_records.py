@@ -18,9 +18,9 @@ Each batch's `updated_at` is its `received_at` (EVENTS) or the time the report w
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from bourse.domain.order_views import (
+    EventBatch,
     OrderView,
     accepted_view,
     fold_amended,
@@ -37,9 +37,6 @@ from bourse.domain.orders import (
     OrderUpdated,
     Trade,
 )
-
-if TYPE_CHECKING:
-    from bourse.contracts import EventBatch
 
 __all__ = ["OrderRecords", "orders_to_load", "rejected_record"]
 

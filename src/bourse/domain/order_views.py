@@ -34,15 +34,17 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import msgspec
 
+from bourse.domain.accounts import BalanceChanged
 from bourse.domain.orders import (
     FINAL_STATUSES,
     CloseReason,
+    EngineEvent,
     OrderAccepted,
     OrderAmended,
     OrderClosed,
@@ -56,8 +58,33 @@ from bourse.domain.orders import (
     Trade,
 )
 
-if TYPE_CHECKING:  # contracts import this module for their reply types
-    from bourse.contracts import AccountsReport, EventBatch
+
+class EventBatch(Protocol):
+    """What the projection needs of a matching output message (`bourse.contracts.EventBatch`
+    is one): the domain names the shape, not the wire envelope."""
+
+    @property
+    def market(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def received_at(self) -> int: ...
+    @property
+    def events(self) -> Sequence[EngineEvent]: ...
+
+
+class AccountsReport(Protocol):
+    """What the projection needs of an accounts output message (`bourse.contracts.AccountsReport`)."""
+
+    @property
+    def shard(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def rejected(self) -> Sequence[OrderRejected]: ...
+    @property
+    def balances(self) -> Sequence[BalanceChanged]: ...
+
 
 __all__ = [
     "BalanceView",
