@@ -321,32 +321,9 @@ class Ledger:
         quote goes to clearing, the base comes from clearing to the buyer less the fee, which goes
         to the exchange. Returns the fee (base units). Raises `InsufficientFundsError` (nothing changed)
         if the buyer has less quote locked."""
-        if base_amount <= 0:
-            raise InvalidAmountError(base_amount)
-        if quote_amount <= 0:
-            raise InvalidAmountError(quote_amount)
-        if not 0 <= fee_ppm <= PPM:
-            raise InvalidFeeRateError(fee_ppm)
-        buyer_quote = self._balances.get((buyer, quote))
-        if buyer_quote is None or buyer_quote[1] < quote_amount:
-            held = 0 if buyer_quote is None else buyer_quote[1]
-            raise InsufficientFundsError(buyer, quote, _LOCKED, quote_amount, held)
-        fee = base_amount * fee_ppm // PPM
-        buyer_quote[1] -= quote_amount
-        clearing = self._clearing
-        clearing[quote] = clearing.get(quote, 0) + quote_amount
-        clearing[base] = clearing.get(base, 0) - base_amount
-        self._get(buyer, base)[0] += base_amount - fee
-        if fee:
-            self._get(EXCHANGE_MEMBER, base)[0] += fee
-        if entries is not None:
-            entries.append(LedgerEntry(buyer, quote, _LOCKED, -quote_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(CLEARING_ACCOUNT, quote, _AVAILABLE, quote_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(CLEARING_ACCOUNT, base, _AVAILABLE, -base_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(buyer, base, _AVAILABLE, base_amount - fee, _TRADE, trade_id))
-            if fee:
-                entries.append(LedgerEntry(EXCHANGE_MEMBER, base, _AVAILABLE, fee, _TRADE, trade_id))
-        return fee
+        return self._settle_half(
+            trade_id, base, quote, buyer, base_amount, quote_amount, fee_ppm, entries, True
+        )
 
     def settle_sell(
         self,
@@ -363,31 +340,60 @@ class Ledger:
         base goes to clearing, the quote comes from clearing to the seller less the fee, which goes
         to the exchange. Returns the fee (quote units). Raises `InsufficientFundsError` (nothing
         changed) if the seller has less base locked."""
+        return self._settle_half(
+            trade_id, base, quote, seller, base_amount, quote_amount, fee_ppm, entries, False
+        )
+
+    def _settle_half(
+        self,
+        trade_id: int,
+        base: str,
+        quote: str,
+        member: int,
+        base_amount: int,
+        quote_amount: int,
+        fee_ppm: int,
+        entries: list[LedgerEntry] | None,
+        buy: bool,
+    ) -> int:
+        """One member's half of a trade (`settle_buy` if `buy`, else `settle_sell`): what the
+        member pays (quote for a buy, base for a sell) goes from its locked balance to clearing,
+        what it gets comes from clearing to its available balance less the fee (in that
+        currency), which goes to the exchange. Returns the fee."""
         if base_amount <= 0:
             raise InvalidAmountError(base_amount)
         if quote_amount <= 0:
             raise InvalidAmountError(quote_amount)
         if not 0 <= fee_ppm <= PPM:
             raise InvalidFeeRateError(fee_ppm)
-        seller_base = self._balances.get((seller, base))
-        if seller_base is None or seller_base[1] < base_amount:
-            held = 0 if seller_base is None else seller_base[1]
-            raise InsufficientFundsError(seller, base, _LOCKED, base_amount, held)
-        fee = quote_amount * fee_ppm // PPM
-        seller_base[1] -= base_amount
+        if buy:
+            paid = quote
+            paid_amount = quote_amount
+            got = base
+            got_amount = base_amount
+        else:
+            paid = base
+            paid_amount = base_amount
+            got = quote
+            got_amount = quote_amount
+        held = self._balances.get((member, paid))
+        if held is None or held[1] < paid_amount:
+            raise InsufficientFundsError(member, paid, _LOCKED, paid_amount, 0 if held is None else held[1])
+        fee = got_amount * fee_ppm // PPM
+        held[1] -= paid_amount
         clearing = self._clearing
-        clearing[base] = clearing.get(base, 0) + base_amount
-        clearing[quote] = clearing.get(quote, 0) - quote_amount
-        self._get(seller, quote)[0] += quote_amount - fee
+        clearing[paid] = clearing.get(paid, 0) + paid_amount
+        clearing[got] = clearing.get(got, 0) - got_amount
+        self._get(member, got)[0] += got_amount - fee
         if fee:
-            self._get(EXCHANGE_MEMBER, quote)[0] += fee
+            self._get(EXCHANGE_MEMBER, got)[0] += fee
         if entries is not None:
-            entries.append(LedgerEntry(seller, base, _LOCKED, -base_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(CLEARING_ACCOUNT, base, _AVAILABLE, base_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(CLEARING_ACCOUNT, quote, _AVAILABLE, -quote_amount, _TRADE, trade_id))
-            entries.append(LedgerEntry(seller, quote, _AVAILABLE, quote_amount - fee, _TRADE, trade_id))
+            entries.append(LedgerEntry(member, paid, _LOCKED, -paid_amount, _TRADE, trade_id))
+            entries.append(LedgerEntry(CLEARING_ACCOUNT, paid, _AVAILABLE, paid_amount, _TRADE, trade_id))
+            entries.append(LedgerEntry(CLEARING_ACCOUNT, got, _AVAILABLE, -got_amount, _TRADE, trade_id))
+            entries.append(LedgerEntry(member, got, _AVAILABLE, got_amount - fee, _TRADE, trade_id))
             if fee:
-                entries.append(LedgerEntry(EXCHANGE_MEMBER, quote, _AVAILABLE, fee, _TRADE, trade_id))
+                entries.append(LedgerEntry(EXCHANGE_MEMBER, got, _AVAILABLE, fee, _TRADE, trade_id))
         return fee
 
     # --- snapshot ---
