@@ -44,7 +44,6 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from bourse.adapters.query_client import QueryClient
 from bourse.auth import issuer_for, key_ring_for
@@ -54,8 +53,9 @@ from bourse.domain.orders import OrderAccepted, OrderClosed, OrderRejected, Orde
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
 from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
+from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, STREAMS
 from tests.conftest import SYSTEM_NATS_URL, free_port
+from tests.e2e.harness import delete_namespace
 
 TAIL_S = 1.5
 """Seconds of load after the last restart."""
@@ -165,19 +165,6 @@ def processes(tmp_path: Path, namespace: str) -> Iterator[System]:
     finally:
         for proc in system.procs:
             proc.kill()
-
-
-async def delete_namespace(nc: Client, namespace: str) -> None:
-    js = nc.jetstream()
-    for spec in STREAMS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(spec.name(namespace))
-    for bucket in BUCKETS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_key_value(bucket.name(namespace))
-    for store in OBJECT_STORES:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_object_store(store.name(namespace))
 
 
 @pytest.fixture
