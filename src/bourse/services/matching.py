@@ -234,10 +234,12 @@ class MatchingService(Service):
                 replies.append((batch.reply_to, encode(Outcomes(out.outcomes))))
         self._cpu_s += time.process_time() - started
         self._processed += len(messages)
-        await publish_durably(self.ctx.js, outgoing)
-        self._unpublished.discard(symbol)
+        # Answer before the outputs are stored: the input is durable and this stage is
+        # deterministic, so a crash now replays to the very same answer and outputs.
         for subject, payload in replies:
             await self.ctx.nc.publish(subject, payload)
+        await publish_durably(self.ctx.js, outgoing)
+        self._unpublished.discard(symbol)
         if time.monotonic() - self._last_snapshot[symbol] >= self.SNAPSHOT_EVERY_S:
             await self.save_snapshot(symbol)
 
