@@ -9,9 +9,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bourse.adapters.order_intake import OrderIntake
-from bourse.adapters.query_client import QueryClient
 from bourse.api.errors import ApiError
 from bourse.catalog import Catalog
+from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
+from bourse.domain.orders import OrderStatus
 
 
 class MemberPrincipal(Protocol):
@@ -27,13 +28,41 @@ class IdSource(Protocol):
     def next_id(self) -> int: ...
 
 
+class ReadModel(Protocol):
+    """The reads the gateway makes: `QueryClient` (the query service), `RedisReadModel`,
+    `FallbackReadModel` (Redis first, then the query service)."""
+
+    async def order(self, member_id: int, order_id: int) -> OrderView: ...
+
+    async def orders(
+        self,
+        member_id: int,
+        *,
+        market: str | None = None,
+        state: str | None = None,
+        status: OrderStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]: ...
+
+    async def balances(self, member_id: int) -> list[BalanceView]: ...
+
+    async def depth(self, market: str, limit: int = 50) -> DepthView: ...
+
+    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]: ...
+
+    async def member_trades(
+        self, member_id: int, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]: ...
+
+
 @dataclass(slots=True)
 class GatewayDeps:
     catalog: Catalog
     intake: OrderIntake
     ids: IdSource
     verifier: TokenVerifier
-    queries: QueryClient
+    queries: ReadModel
     decision_timeout_s: float = 2.0
     """How long POST /order waits for the accounts decision before answering 202."""
 

@@ -1,0 +1,288 @@
+"""The Redis read model: what the `cache` service writes and the gateway reads first.
+
+Keys, all under `<namespace>:` (the `RedisKeys` below are the one place that names them):
+
+- `order:<id>` (string): the order's `OrderView`, msgpack;
+- `member:<id>:orders`, `member:<id>:open` (sorted sets): the member's order ids, all and open;
+  every score is 0 and the member is the id zero-padded to 20 digits, so the lexicographic order
+  is the numeric one (ids pass 2**53: a float score would round them);
+- `member:<id>:balances` (hash): currency -> msgpack `[available, locked]`;
+- `member:<id>:trades` (list): the member's recent `MemberTrade`s, newest first, capped;
+- `market:<m>:bids`, `market:<m>:asks` (hashes): price -> amount of the open GTC limit orders;
+- `market:<m>` (hash): `last_price`;
+- `market:<m>:trades` (list): the market's recent `PublicTrade`s, newest first, capped;
+- `positions` (hash): `events:<market>` / `accounts:<shard>` -> the envelope seq last applied,
+  `events:*` / `accounts:*` -> the stream watermark, and `ready` once caught up.
+
+`RedisReadModel` answers with the same methods and types as `QueryClient`, and raises
+`QueryFailed(503, "unavailable")` when Redis cannot be reached and `QueryFailed(503, "not_ready")`
+while the cache is cold (no `ready` position: never filled, or rebuilding after Redis lost its
+data). `FallbackReadModel` tries one read model and asks another on a 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from operator import methodcaller
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bourse.adapters.query_client import QueryFailed
+from bourse.api.deps import ReadModel
+from bourse.domain.order_views import (
+    BalanceView,
+    DepthView,
+    MemberTrade,
+    OrderView,
+    PublicTrade,
+    parse_state,
+)
+from bourse.domain.orders import OrderStatus
+
+T = TypeVar("T")
+
+READY = "ready"
+ORDERS_PAGE = 200
+"""Ids read per round trip while filtering a member's orders."""
+
+ORDER_ENCODER = msgspec.msgpack.Encoder()
+ORDER_DECODER = msgspec.msgpack.Decoder(OrderView)
+PUBLIC_TRADE_DECODER = msgspec.msgpack.Decoder(PublicTrade)
+MEMBER_TRADE_DECODER = msgspec.msgpack.Decoder(MemberTrade)
+BALANCE_DECODER = msgspec.msgpack.Decoder(tuple[int, int])
+
+
+def id_member(order_id: int) -> str:
+    """An order id as a sorted set member: 20 digits, so lexicographic = numeric order."""
+    return f"{order_id:020d}"
+
+
+class RedisKeys:
+    def __init__(self, namespace: str) -> None:
+        self.prefix = f"{namespace}:"
+        self.positions = f"{namespace}:positions"
+
+    def order(self, order_id: int) -> str:
+        return f"{self.prefix}order:{order_id}"
+
+    def member_orders(self, member_id: int) -> str:
+        return f"{self.prefix}member:{member_id}:orders"
+
+    def member_open(self, member_id: int) -> str:
+        return f"{self.prefix}member:{member_id}:open"
+
+    def balances(self, member_id: int) -> str:
+        return f"{self.prefix}member:{member_id}:balances"
+
+    def member_trades(self, member_id: int) -> str:
+        return f"{self.prefix}member:{member_id}:trades"
+
+    def market(self, market: str) -> str:
+        return f"{self.prefix}market:{market}"
+
+    def levels(self, market: str, bid: bool) -> str:
+        return f"{self.prefix}market:{market}:{'bids' if bid else 'asks'}"
+
+    def trades(self, market: str) -> str:
+        return f"{self.prefix}market:{market}:trades"
+
+
+class RedisReadModel:
+    """Reads of the cache service's Redis keys; see the module docstring."""
+
+    def __init__(self, redis: Redis, namespace: str) -> None:
+        self.redis = redis
+        self.keys = RedisKeys(namespace)
+
+    async def _read(self, *commands: Callable[[Any], Any]) -> list[Any]:
+        """One round trip: the readiness flag, then the commands' replies."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self.keys.positions, READY)
+                for command in commands:
+                    command(pipe)
+                replies: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueryFailed(503, "unavailable", f"redis: {type(exc).__name__}: {exc}") from None
+        if replies[0] is None:
+            raise QueryFailed(503, "not_ready", "the cache has not caught up with the streams")
+        return replies[1:]
+
+    async def order(self, member_id: int, order_id: int) -> OrderView:
+        (raw,) = await self._read(lambda p: p.get(self.keys.order(order_id)))
+        view = None if raw is None else ORDER_DECODER.decode(raw)
+        if view is None or view.member_id != member_id:
+            raise QueryFailed(404, "order_not_found", f"no order {order_id}")
+        return view
+
+    async def orders(
+        self,
+        member_id: int,
+        *,
+        market: str | None = None,
+        state: str | None = None,
+        status: OrderStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]:
+        if not 1 <= limit <= 1000:
+            raise QueryFailed(400, "invalid_request", "limit must be 1..1000")
+        try:
+            statuses = parse_state(state)
+        except ValueError:
+            raise QueryFailed(400, "invalid_request", f"unknown state {state!r}") from None
+        if status is not None:
+            statuses = frozenset({status}) if statuses is None else statuses & {status}
+        open_only = statuses is not None and statuses <= {OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED}
+        index = (self.keys.member_open if open_only else self.keys.member_orders)(member_id)
+        upper = "+" if before_id is None else f"({id_member(before_id)}"
+        found: list[OrderView] = []
+        while len(found) < limit:
+            (ids,) = await self._read(
+                methodcaller("zrevrangebylex", index, upper, "-", start=0, num=ORDERS_PAGE)
+            )
+            if not ids:
+                break
+            (raws,) = await self._read(methodcaller("mget", [self.keys.order(int(i)) for i in ids]))
+            for raw in raws:
+                if raw is None:
+                    continue
+                view = ORDER_DECODER.decode(raw)
+                if market is not None and view.market != market:
+                    continue
+                if statuses is not None and view.status not in statuses:
+                    continue
+                found.append(view)
+                if len(found) == limit:
+                    break
+            if len(ids) < ORDERS_PAGE:
+                break
+            last = ids[-1].decode() if isinstance(ids[-1], bytes) else str(ids[-1])
+            upper = f"({last}"
+        return found
+
+    async def balances(self, member_id: int) -> list[BalanceView]:
+        (raw,) = await self._read(lambda p: p.hgetall(self.keys.balances(member_id)))
+        balances = []
+        for currency in sorted(raw):
+            available, locked = BALANCE_DECODER.decode(raw[currency])
+            balances.append(BalanceView(_text(currency), available, locked))
+        return balances
+
+    async def depth(self, market: str, limit: int = 50) -> DepthView:
+        keys = self.keys
+        bids, asks, last_price, seq = await self._read(
+            lambda p: p.hgetall(keys.levels(market, True)),
+            lambda p: p.hgetall(keys.levels(market, False)),
+            lambda p: p.hget(keys.market(market), "last_price"),
+            lambda p: p.hget(keys.positions, f"events:{market}"),
+        )
+        return DepthView(
+            market,
+            _levels(bids, reverse=True, limit=limit),
+            _levels(asks, reverse=False, limit=limit),
+            None if last_price is None else int(last_price),
+            0 if seq is None else int(seq),
+        )
+
+    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
+        if limit <= 0:
+            return []
+        (raws,) = await self._read(lambda p: p.lrange(self.keys.trades(market), 0, limit - 1))
+        return [PUBLIC_TRADE_DECODER.decode(raw) for raw in raws]
+
+    async def member_trades(
+        self, member_id: int, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]:
+        if limit <= 0:
+            return []
+        (raws,) = await self._read(lambda p: p.lrange(self.keys.member_trades(member_id), 0, -1))
+        found: list[MemberTrade] = []
+        for raw in raws:
+            trade = MEMBER_TRADE_DECODER.decode(raw)
+            if market is None or trade.market == market:
+                found.append(trade)
+                if len(found) == limit:
+                    break
+        return found
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _levels(raw: dict[Any, Any], *, reverse: bool, limit: int) -> list[tuple[int, int]]:
+    levels = sorted(((int(price), int(amount)) for price, amount in raw.items()), reverse=reverse)
+    return levels[:limit]
+
+
+class FallbackReadModel:
+    """`primary` first; on a 503 (unreachable, not ready) the same read from `fallback`."""
+
+    def __init__(self, primary: ReadModel, fallback: ReadModel) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.fallbacks = 0
+
+    async def _either(self, first: Callable[[], Awaitable[T]], second: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await first()
+        except QueryFailed as exc:
+            if exc.status != 503:
+                raise
+        self.fallbacks += 1
+        return await second()
+
+    async def order(self, member_id: int, order_id: int) -> OrderView:
+        return await self._either(
+            lambda: self.primary.order(member_id, order_id), lambda: self.fallback.order(member_id, order_id)
+        )
+
+    async def orders(
+        self,
+        member_id: int,
+        *,
+        market: str | None = None,
+        state: str | None = None,
+        status: OrderStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]:
+        def ask(model: ReadModel) -> Callable[[], Awaitable[list[OrderView]]]:
+            return lambda: model.orders(
+                member_id, market=market, state=state, status=status, limit=limit, before_id=before_id
+            )
+
+        return await self._either(ask(self.primary), ask(self.fallback))
+
+    async def balances(self, member_id: int) -> list[BalanceView]:
+        return await self._either(
+            lambda: self.primary.balances(member_id), lambda: self.fallback.balances(member_id)
+        )
+
+    async def depth(self, market: str, limit: int = 50) -> DepthView:
+        return await self._either(
+            lambda: self.primary.depth(market, limit), lambda: self.fallback.depth(market, limit)
+        )
+
+    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
+        return await self._either(
+            lambda: self.primary.trades(market, limit), lambda: self.fallback.trades(market, limit)
+        )
+
+    async def member_trades(
+        self, member_id: int, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]:
+        return await self._either(
+            lambda: self.primary.member_trades(member_id, market, limit),
+            lambda: self.fallback.member_trades(member_id, market, limit),
+        )
+
+
+def redis_client(url: str) -> Redis:
+    """A client that fails fast when Redis is away (the caller falls back or retries)."""
+    client: Redis = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+    return client
