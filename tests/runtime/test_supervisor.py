@@ -6,9 +6,12 @@ import pytest
 
 from bourse.cli import build_parser
 from bourse.runtime.supervisor import auto_processes, group_services
-from bourse.services import SERVICES
+from bourse.services import SERVICES, services_for
+from bourse.settings import Settings
 
-START_ORDER = list(SERVICES)
+START_ORDER = [service.name for service in services_for(Settings(redis_url=None, _env_file=None))]
+"""`bourse up` without Redis: no cache service."""
+WITH_CACHE = [service.name for service in services_for(Settings(redis_url="redis://x", _env_file=None))]
 
 
 def test_auto_is_one_process_per_core_up_to_four() -> None:
@@ -38,11 +41,25 @@ def test_groups_balance_the_measured_cpu_and_keep_the_start_order() -> None:
     ]
 
 
+def test_the_cache_runs_only_with_a_redis_url() -> None:
+    assert "cache" in SERVICES
+    assert "cache" not in START_ORDER
+    assert WITH_CACHE == ["accounts", "matching", "persistence", "cache", "query", "auth", "ids", "gateway"]
+    assert [
+        service.name for service in services_for(Settings(redis_url=None, _env_file=None), ["cache"])
+    ] == ["cache"]
+    assert group_services(WITH_CACHE, 2) == [
+        ["accounts", "matching", "persistence"],
+        ["cache", "query", "auth", "ids", "gateway"],
+    ]
+
+
 @pytest.mark.parametrize("processes", range(1, 10))
-def test_every_service_runs_once_in_at_most_that_many_groups(processes: int) -> None:
-    groups = group_services(START_ORDER, processes)
-    assert [name for group in groups for name in group] == START_ORDER
-    assert len(groups) == min(processes, len(START_ORDER))
+@pytest.mark.parametrize("order", [START_ORDER, WITH_CACHE], ids=["without-redis", "with-redis"])
+def test_every_service_runs_once_in_at_most_that_many_groups(processes: int, order: list[str]) -> None:
+    groups = group_services(order, processes)
+    assert [name for group in groups for name in group] == order
+    assert len(groups) == min(processes, len(order))
     assert all(groups)
     assert groups[-1][-1] == "gateway"  # the gateway starts last and stops first
 
