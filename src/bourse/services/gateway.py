@@ -1,6 +1,8 @@
 """gateway: the REST API `/api/v3` with its OpenAPI docs. Stateless; run as many as you like
 behind a load balancer: each instance leases its own worker id for order ids, verifies tokens
-with the auth service's public keys, and micro-batches orders into the ORDERS stream."""
+with the auth service's public keys, and micro-batches orders into the ORDERS stream. Reads ask
+the query service, or, with `BOURSE_REDIS_URL` set, the cache's Redis first and the query service
+when Redis is unreachable or not ready (`FallbackReadModel`); writes never touch Redis."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.query_client import QueryClient
+from bourse.adapters.redis_read_model import FallbackReadModel, RedisReadModel, redis_client
 from bourse.api.app import create_app
-from bourse.api.deps import GatewayDeps
+from bourse.api.deps import GatewayDeps, ReadModel
 from bourse.api.hot_path import OrderHotPath
 from bourse.auth import TokenVerifier, fetch_jwks, verifier_for
 from bourse.runtime.service import Service, ServiceContext
@@ -34,18 +39,25 @@ class Gateway(Service):
         self.verifier: TokenVerifier | None = None
         self.server: HttpServer | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._redis: Redis | None = None
+        self.reads: ReadModel | None = None
 
     async def start(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
         self.verifier = verifier_for(settings, await fetch_jwks(ctx.nc, ctx.namespace))
         self.ids = await LeasedIdGenerator.start(ctx.js, ctx.namespace, owner=f"gateway:{ctx.nc.client_id}")
         await self.intake.start()
+        reads: ReadModel = QueryClient(ctx.nc, ctx.namespace)
+        if settings.redis_url:  # the cache service's Redis first, the query service when it is away
+            self._redis = redis_client(settings.redis_url)
+            reads = FallbackReadModel(RedisReadModel(self._redis, ctx.namespace), reads)
+        self.reads = reads
         deps = GatewayDeps(
             catalog=ctx.catalog,
             intake=self.intake,
             ids=self.ids,
             verifier=self.verifier,
-            queries=QueryClient(ctx.nc, ctx.namespace),
+            queries=reads,
             decision_timeout_s=settings.order_decision_timeout_s,
         )
         app: Any = create_app(deps)
@@ -77,12 +89,16 @@ class Gateway(Service):
         await self.intake.stop()
         if self.ids is not None:
             await self.ids.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def health(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {
             "orders_published": self.intake.published_commands,
             "batches_published": self.intake.published_messages,
         }
+        if isinstance(self.reads, FallbackReadModel):
+            facts["reads_fallbacks"] = self.reads.fallbacks
         facts["intake"] = "flushing" if self.intake.flushing else "stopped"
         if self.ids is not None:
             facts["ids"] = self.ids.health()
