@@ -143,8 +143,9 @@ async def test_a_long_stream_is_written_in_few_transactions(exchange: Exchange, 
     transactions = service.events.transactions + service.accounts.transactions
     assert service.events.messages == events
     assert service.accounts.messages == reports
-    # a transaction per fetched batch: the messages stored before the start fill whole batches
-    assert transactions <= -(-events // Persistence.BATCH) + -(-reports // Persistence.BATCH) + 4
+    # a transaction per batch of what has arrived: a stored backlog arrives in large batches,
+    # though not always full ones (the consumer hands over what is there, not a fixed count)
+    assert transactions * 20 <= events + reports, (transactions, events, reports)
     assert service.events.items > 5 * transactions
     counts = await rows(sql_url, "SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM trades)")
     assert counts[0][0] > 1000
