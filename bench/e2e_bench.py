@@ -322,6 +322,8 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
     markets = workdir / "markets.toml"
     write_markets_file(markets, args.members)
     env = base_env(workdir, namespace, markets)
+    if args.sql_url:
+        env["BOURSE_SQL_URL"] = args.sql_url
     http_port = free_port()
     env["BOURSE_HTTP_PORT"] = str(http_port)
     api = f"http://127.0.0.1:{http_port}/api/v3"
@@ -1194,6 +1196,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy every server process during the window"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder (logs)")
+    parser.add_argument(
+        "--sql-url",
+        default=None,
+        help="persistence database (BOURSE_SQL_URL), e.g. mysql+asyncmy://root@127.0.0.1:3306/bench; "
+        "default SQLite in the data folder. Check it afterwards with `bourse audit`",
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.clients <= 0 or args.duration <= 0 or args.members < 1:
         parser.error("rate, clients, duration and members must be positive")
