@@ -129,6 +129,29 @@ def cmd_db_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from bourse.maintenance import rebuild_sql
+
+    settings = Settings()
+    url = settings.effective_sql_url
+    if not args.yes:
+        print(
+            f"bourse rebuild: this empties every table of {_safe_url(url)} and refills it from the "
+            "streams; stop the persistence service first, then run again with --yes.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = asyncio.run(rebuild_sql(settings))
+    except Exception as exc:
+        print(f"bourse rebuild: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    print("ok: rebuilt, and the database agrees with its ledger" if report.ok else "DIFFERENCES FOUND")
+    return 0 if report.ok else 1
+
+
 def cmd_audit(_args: argparse.Namespace) -> int:
     from bourse.adapters.sql.audit import audit_url
 
@@ -193,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--yes", action="store_true", help="really empty the tables")
     reset.set_defaults(func=cmd_db_reset)
+    rebuild = commands.add_parser(
+        "rebuild", help="empty the SQL tables, refill them from the streams, then audit them"
+    )
+    rebuild.add_argument("--yes", action="store_true", help="really empty and refill the tables")
+    rebuild.set_defaults(func=cmd_rebuild)
     commands.add_parser(
         "audit",
         help="check the SQL database against its ledger (balances, conservation, executed amounts); "
