@@ -1,12 +1,14 @@
 """The whole exchange in this process, driven over HTTP as a client would.
 
-`Exchange` runs every service of `bourse up` (auth, ids, accounts, matching, query, gateway)
-with `BourseProcess` against a test's NATS and namespace, signs member tokens with the key ring
-the auth service uses, and talks to the gateway with httpx. `Member` is one member's client.
+`Exchange` runs every service of `bourse up` (auth, ids, accounts, matching, query, persistence
+on a SQLite file in the data folder, gateway) with `BourseProcess` against a test's NATS and
+namespace, signs member tokens with the key ring the auth service uses, and talks to the gateway
+with httpx. `Member` is one member's client.
 
 `settle()` is the barrier that makes read-after-write assertions exact: it returns once every
-command is consumed by accounts and matching and the query service has applied everything the
-EVENTS and ACCOUNTS streams hold, so balances, order lists and depth read afterwards are final
+command is consumed by accounts and matching and both the query service and persistence (whose
+database the gateway reads first) have applied everything the EVENTS and ACCOUNTS streams hold,
+so balances, order lists and depth read afterwards are final
 (and a check that "nothing changed" is not merely a check made too early).
 """
 
@@ -30,12 +32,13 @@ from bourse.services.auth import Auth
 from bourse.services.gateway import Gateway
 from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
+from bourse.services.persistence import Persistence
 from bourse.services.query import Query
 from bourse.settings import Settings
 from bourse.topology import ACCOUNTS, BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
 
 PROBLEM_JSON = "application/problem+json"
-SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Gateway]
+SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Persistence, Gateway]
 
 Balances = dict[str, tuple[Decimal, Decimal]]
 """currency -> (available, locked)"""
@@ -166,7 +169,8 @@ class Exchange:
         return Member(self, member_id)
 
     async def settle(self, timeout_s: float = 10.0) -> None:
-        """Wait until the pipeline is idle and the read model has applied every event."""
+        """Wait until the pipeline is idle and the read models (query service, persistence) have
+        applied every event."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         clean_passes = 0
@@ -187,7 +191,21 @@ class Exchange:
         events = (await js.stream_info(EVENTS.name(ns))).state.last_seq
         accounts = (await js.stream_info(ACCOUNTS.name(ns))).state.last_seq
         after = [(await js.stream_info(spec.name(ns))).state.last_seq for spec in (ORDERS, MATCH)]
-        return before == after and ready.events_seq >= events and ready.accounts_seq >= accounts
+        return (
+            before == after
+            and ready.events_seq >= events
+            and ready.accounts_seq >= accounts
+            and self._persisted(events, accounts)
+        )
+
+    def _persisted(self, events: int, accounts: int) -> bool:
+        """Has the persistence service committed every message up to these stream sequences?"""
+        host = self.process.host
+        for running in host.running if host is not None else []:
+            service = running.service
+            if isinstance(service, Persistence):
+                return service.events.watermark >= events and service.accounts.watermark >= accounts
+        return True
 
     async def stream_sizes(self) -> dict[str, int]:
         """Messages in each stream: an input refused at the gateway adds none."""

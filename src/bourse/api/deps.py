@@ -29,8 +29,9 @@ class IdSource(Protocol):
 
 
 class ReadModel(Protocol):
-    """The reads the gateway makes: `QueryClient` (the query service), `RedisReadModel`,
-    `FallbackReadModel` (Redis first, then the query service)."""
+    """The reads the gateway makes: `QueryClient` (the query service), `RedisReadModel` (the
+    cache), `SqlReadModel` (the persistence tables), `FallbackReadModel` (one, then another on
+    a 503)."""
 
     async def order(self, member_id: int, order_id: int) -> OrderView: ...
 
@@ -63,6 +64,10 @@ class GatewayDeps:
     ids: IdSource
     verifier: TokenVerifier
     queries: ReadModel
+    """The GET endpoints' reads: the most durable complete source first (see the gateway)."""
+    live_queries: ReadModel | None = None
+    """Reads on the write path (`DELETE /orders` lists the open orders to cancel): the freshest
+    source first, the query service, which applies the streams as they come; `queries` if unset."""
     decision_timeout_s: float = 2.0
     """How long POST /order waits for the accounts decision before answering 202."""
 

@@ -4,6 +4,7 @@ for the answer. No decision is made here: funds, matching and idempotency are th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -219,7 +220,9 @@ async def query(deps: GatewayDeps, call: Awaitable[T]) -> T:
 async def find_order(
     deps: GatewayDeps, member: int, order_id: int, *, wait_s: float = 0.0
 ) -> OrderView | None:
-    """The member's order from the read model; waits up to `wait_s` for a very recent one."""
+    """The member's order from the read model; waits up to `wait_s` for a very recent one. An
+    order the durable read model does not know yet (persistence commits within milliseconds, not
+    instantly) is asked of the freshest one, `live_queries`, before it is called not found."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -227,6 +230,9 @@ async def find_order(
         except QueryFailed as exc:
             if exc.code != "order_not_found":
                 raise ApiError(exc.status, exc.code, exc.message) from exc
+        if deps.live_queries is not None:
+            with contextlib.suppress(QueryFailed):  # not found there either, or unreachable
+                return await deps.live_queries.order(member, order_id)
         if time.monotonic() >= deadline:
             return None
         await asyncio.sleep(0.02)
@@ -346,7 +352,8 @@ async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> l
     to cancel. Each cancel is durable when this returns; results arrive as order events."""
     if market is not None:
         market_or_422(deps, market)
-    views = await query(deps, deps.queries.orders(member, market=market, state="open", limit=QUERY_MAX_LIMIT))
+    reads = deps.live_queries or deps.queries  # the freshest: an order placed just now is listed
+    views = await query(deps, reads.orders(member, market=market, state="open", limit=QUERY_MAX_LIMIT))
     commands = [CancelOrder(view.id, member, view.market) for view in views]
     submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
     for submission in submissions:

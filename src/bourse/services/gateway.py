@@ -1,8 +1,11 @@
 """gateway: the REST API `/api/v3` with its OpenAPI docs. Stateless; run as many as you like
 behind a load balancer: each instance leases its own worker id for order ids, verifies tokens
-with the auth service's public keys, and micro-batches orders into the ORDERS stream. Reads ask
-the query service, or, with `BOURSE_REDIS_URL` set, the cache's Redis first and the query service
-when Redis is unreachable or not ready (`FallbackReadModel`); writes never touch Redis."""
+with the auth service's public keys, and micro-batches orders into the ORDERS stream.
+
+Reads go to the most durable complete source available, the next one on a 503 (unreachable or
+not ready, `FallbackReadModel`): with `BOURSE_REDIS_URL` set, the cache's Redis, then the
+persistence service's database (`SqlReadModel`), then the query service; without it, the
+database, then the query service. Writes never touch Redis or the database."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from bourse.adapters.http_server import HttpServer
 from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.redis_read_model import FallbackReadModel, RedisReadModel, redis_client
+from bourse.adapters.sql.read_model import SqlReadModel
 from bourse.api.app import create_app
 from bourse.api.deps import GatewayDeps, ReadModel
 from bourse.api.hot_path import OrderHotPath
@@ -40,6 +44,8 @@ class Gateway(Service):
         self.server: HttpServer | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._redis: Redis | None = None
+        self._sql: SqlReadModel | None = None
+        self.live_reads: ReadModel | None = None
         self.reads: ReadModel | None = None
 
     async def start(self) -> None:
@@ -47,10 +53,17 @@ class Gateway(Service):
         self.verifier = verifier_for(settings, await fetch_jwks(ctx.nc, ctx.namespace))
         self.ids = await LeasedIdGenerator.start(ctx.js, ctx.namespace, owner=f"gateway:{ctx.nc.client_id}")
         await self.intake.start()
-        reads: ReadModel = QueryClient(ctx.nc, ctx.namespace)
-        if settings.redis_url:  # the cache service's Redis first, the query service when it is away
+        # The persistence service's database (every `bourse up` runs it), the query service when
+        # the database is away or persistence has applied nothing yet; Redis before both.
+        query = QueryClient(ctx.nc, ctx.namespace)
+        self._sql = SqlReadModel.from_url(settings.effective_sql_url, markets=ctx.catalog.markets)
+        reads: ReadModel = FallbackReadModel(self._sql, query)
+        if settings.redis_url:
             self._redis = redis_client(settings.redis_url)
             reads = FallbackReadModel(RedisReadModel(self._redis, ctx.namespace), reads)
+        # The write path (cancel all) lists open orders from the freshest source, the query
+        # service, and from the durable chain when no instance answers.
+        self.live_reads = FallbackReadModel(query, self._sql)
         self.reads = reads
         deps = GatewayDeps(
             catalog=ctx.catalog,
@@ -58,6 +71,7 @@ class Gateway(Service):
             ids=self.ids,
             verifier=self.verifier,
             queries=reads,
+            live_queries=self.live_reads,
             decision_timeout_s=settings.order_decision_timeout_s,
         )
         app: Any = create_app(deps)
@@ -91,14 +105,20 @@ class Gateway(Service):
             await self.ids.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._sql is not None:
+            await self._sql.close()
 
     def health(self) -> Mapping[str, Any]:
         facts: dict[str, Any] = {
             "orders_published": self.intake.published_commands,
             "batches_published": self.intake.published_messages,
         }
-        if isinstance(self.reads, FallbackReadModel):
-            facts["reads_fallbacks"] = self.reads.fallbacks
+        reads, fallbacks = self.reads, 0
+        while isinstance(reads, FallbackReadModel):
+            fallbacks += reads.fallbacks
+            reads = reads.fallback
+        if self.reads is not None:
+            facts["reads_fallbacks"] = fallbacks
         facts["intake"] = "flushing" if self.intake.flushing else "stopped"
         if self.ids is not None:
             facts["ids"] = self.ids.health()

@@ -1,0 +1,276 @@
+"""The gateway's reads answered from the persistence service's tables (`bourse.adapters.sql`):
+the methods of `QueryClient`, with the same return types and errors.
+
+- 404 `order_not_found`: no such order, or another member's;
+- 400 `invalid_request`: a limit out of 1..1000 or an unknown state (orders);
+- 404 `unknown_market`: a market not in `markets`, when given;
+- 503 `unavailable`: the database cannot be reached or read (server down, database dropped,
+  SQLite file removed, tables missing);
+- 503 `not_ready`: persistence has applied nothing yet (no watermark row).
+
+Each read is one connection and a few indexed statements: orders by `(member_id, status, id)` or
+`(member_id, market, id)`, depth by `(market, status, id)` summed per price in SQL, trades by
+their key or the member indexes. A member's balance is the sum of its rows over the accounts
+shards (the exchange, member 0, earns fees in every shard)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bourse.adapters.query_client import QueryFailed
+from bourse.adapters.sql.database import create_engine, sqlite_file
+from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
+from bourse.adapters.sql.store import order_view
+from bourse.domain.order_views import (
+    BalanceView,
+    DepthView,
+    MemberTrade,
+    OrderView,
+    PublicTrade,
+    parse_state,
+)
+from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
+
+T = TypeVar("T")
+
+EVENTS_CONSUMER = "persistence-events"
+"""The persistence service's EVENTS consumer (`bourse.services.persistence.EVENTS_DURABLE`)."""
+
+CONNECT_TIMEOUT_S = 2
+OPEN_STATUSES = (OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value)
+
+
+def read_engine(url: str) -> AsyncEngine:
+    """An engine for reads that fails fast when a MariaDB/MySQL server is away."""
+    if make_url(url).get_backend_name() in {"mysql", "mariadb"}:
+        return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    return create_engine(url)
+
+
+class SqlReadModel:
+    """Reads of the persistence tables; see the module docstring. `markets`, when given, are
+    the known markets (others answer 404 `unknown_market`, as the query service does)."""
+
+    def __init__(self, engine: AsyncEngine, *, markets: Collection[str] | None = None) -> None:
+        self.engine = engine
+        self.markets = None if markets is None else frozenset(markets)
+        self._file = sqlite_file(engine.url)
+        self._ready = False
+
+    @classmethod
+    def from_url(cls, url: str, *, markets: Collection[str] | None = None) -> SqlReadModel:
+        return cls(read_engine(url), markets=markets)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._file is not None and not self._file.exists():
+            # Connecting would create an empty file: a removed database is unreachable.
+            raise QueryFailed(503, "unavailable", f"no database file {self._file}")
+        try:
+            async with self.engine.connect() as conn:
+                if not self._ready:
+                    found = await conn.execute(
+                        select(applied_positions.c.seq).where(applied_positions.c.shard == WATERMARK).limit(1)
+                    )
+                    if found.first() is None:
+                        raise QueryFailed(503, "not_ready", "persistence has applied nothing yet")
+                    self._ready = True
+                return await work(conn)
+        except (SQLAlchemyError, OSError) as exc:
+            raise QueryFailed(503, "unavailable", f"sql: {type(exc).__name__}: {exc}") from None
+
+    def _known_market(self, market: str | None) -> None:
+        if market is not None and self.markets is not None and market not in self.markets:
+            raise QueryFailed(404, "unknown_market", f"no market {market!r}")
+
+    async def order(self, member_id: int, order_id: int) -> OrderView:
+        async def work(conn: AsyncConnection) -> Any:
+            result = await conn.execute(
+                select(orders).where(orders.c.id == order_id, orders.c.member_id == member_id)
+            )
+            return result.first()
+
+        row = await self._read(work)
+        if row is None:
+            raise QueryFailed(404, "order_not_found", f"no order {order_id}")
+        return order_view(row)
+
+    async def orders(
+        self,
+        member_id: int,
+        *,
+        market: str | None = None,
+        state: str | None = None,
+        status: OrderStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OrderView]:
+        if not 1 <= limit <= 1000:
+            raise QueryFailed(400, "invalid_request", "limit must be 1..1000")
+        self._known_market(market)
+        try:
+            statuses = parse_state(state)
+        except ValueError:
+            raise QueryFailed(
+                400, "invalid_request", f"state: {state!r} is not open, closed or a status"
+            ) from None
+        if status is not None:
+            statuses = frozenset({status}) if statuses is None else statuses & {status}
+        if statuses is not None and not statuses:
+            return []
+        query = select(orders).where(orders.c.member_id == member_id)
+        if market is not None:
+            query = query.where(orders.c.market == market)
+        if statuses is not None:
+            query = query.where(orders.c.status.in_(sorted(s.value for s in statuses)))
+        if before_id is not None:
+            query = query.where(orders.c.id < before_id)
+        query = query.order_by(orders.c.id.desc()).limit(limit)
+
+        async def work(conn: AsyncConnection) -> list[OrderView]:
+            return [order_view(row) for row in (await conn.execute(query)).all()]
+
+        return await self._read(work)
+
+    async def balances(self, member_id: int) -> list[BalanceView]:
+        query = (
+            select(balances.c.currency, func.sum(balances.c.available), func.sum(balances.c.locked))
+            .where(balances.c.member_id == member_id)
+            .group_by(balances.c.currency)
+            .order_by(balances.c.currency)
+        )
+
+        async def work(conn: AsyncConnection) -> list[BalanceView]:
+            return [
+                BalanceView(currency, _int(available), _int(locked))
+                for currency, available, locked in (await conn.execute(query)).all()
+            ]
+
+        return await self._read(work)
+
+    async def depth(self, market: str, limit: int = 50) -> DepthView:
+        self._known_market(market)
+
+        def side(value: Side) -> Select[Any]:
+            best = orders.c.price.desc() if value is Side.BUY else orders.c.price.asc()
+            return (
+                select(orders.c.price, func.sum(orders.c.remaining))
+                .where(
+                    orders.c.market == market,
+                    orders.c.status.in_(OPEN_STATUSES),
+                    orders.c.side == value.value,
+                    orders.c.type == OrderType.LIMIT.value,
+                    orders.c.tif == TimeInForce.GTC.value,
+                    orders.c.remaining > 0,
+                )
+                .group_by(orders.c.price)
+                .order_by(best)
+                .limit(max(limit, 0))
+            )
+
+        async def work(conn: AsyncConnection) -> DepthView:
+            bids = [(int(p), _int(a)) for p, a in (await conn.execute(side(Side.BUY))).all()]
+            asks = [(int(p), _int(a)) for p, a in (await conn.execute(side(Side.SELL))).all()]
+            last = (
+                await conn.execute(
+                    select(trades.c.price)
+                    .where(trades.c.market == market)
+                    .order_by(trades.c.trade_id.desc())
+                    .limit(1)
+                )
+            ).scalar()
+            seq = (
+                await conn.execute(
+                    select(applied_positions.c.seq).where(
+                        applied_positions.c.consumer == EVENTS_CONSUMER, applied_positions.c.shard == market
+                    )
+                )
+            ).scalar()
+            return DepthView(market, bids, asks, None if last is None else int(last), int(seq or 0))
+
+        return await self._read(work)
+
+    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
+        self._known_market(market)
+        if limit <= 0:
+            return []
+        query = (
+            select(
+                trades.c.trade_id,
+                trades.c.market,
+                trades.c.price,
+                trades.c.amount,
+                trades.c.funds,
+                trades.c.taker_side,
+                trades.c.ts,
+            )
+            .where(trades.c.market == market)
+            .order_by(trades.c.trade_id.desc())
+            .limit(limit)
+        )
+
+        async def work(conn: AsyncConnection) -> list[PublicTrade]:
+            return [
+                PublicTrade(trade_id, m, price, amount, funds, Side(taker_side), ts)
+                for trade_id, m, price, amount, funds, taker_side, ts in (await conn.execute(query)).all()
+            ]
+
+        return await self._read(work)
+
+    async def member_trades(
+        self, member_id: int, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]:
+        """Most recent first (by time, then trade id); a trade with oneself is listed twice,
+        the taker's side first, as the query service does."""
+        self._known_market(market)
+        if limit <= 0:
+            return []
+
+        def mine(role: str) -> Select[Any]:
+            member_column = trades.c.maker_member_id if role == "maker" else trades.c.taker_member_id
+            order_column = trades.c.maker_order_id if role == "maker" else trades.c.taker_order_id
+            where = [member_column == member_id]
+            if market is not None:
+                where.append(trades.c.market == market)
+            return (
+                select(
+                    trades.c.trade_id,
+                    trades.c.market,
+                    trades.c.price,
+                    trades.c.amount,
+                    trades.c.funds,
+                    trades.c.taker_side,
+                    order_column,
+                    trades.c.ts,
+                )
+                .where(and_(*where))
+                .order_by(trades.c.ts.desc(), trades.c.trade_id.desc())
+                .limit(limit)
+            )
+
+        async def work(conn: AsyncConnection) -> list[MemberTrade]:
+            found: list[tuple[tuple[int, str, int, int], MemberTrade]] = []
+            for role in ("maker", "taker"):
+                for trade_id, m, price, amount, funds, taker_side, order_id, ts in (
+                    await conn.execute(mine(role))
+                ).all():
+                    taker = Side(taker_side)
+                    side = taker if role == "taker" else (Side.SELL if taker is Side.BUY else Side.BUY)
+                    trade = MemberTrade(trade_id, m, price, amount, _int(funds), side, order_id, role, ts)
+                    found.append(((ts, m, trade_id, role == "taker"), trade))
+            found.sort(key=lambda pair: pair[0], reverse=True)
+            return [trade for _, trade in found[:limit]]
+
+        return await self._read(work)
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else int(value)
