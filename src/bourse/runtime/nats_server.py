@@ -35,7 +35,7 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM the server if we die without cleaning up (e.g. SIGKILL)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -81,7 +81,7 @@ class EmbeddedNatsServer:
             stdout=logfile,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            preexec_fn=die_with_parent if os.name == "posix" else None,
             start_new_session=True,  # Ctrl-C reaches us, not the server: we stop it last, after draining
         )
         logfile.close()

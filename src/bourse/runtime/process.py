@@ -45,6 +45,17 @@ async def connect_nats(settings: Settings, name: str) -> Client:
     )
 
 
+async def close_nats(nc: Client, drain_s: float = 5.0) -> None:
+    """Drain the connection (in-flight messages go out, subscriptions finish), or close it if
+    draining does not finish in time."""
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), drain_s)
+    except Exception:
+        await nc.close()
+
+
 class BourseProcess:
     """Start with `start()`, stop with `stop()`; `run()` does both around a signal wait."""
 
@@ -108,11 +119,8 @@ class BourseProcess:
             await self.health_server.stop()
         if self.host is not None:
             await self.host.stop()
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), 5.0)
-            except Exception:
-                await self.nc.close()
+        if self.nc is not None:
+            await close_nats(self.nc)
         if self.nats_server is not None:
             await self.nats_server.stop()
 

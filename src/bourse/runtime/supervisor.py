@@ -37,8 +37,8 @@ from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
 from bourse.runtime.health import HealthApp
-from bourse.runtime.nats_server import EmbeddedNatsServer, _die_with_parent
-from bourse.runtime.process import connect_nats
+from bourse.runtime.nats_server import EmbeddedNatsServer, die_with_parent
+from bourse.runtime.process import close_nats, connect_nats
 from bourse.settings import Settings
 from bourse.topology import ensure_topology
 
@@ -212,11 +212,8 @@ class Supervisor:
             self.health_server = None
         for child in reversed(self.children):
             await self._terminate(child)
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.drain(), 5.0)
-            except Exception:
-                await self.nc.close()
+        if self.nc is not None:
+            await close_nats(self.nc)
         if self.nats_server is not None:
             await self.nats_server.stop()
 
@@ -264,7 +261,7 @@ class Supervisor:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,  # the banner: ready, and its links (logs go to stderr)
             stderr=None,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            preexec_fn=die_with_parent if os.name == "posix" else None,
             start_new_session=True,  # Ctrl-C reaches us only: we stop the children in order
         )
         log.info("child started", extra={"services": child.label, "pid": child.process.pid})
