@@ -21,8 +21,9 @@ The markets file is the default one with `--members` demo members (1000 by defau
 locking is spread over many accounts as it would be. Every member gets a token from the key
 ring of the data folder (what `bourse token N` does).
 
-The load: `--clients` keep-alive HTTP connections (aiohttp), each sending on its own schedule
-so that together they post `--rate` orders per second, plus cancels (`--cancel-share` of all
+The load: `--clients` keep-alive HTTP connections (`lean_http.py`, on httptools: a fraction of
+aiohttp's CPU per request, so the CPU goes to the system under test), each sending on its own
+schedule so that together they post `--rate` orders per second, plus cancels (`--cancel-share` of all
 requests). A connection sends at its scheduled time, or when its previous answer came if that
 is later; `post_order` latency is measured from the send, `post_order_from_schedule` from the
 scheduled time, so a stalled server cannot hide behind a waiting client (no coordinated
@@ -64,6 +65,7 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -75,9 +77,10 @@ from bourse.auth import issuer_for, key_ring_for
 from bourse.catalog import default_markets_file
 from bourse.contracts import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_BATCH_DECODER
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
-from bourse.services import SERVICES
+from bourse.services import services_for
 from bourse.settings import Settings
 from bourse.topology import BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
+from lean_http import LeanHttpConnection, build_request
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
@@ -351,10 +354,13 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
         env["BOURSE_NATS_URL"] = nats_url
         system = System("split", workdir, namespace, nats_url, api, external_nats=bool(args.nats_url))
         system.own_nats = own
-        for name in SERVICES:  # every service `bourse up` would run, each in its own process
-            if name in args.skip:
+        configured = Settings(
+            redis_url=env.get("BOURSE_REDIS_URL"), rabbitmq_url=env.get("BOURSE_RABBITMQ_URL"), _env_file=None
+        )
+        for service in services_for(configured):  # what `bourse up` would run, one process each
+            if service.name in args.skip:
                 continue
-            system.servers.append(spawn(name, ["run", name], env, workdir, free_port()))
+            system.servers.append(spawn(service.name, ["run", service.name], env, workdir, free_port()))
     return system
 
 
@@ -564,9 +570,11 @@ def summary_ms(values: Iterable[float]) -> dict[str, float]:
 class LoadRun:
     def __init__(self, args: argparse.Namespace, api: str, tokens: dict[int, str]) -> None:
         self.args = args
-        self.api = api
+        url = urlsplit(api)
+        self.host, self.port, self.prefix = url.hostname or "127.0.0.1", url.port or 80, url.path
+        self.netloc = url.netloc
         self.headers = {
-            member: {"authorization": f"Bearer {token}", "content-type": "application/json"}
+            member: f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n".encode()
             for member, token in tokens.items()
         }
         self.samples: list[Sample] = []
@@ -583,41 +591,44 @@ class LoadRun:
         takes), `post_order_from_schedule` from the scheduled time (what a client that wanted
         to send then would see, so a stall shows even though this client waited)."""
         period = self.args.clients / command_rate(self.args)
-        connector = aiohttp.TCPConnector(limit=1, force_close=False)
-        timeout = aiohttp.ClientTimeout(total=self.args.timeout)
         resting: list[tuple[str, int]] = []
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            slot = start + period * index / self.args.clients
+        connection: LeanHttpConnection | None = None
+        slot = start + period * index / self.args.clients
+        try:
             while slot < end:
                 delay = slot - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self.send(session, self.workload.next(resting), slot, resting)
+                if connection is None or connection.closed:
+                    connection = await LeanHttpConnection.open(self.host, self.port)
+                await self.send(connection, self.workload.next(resting), slot, resting)
                 slot += period
+        finally:
+            if connection is not None:
+                connection.close()
 
     async def send(
-        self, session: aiohttp.ClientSession, action: Action, scheduled: float, resting: list[tuple[str, int]]
+        self, connection: LeanHttpConnection, action: Action, scheduled: float, resting: list[tuple[str, int]]
     ) -> None:
         sent = time.perf_counter()
         self.max_lag = max(self.max_lag, sent - scheduled)
         headers = self.headers[action.member]
         order_id = 0
+        if action.kind == "place":
+            raw = build_request("POST", self.netloc, f"{self.prefix}/order", headers, action.body)
+        else:
+            raw = build_request("DELETE", self.netloc, f"{self.prefix}/order/{action.order_id}", headers)
         try:
-            if action.kind == "place":
-                request = session.post(f"{self.api}/order", data=action.body, headers=headers)
+            code, data = await connection.request(raw, self.args.timeout)
+            status = str(code)
+            if code in (200, 201, 202):
+                body = msgspec.json.decode(data)
+                order_id = int(body["id"])
+                if action.kind == "place" and body.get("status") in ("submitted", "partially_filled"):
+                    resting.append((body["id"], action.member))
             else:
-                request = session.delete(f"{self.api}/order/{action.order_id}", headers=headers)
-            async with request as resp:
-                data = await resp.read()
-                status = str(resp.status)
-                if resp.status in (200, 201, 202):
-                    body = msgspec.json.decode(data)
-                    order_id = int(body["id"])
-                    if action.kind == "place" and body.get("status") in ("submitted", "partially_filled"):
-                        resting.append((body["id"], action.member))
-                else:
-                    with contextlib.suppress(Exception):
-                        status += f" {msgspec.json.decode(data).get('code')}"
+                with contextlib.suppress(Exception):
+                    status += f" {msgspec.json.decode(data).get('code')}"
         except Exception as exc:
             status = f"exc:{type(exc).__name__}"
         self.samples.append(Sample(action.kind, scheduled, sent, time.perf_counter(), status, order_id))
