@@ -28,9 +28,12 @@ from bourse.domain.orders import (
     OrderClosed,
     OrderRejected,
     OrderStatus,
+    OrderType,
     OrderUpdated,
     PlaceOrder,
     RejectReason,
+    Side,
+    TimeInForce,
     Trade,
 )
 
@@ -269,3 +272,76 @@ DEPTH_REPLY_DECODER = msgspec.json.Decoder(DepthView)
 TRADES_REPLY_DECODER = msgspec.json.Decoder(TradesReply)
 MEMBER_TRADES_REPLY_DECODER = msgspec.json.Decoder(MemberTradesReply)
 QUERY_READY_DECODER = msgspec.json.Decoder(QueryReady)
+
+
+# RabbitMQ order messages
+#
+# What a publisher sends to the ingress (`amqp-ingress`, JSON, one command per message): the REST
+# body plus `command` and `member_id`; the AMQP `message_id` property is the idempotency key of a
+# create (see docs/architecture.md, "RabbitMQ ingress"). Money is decimal strings, as in the API.
+
+ClientOrderIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+"""The REST API's `client_order_id` rule (`bourse.api.schemas.ClientOrderId`)."""
+DecimalText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+OrderIdText = str | int
+"""An order id as the API writes it (a string of digits), or as an integer."""
+
+
+class AmqpCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="create"):
+    """`POST /order`'s body (`bourse.api.schemas.OrderIn`) for member `member_id`."""
+
+    member_id: MemberId
+    market: str
+    side: Side
+    amount: DecimalText
+    type: OrderType = OrderType.LIMIT
+    price: DecimalText | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    client_order_id: ClientOrderIdText | None = None
+    """Unset: the message id is the client order id, so a redelivery is the same order."""
+
+
+class AmqpCancel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="cancel"):
+    """`DELETE /order/{order_id}`; `market` is optional (the accounts shard knows the order's)."""
+
+    member_id: MemberId
+    order_id: OrderIdText
+    market: str | None = None
+
+
+class AmqpAmend(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="amend"):
+    """`PATCH /order/{order_id}`'s body (`AmendIn`); `market` is required here: the ingress reads no
+    order state, and the new price and amount are parsed on the market's grid."""
+
+    member_id: MemberId
+    order_id: OrderIdText
+    market: str
+    price: DecimalText | None = None
+    amount: DecimalText | None = None
+
+
+AmqpCommand = AmqpCreate | AmqpCancel | AmqpAmend
+
+
+class AmqpReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Sent to the message's `reply_to` (default exchange), with its `correlation_id` (or, if it
+    has none, its `message_id`). `status`: `accepted` (funds locked and passed to the engine;
+    `order_status` and `executed` say where the engine left the order if it answered in time),
+    `rejected` (`code`, `message`; nothing changed), `duplicate` (a create whose client order id
+    was used: `order_id` is the first order's), or `submitted` (durable, no decision within
+    `BOURSE_AMQP_REPLY_TIMEOUT_S`: it will be processed)."""
+
+    message_id: str
+    command: str
+    status: str
+    order_id: str | None = None
+    client_order_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    order_status: OrderStatus | None = None
+    executed: str | None = None
+
+
+AMQP_COMMAND_DECODER = msgspec.json.Decoder(AmqpCommand)
+AMQP_REPLY_DECODER = msgspec.json.Decoder(AmqpReply)

@@ -59,6 +59,49 @@ class Settings(BaseSettings):
     )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
+    # --- RabbitMQ ingress (`amqp-ingress`, runs only with `rabbitmq_url`); see docs/architecture.md ---
+    amqp_exchange: str | None = Field(
+        default=None,
+        description="Direct exchange publishers send order commands to. Unset: `<namespace>.orders`.",
+    )
+    amqp_routing_key: str = Field(
+        default="order", description="Routing key binding the exchange to the queue."
+    )
+    amqp_queue: str | None = Field(
+        default=None, description="Quorum queue the ingress consumes. Unset: `<namespace>.orders.in`."
+    )
+    amqp_dead_letter_exchange: str | None = Field(
+        default=None, description="Fanout exchange for refused messages. Unset: `<namespace>.orders.dlx`."
+    )
+    amqp_dead_letter_queue: str | None = Field(
+        default=None, description="Queue keeping refused messages. Unset: `<namespace>.orders.dead`."
+    )
+    amqp_delivery_limit: int = Field(
+        default=20,
+        ge=1,
+        description="`x-delivery-limit` of the queue: a message delivered this often without an ack (an "
+        "ingress crashing on it, or that many NATS outages while it was in flight) is dead-lettered.",
+    )
+    amqp_prefetch: int = Field(
+        default=512,
+        ge=1,
+        le=65535,
+        description="Unacked messages per ingress instance: its concurrency, and the bound of what it "
+        "holds while NATS is slow. More throughput: more instances on the same queue.",
+    )
+    amqp_allowed_users: list[str] | None = Field(
+        default=None,
+        description="RabbitMQ users (the `user_id` property, checked by RabbitMQ against the publishing "
+        "connection) whose messages are accepted (JSON list). Unset: the user of `rabbitmq_url` only.",
+    )
+    amqp_require_token: bool = Field(
+        default=False,
+        description="Refuse order messages without a member JWT (`authorization` header) for their member.",
+    )
+    amqp_reply_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long a reply waits for the accounts decision and engine outcome."
+    )
+
     jwt_issuer: str = Field(default="bourse", description="`iss` of member tokens: issued and required.")
     jwt_audience: str = Field(default="bourse-api", description="`aud` of member tokens: issued, required.")
     jwt_keys_dir: Path | None = Field(

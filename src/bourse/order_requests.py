@@ -1,0 +1,124 @@
+"""An order request as a person or a system writes it (decimal strings, a market symbol) turned
+into the engine command (integers on the market's grid), by the rules every way in shares.
+
+The REST API and the RabbitMQ ingress both take the same body and must refuse the same things
+with the same stable codes (`unknown_market`, `price_required`, `price_not_allowed`,
+`invalid_order`, the `MoneyError` codes, `amend_invalid`). No framework here: callers map an
+`OrderRequestError` to their own refusal (a 422 problem, a dead-lettered message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bourse.catalog import Catalog
+from bourse.domain.money import Market, MoneyError
+from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
+
+MAX_ORDER_ID = 2**63 - 1
+"""Order ids are positive signed 64-bit integers."""
+
+
+class OrderRequestError(ValueError):
+    """A request the exchange refuses before anything changes. `code` is stable."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def market_of(catalog: Catalog, symbol: str) -> Market:
+    market = catalog.market(symbol)
+    if market is None:
+        raise OrderRequestError("unknown_market", f"no market {symbol!r}", "market")
+    return market
+
+
+def parse_money(parse: Callable[[str], int], text: str) -> int:
+    """`Market.parse_price` / `parse_amount` with its `MoneyError` as an `OrderRequestError`."""
+    try:
+        return parse(text)
+    except MoneyError as exc:
+        raise OrderRequestError(exc.code, str(exc), exc.field) from exc
+
+
+def parse_order_id(text: str | int) -> int:
+    """An order id as the API writes it (ASCII digits, 1..2**63-1), or an integer in that range."""
+    if isinstance(text, int):
+        value = text
+    elif text.isascii() and text.isdigit() and len(text) <= 19:
+        value = int(text)
+    else:
+        value = 0
+    if not 0 < value <= MAX_ORDER_ID:
+        raise OrderRequestError("invalid_order_id", f"{text!r} is not an order id", "order_id")
+    return value
+
+
+def place_command(
+    catalog: Catalog,
+    *,
+    order_id: int,
+    member_id: int,
+    created_at: int,
+    market: str,
+    side: Side,
+    type: OrderType,
+    amount: str,
+    price: str | None,
+    time_in_force: TimeInForce,
+    post_only: bool,
+    client_order_id: str | None,
+) -> PlaceOrder:
+    """The PlaceOrder for a checked body; the same checks and codes as `POST /order`."""
+    book = market_of(catalog, market)
+    scaled_amount = parse_money(book.parse_amount, amount)
+    scaled_price: int | None = None
+    if type is OrderType.LIMIT:
+        if price is None:
+            raise OrderRequestError("price_required", "a limit order needs a price", "price")
+        scaled_price = parse_money(book.parse_price, price)
+    else:
+        if price is not None:
+            raise OrderRequestError("price_not_allowed", "a market order takes no price", "price")
+        if post_only:
+            raise OrderRequestError("invalid_order", "post_only applies to limit orders", "post_only")
+    if post_only and time_in_force is not TimeInForce.GTC:
+        raise OrderRequestError("invalid_order", "post_only requires time_in_force gtc", "post_only")
+    return PlaceOrder(
+        order_id=order_id,
+        member_id=member_id,
+        market=book.symbol,
+        side=side,
+        type=type,
+        amount=scaled_amount,
+        price=scaled_price,
+        tif=time_in_force,
+        post_only=post_only,
+        created_at=created_at,
+        client_order_id=client_order_id,
+    )
+
+
+def amend_command(
+    catalog: Catalog, *, order_id: int, member_id: int, market: str, price: str | None, amount: str | None
+) -> AmendOrder:
+    """The AmendOrder for a new price and/or total amount, on the grid of the order's market."""
+    if price is None and amount is None:
+        raise OrderRequestError("amend_invalid", "give a new price, a new amount, or both")
+    book = market_of(catalog, market)
+    return AmendOrder(
+        order_id=order_id,
+        member_id=member_id,
+        market=book.symbol,
+        price=parse_money(book.parse_price, price) if price is not None else None,
+        amount=parse_money(book.parse_amount, amount) if amount is not None else None,
+    )
+
+
+def cancel_command(catalog: Catalog, *, order_id: int, member_id: int, market: str | None) -> CancelOrder:
+    """A CancelOrder; without a market the accounts shard finds the order's own."""
+    symbol = market_of(catalog, market).symbol if market else ""
+    return CancelOrder(order_id, member_id, symbol)

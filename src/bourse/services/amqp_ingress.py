@@ -1,0 +1,464 @@
+"""amqp-ingress: order commands (create, cancel, amend) from a RabbitMQ quorum queue into the
+order pipeline, by the same rules as the REST API. Stateless; run as many as you like on the
+same queue (each leases its own worker id for order ids).
+
+Per message: check the sender and the body, make the command, `OrderIntake.submit` it, and ack
+only once it is durable in JetStream. A refusal (unknown user, malformed JSON, unknown market,
+bad precision...) is published to the dead-letter exchange with its code in `x-bourse-error`,
+then acked: it is never retried. A failure on our side (NATS down or slow, no order ids) is
+nacked with requeue, and consuming stops until NATS answers again: RabbitMQ keeps the orders,
+and this instance holds at most `amqp_prefetch` of them meanwhile. A redelivered create is the
+same order: its client order id is the message id (unless the body gives one), and the accounts
+stage answers a repeated (member, client order id) with the first order. With `reply_to` set,
+the decision (and the engine's outcome, if it comes within `amqp_reply_timeout_s`) is sent
+there with the message's correlation id.
+
+Trust: only messages whose `user_id` property names an allowed RabbitMQ user are accepted
+(RabbitMQ refuses a `user_id` other than the publishing connection's own user), from the vhost
+of `rabbitmq_url`; a member JWT in the `authorization` header, optional unless
+`amqp_require_token`, must be for the message's `member_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from bourse.adapters import amqp
+from bourse.adapters.order_intake import Command, OrderIntake, Submission
+from bourse.auth import InvalidToken, TokenVerifier, fetch_jwks, token_from_authorization, verifier_for
+from bourse.contracts import (
+    AMQP_COMMAND_DECODER,
+    AmqpAmend,
+    AmqpCancel,
+    AmqpCommand,
+    AmqpCreate,
+    AmqpReply,
+    json_encode,
+)
+from bourse.domain.money import Market
+from bourse.domain.orders import PlaceOrder
+from bourse.order_requests import (
+    OrderRequestError,
+    amend_command,
+    cancel_command,
+    market_of,
+    parse_order_id,
+    place_command,
+)
+from bourse.runtime.service import Service, ServiceContext
+from bourse.services.ids import LeasedIdGenerator
+from bourse.topology import ORDERS
+
+JWKS_REFRESH_S = 60.0
+RESUME_PROBE_S = 0.5
+STOP_DRAIN_S = 10.0
+MESSAGE_ID_MAX = 64
+MESSAGE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:")
+"""A message id must be usable as a client order id (the REST API's rule)."""
+
+
+class Refused(Exception):
+    """The message is wrong and always will be: dead-letter it with `code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A checked message: the command to submit and what its reply needs."""
+
+    body: AmqpCommand
+    command: Command
+    market: Market | None
+    message_id: str
+
+
+class AmqpIngress(Service):
+    name = "amqp-ingress"
+    description = "RabbitMQ order commands in, acked once durable in JetStream"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        if not settings.rabbitmq_url:
+            raise ValueError("amqp-ingress needs BOURSE_RABBITMQ_URL")
+        self.url = settings.rabbitmq_url
+        self.topology = amqp.AmqpTopology.from_settings(settings)
+        self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
+        self.intake = OrderIntake(ctx.nc, ctx.namespace, settings.accounts_shards)
+        self.ids: LeasedIdGenerator | None = None
+        self.verifier: TokenVerifier | None = None
+        self.connection: AbstractRobustConnection | None = None
+        self._queue: AbstractQueue | None = None
+        self._dead_letters: AbstractExchange | None = None
+        self._replies: AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._paused = False
+        self._resume_task: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._reply_tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.in_flight = 0
+        self.received = 0
+        self.acked = 0
+        self.requeued = 0
+        self.pauses = 0
+        self.replies = 0
+        self.dead_lettered: Counter[str] = Counter()
+        self.last_error: str | None = None
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        ctx, settings = self.ctx, self.ctx.settings
+        self.verifier = verifier_for(settings, await fetch_jwks(ctx.nc, ctx.namespace))
+        self.ids = await LeasedIdGenerator.start(
+            ctx.js, ctx.namespace, owner=f"amqp-ingress:{ctx.nc.client_id}"
+        )
+        await self.intake.start()
+        self.connection = await amqp.connect(self.url)
+        consuming = await self.connection.channel(publisher_confirms=False)
+        await consuming.set_qos(prefetch_count=settings.amqp_prefetch)
+        self._queue = await amqp.declare(consuming, self.topology)
+        confirming = await self.connection.channel(publisher_confirms=True)
+        self._dead_letters = await confirming.get_exchange(self.topology.dead_letter_exchange)
+        self._replies = await self.connection.channel(publisher_confirms=False)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._refresh = asyncio.create_task(self._refresh_keys(), name="amqp-ingress:jwks")
+
+    async def stop(self) -> None:
+        for task in (self._refresh, self._resume_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._consumer_tag)
+        # messages being submitted finish (acked or nacked); RabbitMQ requeues any left unacked
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STOP_DRAIN_S)
+        for reply_task in list(self._reply_tasks):
+            reply_task.cancel()
+        await asyncio.gather(*self._reply_tasks, return_exceptions=True)
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        await self.intake.stop()
+        if self.ids is not None:
+            await self.ids.close()
+
+    async def _refresh_keys(self) -> None:
+        """Pick up rotated keys, as the gateway does."""
+        while True:
+            await asyncio.sleep(JWKS_REFRESH_S)
+            try:
+                keys = await fetch_jwks(self.ctx.nc, self.ctx.namespace, wait_s=0.0)
+            except Exception as exc:
+                self.log.warning("jwks refresh failed", extra={"error": repr(exc)})
+                continue
+            if self.verifier is not None:
+                self.verifier.update_keys(keys)
+
+    # --- one message ---
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        except Exception as exc:  # RabbitMQ unreachable: if the nack fails too, the closed channel requeues
+            self.last_error = repr(exc)
+            self.log.warning("amqp message not settled", extra={"error": repr(exc)})
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        self.received += 1
+        if self._paused:  # NATS is failing: hand it back at once, RabbitMQ keeps it
+            await self._requeue(message)
+            return
+        try:
+            request = self._check(message)
+        except Refused as refused:
+            await self._refuse(message, refused)
+            return
+        except (
+            Exception
+        ) as exc:  # no order ids (the lease is lost until NATS answers): not the message's fault
+            await self._requeue(message)
+            self._pause(f"no order ids: {exc!r}")
+            return
+        try:
+            submission = await self.intake.submit(request.command)
+        except Exception as exc:
+            await self._requeue(message)
+            self._pause(f"order not durable: {exc!r}")
+            return
+        await message.ack()
+        self.acked += 1
+        if message.reply_to:
+            task = asyncio.create_task(
+                self._answer(message.reply_to, _correlation(message), request, submission)
+            )
+            self._reply_tasks.add(task)
+            task.add_done_callback(self._reply_tasks.discard)
+        else:
+            self.intake.forget(submission)
+
+    def _check(self, message: AbstractIncomingMessage) -> Request:
+        """The command a message asks for, or `Refused` with the reason."""
+        user = message.user_id
+        if user is None or user not in self.allowed_users:
+            raise Refused("unknown_user", f"user_id {user!r} is not allowed to send orders")
+        message_id = message.message_id
+        if not message_id:
+            raise Refused("missing_message_id", "the message_id property is required (the idempotency key)")
+        if len(message_id) > MESSAGE_ID_MAX or not MESSAGE_ID_CHARS.issuperset(message_id):
+            raise Refused(
+                "invalid_message_id", f"message_id must be 1..{MESSAGE_ID_MAX} of A-Z a-z 0-9 _ - . :"
+            )
+        try:
+            body = AMQP_COMMAND_DECODER.decode(message.body)
+        except msgspec.ValidationError as exc:
+            raise Refused("invalid_message", str(exc)) from exc
+        except msgspec.DecodeError as exc:
+            raise Refused("malformed_message", str(exc)) from exc
+        self._check_token(message, body.member_id)
+        try:
+            return self._command(body, message_id)
+        except OrderRequestError as exc:
+            raise Refused(exc.code, exc.message) from exc
+
+    def _check_token(self, message: AbstractIncomingMessage, member_id: int) -> None:
+        header = amqp.header_text(message.headers or {}, "authorization")
+        if header is None:
+            if self.ctx.settings.amqp_require_token:
+                raise Refused("missing_token", "an authorization header with a member token is required")
+            return
+        assert self.verifier is not None
+        try:
+            principal = self.verifier.verify(token_from_authorization(header))
+        except InvalidToken as exc:
+            raise Refused(str(exc.code), exc.detail) from exc
+        if principal.member_id != member_id:
+            raise Refused("token_member_mismatch", f"the token is not member {member_id}'s")
+
+    def _command(self, body: AmqpCommand, message_id: str) -> Request:
+        catalog = self.ctx.catalog
+        if isinstance(body, AmqpCreate):
+            market = market_of(catalog, body.market)
+            command: Command = place_command(
+                catalog,
+                order_id=self._next_id(),
+                member_id=body.member_id,
+                created_at=time.time_ns(),
+                market=body.market,
+                side=body.side,
+                type=body.type,
+                amount=body.amount,
+                price=body.price,
+                time_in_force=body.time_in_force,
+                post_only=body.post_only,
+                client_order_id=body.client_order_id or message_id,
+            )
+            return Request(body, command, market, message_id)
+        order_id = parse_order_id(body.order_id)
+        if isinstance(body, AmqpAmend):
+            command = amend_command(
+                catalog,
+                order_id=order_id,
+                member_id=body.member_id,
+                market=body.market,
+                price=body.price,
+                amount=body.amount,
+            )
+            return Request(body, command, market_of(catalog, body.market), message_id)
+        assert isinstance(body, AmqpCancel)
+        command = cancel_command(catalog, order_id=order_id, member_id=body.member_id, market=body.market)
+        return Request(body, command, catalog.market(command.market), message_id)
+
+    def _next_id(self) -> int:
+        assert self.ids is not None
+        return self.ids.next_id()  # LeaseLost: requeued by _handle
+
+    async def _refuse(self, message: AbstractIncomingMessage, refused: Refused) -> None:
+        assert self._dead_letters is not None
+        await amqp.dead_letter(self._dead_letters, message, refused.code, refused.message)
+        await message.ack()
+        self.dead_lettered[refused.code] += 1
+        if message.reply_to and message.message_id:
+            await self._send(
+                message.reply_to,
+                _correlation(message),
+                AmqpReply(
+                    message.message_id,
+                    _command_name(message.body),
+                    "rejected",
+                    code=refused.code,
+                    message=refused.message,
+                ),
+            )
+
+    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        await message.nack(requeue=True)
+        self.requeued += 1
+
+    # --- replies ---
+
+    async def _answer(
+        self, reply_to: str, correlation_id: str | None, request: Request, submission: Submission
+    ) -> None:
+        try:
+            reply = await self._wait_answer(request, submission)
+        finally:
+            self.intake.forget(submission)
+        await self._send(reply_to, correlation_id, reply)
+
+    async def _wait_answer(self, request: Request, submission: Submission) -> AmqpReply:
+        """Like `POST /order`: the accounts decision, then the engine outcome within the same bound."""
+        command = request.command
+        name = request.body.__struct_config__.tag
+        assert isinstance(name, str)
+        order_id = str(command.order_id)
+        client_order_id = command.client_order_id if isinstance(command, PlaceOrder) else None
+        timeout_s = self.ctx.settings.amqp_reply_timeout_s
+        deadline = time.monotonic() + timeout_s
+        submitted = AmqpReply(request.message_id, name, "submitted", order_id, client_order_id)
+        try:
+            decision = await asyncio.wait_for(asyncio.shield(submission.decision), timeout_s)
+        except TimeoutError:
+            return submitted
+        if not decision.accepted:
+            if decision.existing_order_id is not None:
+                return AmqpReply(
+                    request.message_id, name, "duplicate", str(decision.existing_order_id), client_order_id
+                )
+            code = str(decision.reason or "rejected")
+            return AmqpReply(
+                request.message_id, name, "rejected", order_id, client_order_id, code, f"refused: {code}"
+            )
+        try:
+            outcome = await asyncio.wait_for(
+                asyncio.shield(submission.outcome), max(deadline - time.monotonic(), 0.0)
+            )
+        except TimeoutError:
+            return AmqpReply(request.message_id, name, "accepted", order_id, client_order_id)
+        if outcome.status is None:  # the engine refused a cancel or an amend
+            code = str(outcome.reason or "rejected")
+            return AmqpReply(
+                request.message_id, name, "rejected", order_id, client_order_id, code, f"refused: {code}"
+            )
+        executed = request.market.format_amount(outcome.executed) if request.market is not None else None
+        return AmqpReply(
+            request.message_id,
+            name,
+            "accepted",
+            order_id,
+            client_order_id,
+            order_status=outcome.status,
+            executed=executed,
+        )
+
+    async def _send(self, reply_to: str, correlation_id: str | None, reply: AmqpReply) -> None:
+        if self._replies is None:
+            return
+        try:
+            await amqp.reply(self._replies, reply_to, correlation_id, json_encode(reply))
+            self.replies += 1
+        except Exception as exc:  # best effort: the order itself is settled either way
+            self.log.warning("amqp reply failed", extra={"error": repr(exc)})
+
+    # --- back-pressure ---
+
+    def _pause(self, reason: str) -> None:
+        """Stop consuming until NATS answers again; what is in flight is requeued as it fails."""
+        self.last_error = reason
+        if self._paused:
+            return
+        self._paused = True
+        self.pauses += 1
+        self.log.warning("amqp consuming paused", extra={"error": reason})
+        self._resume_task = asyncio.create_task(self._resume_when_ready(), name="amqp-ingress:resume")
+
+    async def _resume_when_ready(self) -> None:
+        assert self._queue is not None
+        if self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._consumer_tag)
+            self._consumer_tag = None
+        js, stream = self.ctx.js, ORDERS.name(self.ctx.namespace)
+        while True:
+            await asyncio.sleep(RESUME_PROBE_S)
+            try:
+                await js.stream_info(stream)
+                assert self.ids is not None
+                self.ids.lease.check()
+            except Exception as exc:
+                self.last_error = f"waiting for NATS: {exc!r}"
+                continue
+            break
+        self._paused = False
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        self.log.info("amqp consuming resumed")
+
+    # --- what the runtime shows ---
+
+    def health(self) -> Mapping[str, Any]:
+        connected = self.connection is not None and not self.connection.is_closed
+        facts: dict[str, Any] = {
+            "queue": self.topology.queue,
+            "connected": connected,
+            "consuming": self._consumer_tag is not None and not self._paused,
+            "in_flight": self.in_flight,
+            "received": self.received,
+            "acked": self.acked,
+            "requeued": self.requeued,
+            "dead_lettered": dict(self.dead_lettered),
+            "replies": self.replies,
+            "pauses": self.pauses,
+            "orders_published": self.intake.published_commands,
+            "batches_published": self.intake.published_messages,
+        }
+        if self.last_error is not None:
+            facts["last_error"] = self.last_error
+        if self.ids is not None:
+            facts["ids"] = self.ids.health()
+        facts["ok"] = connected and not self._paused and self.intake.flushing
+        return facts
+
+
+def _correlation(message: AbstractIncomingMessage) -> str | None:
+    return message.correlation_id or message.message_id
+
+
+def _command_name(body: bytes) -> str:
+    """The `command` of a body that may not decode, for the reply to a refused message."""
+    with contextlib.suppress(Exception):
+        value = msgspec.json.decode(body)
+        if isinstance(value, dict) and isinstance(value.get("command"), str):
+            return str(value["command"])[:32]
+    return "unknown"
