@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import nats
 from aio_pika.abc import AbstractChannel
+from nats.aio.client import Client
 
 from bourse.adapters.amqp import AmqpTopology
 from bourse.runtime.nats_server import EmbeddedNatsServer
@@ -60,7 +61,7 @@ def assert_each_accepted_once(accepted: dict[str | None, int], ids: list[str]) -
 
 
 async def test_killing_the_ingress_mid_stream_loses_nothing(
-    amqp_settings: Settings, nc: nats.aio.client.Client, rabbit: AbstractChannel, topology: AmqpTopology
+    amqp_settings: Settings, nc: Client, rabbit: AbstractChannel, topology: AmqpTopology
 ) -> None:
     pipeline = BourseProcess(amqp_settings, PIPELINE, embedded_nats=False)
     await pipeline.start()
