@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
@@ -19,7 +19,7 @@ from bourse.api.deps import Deps, GatewayDeps, Member
 from bourse.api.errors import ApiError
 from bourse.api.schemas import AmendIn, OrderIn, OrderOut, Problem
 from bourse.contracts import QUERY_MAX_LIMIT, Decision, Outcome
-from bourse.domain.money import Market, MoneyError
+from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (
     AmendOrder,
@@ -29,6 +29,13 @@ from bourse.domain.orders import (
     PlaceOrder,
     Side,
     TimeInForce,
+)
+from bourse.order_requests import (
+    OrderRequestError,
+    amend_command,
+    market_of,
+    parse_order_id,
+    place_command,
 )
 
 T = TypeVar("T")
@@ -41,18 +48,18 @@ PROBLEMS: dict[int | str, dict[str, object]] = {
 }
 
 
-def market_or_422(deps: GatewayDeps, symbol: str) -> Market:
-    market = deps.catalog.market(symbol)
-    if market is None:
-        raise ApiError(422, "unknown_market", f"no market {symbol!r}", field="market")
-    return market
-
-
-def parse_money(parse: object, text: str) -> int:
+@contextlib.contextmanager
+def refused_as_422() -> Iterator[None]:
+    """An `OrderRequestError` (the rules shared with the RabbitMQ ingress) as a 422 problem."""
     try:
-        return parse(text)  # type: ignore[operator, no-any-return]
-    except MoneyError as exc:
-        raise ApiError(422, exc.code, str(exc), field=exc.field) from exc
+        yield
+    except OrderRequestError as exc:
+        raise ApiError(422, exc.code, exc.message, field=exc.field) from exc
+
+
+def market_or_422(deps: GatewayDeps, symbol: str) -> Market:
+    with refused_as_422():
+        return market_of(deps.catalog, symbol)
 
 
 def iso(ns: int) -> str:
@@ -129,36 +136,25 @@ async def place_order(deps: GatewayDeps, member: int, body: OrderIn) -> tuple[in
     """The whole of POST /order once the member is known: shared by the FastAPI route and the
     gateway's lean hot path (`bourse.api.hot_path`). Raises `ApiError` for every refusal."""
     market = market_or_422(deps, body.market)
-    amount = parse_money(market.parse_amount, body.amount)
-    price: int | None = None
-    if body.type is OrderType.LIMIT:
-        if body.price is None:
-            raise ApiError(422, "price_required", "a limit order needs a price", field="price")
-        price = parse_money(market.parse_price, body.price)
-    else:
-        if body.price is not None:
-            raise ApiError(422, "price_not_allowed", "a market order takes no price", field="price")
-        if body.post_only:
-            raise ApiError(422, "invalid_order", "post_only applies to limit orders", field="post_only")
-    if body.post_only and body.time_in_force is not TimeInForce.GTC:
-        raise ApiError(422, "invalid_order", "post_only requires time_in_force gtc", field="post_only")
     try:
         order_id = deps.ids.next_id()
     except Exception as exc:
         raise ApiError(503, "unavailable", "order ids are unavailable right now") from exc
-    command = PlaceOrder(
-        order_id=order_id,
-        member_id=member,
-        market=market.symbol,
-        side=body.side,
-        type=body.type,
-        amount=amount,
-        price=price,
-        tif=body.time_in_force,
-        post_only=body.post_only,
-        created_at=time.time_ns(),
-        client_order_id=body.client_order_id,
-    )
+    with refused_as_422():
+        command = place_command(
+            deps.catalog,
+            order_id=order_id,
+            member_id=member,
+            created_at=time.time_ns(),
+            market=body.market,
+            side=body.side,
+            type=body.type,
+            amount=body.amount,
+            price=body.price,
+            time_in_force=body.time_in_force,
+            post_only=body.post_only,
+            client_order_id=body.client_order_id,
+        )
     submission = await submit(deps, command)
     decision, outcome = await wait_answer(deps, submission)
     if decision is None:
@@ -238,23 +234,11 @@ async def find_order(
         await asyncio.sleep(0.02)
 
 
-MAX_ORDER_ID = 2**63 - 1
-"""Order ids are positive signed 64-bit integers."""
-
-
-def parse_order_id(text: str) -> int | None:
-    """An order id as the API writes it (ASCII digits, 1..2**63-1), or None."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 19:
-        return None
-    value = int(text)
-    return value if 0 < value <= MAX_ORDER_ID else None
-
-
 def order_id_or_404(text: str) -> int:
-    order_id = parse_order_id(text)
-    if order_id is None:
-        raise ApiError(404, "order_not_found", f"no order {text!r}")
-    return order_id
+    try:
+        return parse_order_id(text)
+    except OrderRequestError as exc:
+        raise ApiError(404, "order_not_found", f"no order {text!r}") from exc
 
 
 @router.get("/order/{order_id}", responses=PROBLEMS)
@@ -278,11 +262,14 @@ async def list_orders(
     """The member's orders, most recent first."""
     if market is not None:
         market_or_422(deps, market)
-    before = parse_order_id(before_id) if before_id is not None else None
-    if before_id is not None and before is None:
-        raise ApiError(
-            422, "invalid_request", f"before_id {before_id!r} is not an order id", field="before_id"
-        )
+    before: int | None = None
+    if before_id is not None:
+        try:
+            before = parse_order_id(before_id)
+        except OrderRequestError as exc:
+            raise ApiError(
+                422, "invalid_request", f"before_id {before_id!r} is not an order id", field="before_id"
+            ) from exc
     views = await query(
         deps, deps.queries.orders(member, market=market, state=state, limit=limit, before_id=before)
     )
@@ -330,9 +317,17 @@ async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) 
     if view is None:
         raise ApiError(404, "order_not_found", f"no order {order_id}")
     market = deps.catalog.markets[view.market]
-    price = parse_money(market.parse_price, body.price) if body.price is not None else None
-    amount = parse_money(market.parse_amount, body.amount) if body.amount is not None else None
-    outcome = await send_and_wait(deps, AmendOrder(oid, member, view.market, price, amount))
+    with refused_as_422():
+        command = amend_command(
+            deps.catalog,
+            order_id=oid,
+            member_id=member,
+            market=view.market,
+            price=body.price,
+            amount=body.amount,
+        )
+    price, amount = command.price, command.amount
+    outcome = await send_and_wait(deps, command)
     view = await find_order(deps, member, oid) or view
     out = view_out(deps, view, outcome)
     if price is not None:
