@@ -107,6 +107,7 @@ class AmqpIngress(Service):
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.connection: AbstractRobustConnection | None = None
+        self.publishing: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
         self._dead_letters: AbstractExchange | None = None
         self._replies: AbstractChannel | None = None
@@ -139,9 +140,12 @@ class AmqpIngress(Service):
         consuming = await self.connection.channel(publisher_confirms=False)
         await consuming.set_qos(prefetch_count=settings.amqp_prefetch)
         self._queue = await amqp.declare(consuming, self.topology)
-        confirming = await self.connection.channel(publisher_confirms=True)
+        # publishing on its own connection: RabbitMQ's flow control throttles a connection that
+        # publishes faster than the queues take, and must not hold back the consumer's acks
+        self.publishing = await amqp.connect(self.url)
+        confirming = await self.publishing.channel(publisher_confirms=True)
         self._dead_letters = await confirming.get_exchange(self.topology.dead_letter_exchange)
-        self._replies = await self.connection.channel(publisher_confirms=False)
+        self._replies = await self.publishing.channel(publisher_confirms=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
         self._refresh = asyncio.create_task(self._refresh_keys(), name="amqp-ingress:jwks")
 
@@ -160,9 +164,10 @@ class AmqpIngress(Service):
         for reply_task in list(self._reply_tasks):
             reply_task.cancel()
         await asyncio.gather(*self._reply_tasks, return_exceptions=True)
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.close()
+        for connection in (self.connection, self.publishing):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
         await self.intake.stop()
         if self.ids is not None:
             await self.ids.close()
