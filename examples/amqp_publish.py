@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 import uuid
+from typing import Any
 
 import aio_pika
 
@@ -35,7 +36,7 @@ async def send(args: argparse.Namespace) -> int:
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(topology.exchange)  # declared by the running ingress
         message_id = args.message_id or uuid.uuid4().hex
-        headers = {"authorization": f"Bearer {args.token}"} if args.token else None
+        headers: dict[str, Any] | None = {"authorization": f"Bearer {args.token}"} if args.token else None
         message = aio_pika.Message(
             args.body.encode(),
             message_id=message_id,
