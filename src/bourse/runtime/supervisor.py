@@ -58,6 +58,7 @@ SERVICE_WEIGHTS: dict[str, int] = {
     "cache": 100,  # not measured yet: about the query service's fold plus one Redis round trip per batch
     "auth": 1,
     "ids": 1,
+    "amqp-ingress": 380,  # bench/amqp_bench.py: aio-pika delivery, ack and reply per order
 }
 UNKNOWN_SERVICE_WEIGHT = 50
 
