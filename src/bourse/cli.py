@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_processes,
         default="auto",
         metavar="N",
-        help="processes to spread the services over (default: auto = one per core, at most 4; "
+        help="processes to spread the services over (default: auto = cores + 1, at most 4; "
         "1 = everything in this process)",
     )
     up.set_defaults(func=cmd_up)

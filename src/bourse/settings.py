@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         default=True,
         description="Serve POST /order without the framework (same code and schema; see api/hot_path.py).",
     )
+    persistence_linger_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="How long persistence waits after an event for more, to write fewer, larger "
+        "transactions: SQL lags the streams by about this much more, for several times less CPU.",
+    )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
     # --- RabbitMQ ingress (`amqp-ingress`, runs only with `rabbitmq_url`); see docs/architecture.md ---

@@ -14,8 +14,8 @@ START_ORDER = [service.name for service in services_for(Settings(redis_url=None,
 WITH_CACHE = [service.name for service in services_for(Settings(redis_url="redis://x", _env_file=None))]
 
 
-def test_auto_is_one_process_per_core_up_to_four() -> None:
-    assert [auto_processes(cores) for cores in (1, 2, 3, 4, 8, 64)] == [1, 2, 3, 4, 4, 4]
+def test_auto_is_one_process_more_than_cores_up_to_four() -> None:
+    assert [auto_processes(cores) for cores in (1, 2, 3, 4, 8, 64)] == [1, 3, 4, 4, 4, 4]
 
 
 def test_one_process_runs_everything_in_start_order() -> None:
@@ -30,8 +30,8 @@ def test_groups_balance_the_measured_cpu_and_keep_the_start_order() -> None:
     ]
     assert group_services(START_ORDER, 3) == [
         ["accounts", "matching"],
-        ["persistence", "query"],
-        ["auth", "ids", "gateway"],
+        ["persistence", "query", "auth", "ids"],
+        ["gateway"],
     ]
     assert group_services(START_ORDER, 4) == [
         ["accounts", "matching"],

@@ -106,6 +106,8 @@ class ConsumerLoop:
             self._requested = 0  # the request may be lost (e.g. a reconnect): ask again
             return []
         arrived = [first]
+        if self.spec.linger_s > 0 and self._sub.pending_msgs < self._requested - 1:
+            await asyncio.sleep(self.spec.linger_s)
         for _ in range(self._sub.pending_msgs):
             arrived.append(await self._sub.next_msg())
         messages = []
@@ -128,9 +130,13 @@ class ConsumerLoop:
                 await self._ack_pending()
         return await self._sub.next_msg(timeout=wait_s)
 
-    async def _ack_pending(self) -> None:
+    async def _ack_pending(self, *, confirmed: bool = False) -> None:
         msg, self._unacked = self._unacked, None
-        if msg is not None:
+        if msg is None:
+            return
+        if confirmed:  # stopping: the server has the ack before we say we stopped
+            await msg.ack_sync(timeout=2.0)
+        else:
             await msg.ack()
 
     async def _run(self) -> None:
@@ -184,7 +190,7 @@ class ConsumerLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self._ack_pending()
+            await self._ack_pending(confirmed=True)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

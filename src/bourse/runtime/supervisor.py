@@ -47,14 +47,14 @@ log = logging.getLogger(__name__)
 MAX_AUTO_PROCESSES = 4
 
 # CPU per order of each service, in µs, at 1000 orders/s (bench/e2e_bench.py --mode split, README).
-# Persistence (SQLite) depends most on its batch sizes: 550 µs in its own process on a saturated box,
-# about 140 µs beside accounts and matching; 300 in between. Only the proportions matter.
+# Persistence (SQLite, 50 ms linger) about 250; it depends most on its batch sizes. Only the
+# proportions matter.
 SERVICE_WEIGHTS: dict[str, int] = {
     "gateway": 400,
     "accounts": 185,
-    "matching": 157,
-    "persistence": 300,
-    "query": 102,
+    "matching": 160,
+    "persistence": 250,
+    "query": 100,
     "cache": 100,  # not measured yet: about the query service's fold plus one Redis round trip per batch
     "auth": 1,
     "ids": 1,
@@ -76,11 +76,15 @@ class SupervisorError(RuntimeError):
 
 
 def auto_processes(cpu_count: int | None = None) -> int:
-    """`--processes auto`: one process per core, at most `MAX_AUTO_PROCESSES`."""
+    """`--processes auto`: one process more than cores, at most `MAX_AUTO_PROCESSES`; one on one core.
+
+    One more than cores keeps accounts and matching, whose answers every order waits for, out of
+    the gateway's and persistence's event loops: on 2 cores at 1000 orders/s, 3 processes gave
+    POST p99 57-65 ms, 2 gave 72-83 and 4 gave 91 (bench/e2e_bench.py, README)."""
     if cpu_count is None:  # the cores this process may use (a cpuset), else the machine's
         cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cpu_count or 1
-    return max(1, min(cores, MAX_AUTO_PROCESSES))
+    return 1 if cores <= 1 else min(cores + 1, MAX_AUTO_PROCESSES)
 
 
 def group_services(

@@ -215,6 +215,7 @@ class Persistence(Service):
 
     def consumers(self) -> Sequence[StreamConsumer]:
         ns = self.ctx.namespace
+        linger_s = self.ctx.settings.persistence_linger_s
         return [
             StreamConsumer(
                 EVENTS,
@@ -223,6 +224,7 @@ class Persistence(Service):
                 self.write_events,
                 batch=self.BATCH,
                 resume_after=lambda: self.events.watermark,
+                linger_s=linger_s,
             ),
             StreamConsumer(
                 ACCOUNTS,
@@ -231,6 +233,7 @@ class Persistence(Service):
                 self.write_reports,
                 batch=self.BATCH,
                 resume_after=lambda: self.accounts.watermark,
+                linger_s=linger_s,
             ),
         ]
 
