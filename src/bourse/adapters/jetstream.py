@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,61 @@ class SnapshotStore:
         if result.data is None:
             return None
         return msgspec.msgpack.decode(result.data, type=Snapshot)
+
+
+class SnapshotSchedule:
+    """Saves each stage shard's snapshot at most every `every_s`, uploading beside the stage.
+
+    The state is encoded by the caller at a consistent point (between batches); the upload
+    (object-store chunks and metadata, each an fsynced publish) runs as a task, so the orders
+    behind it do not wait: inline, it stopped each stage every few seconds for the length of an
+    upload. One upload per shard at a time, so an older snapshot never lands after a newer one;
+    a failed upload is logged and the next interval tries again."""
+
+    def __init__(self, store: SnapshotStore, every_s: float) -> None:
+        self.store = store
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._uploads: dict[str, asyncio.Task[None]] = {}
+        self.saved = 0
+        self.failed = 0
+
+    def restart_clock(self, name: str) -> None:
+        self._last[name] = time.monotonic()
+
+    def due(self, name: str) -> bool:
+        upload = self._uploads.get(name)
+        busy = upload is not None and not upload.done()
+        return not busy and time.monotonic() - self._last.get(name, 0.0) >= self.every_s
+
+    def save_in_background(self, name: str, seq: int, state: bytes) -> None:
+        self._last[name] = time.monotonic()
+        self._uploads[name] = asyncio.create_task(self._upload(name, seq, state), name=f"snapshot:{name}")
+
+    async def _upload(self, name: str, seq: int, state: bytes) -> None:
+        try:
+            await self.store.save(name, seq, state)
+            self.saved += 1
+        except Exception as exc:
+            self.failed += 1
+            log.warning("snapshot upload failed", extra={"snapshot": name, "error": repr(exc)})
+
+    async def drain(self) -> None:
+        """Wait for the uploads still running (each logs its own failure)."""
+        await asyncio.gather(*self._uploads.values())
+        self._uploads.clear()
+
+    def health(self) -> dict[str, int]:
+        return {"saved": self.saved, "failed": self.failed}
+
+    async def save_now(self, name: str, seq: int, state: bytes) -> None:
+        """After any upload of this shard still running (stop: the last state must land last)."""
+        upload = self._uploads.pop(name, None)
+        if upload is not None:
+            await upload
+        await self.store.save(name, seq, state)
+        self._last[name] = time.monotonic()
+        self.saved += 1
 
 
 @dataclass(frozen=True, slots=True)

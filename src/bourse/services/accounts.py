@@ -18,7 +18,13 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from bourse.adapters.jetstream import Outgoing, SnapshotStore, publish_durably, stream_position
+from bourse.adapters.jetstream import (
+    Outgoing,
+    SnapshotSchedule,
+    SnapshotStore,
+    publish_durably,
+    stream_position,
+)
 from bourse.catalog import Catalog
 from bourse.contracts import (
     ACCOUNTS_BATCH_DECODER,
@@ -190,7 +196,7 @@ class AccountsService(Service):
         self.shard_ids = settings.accounts_shard_ids or list(range(settings.accounts_shards))
         self.shards: dict[int, AccountsShard] = {}
         self.snapshots = SnapshotStore(ctx.js, ctx.namespace)
-        self._last_snapshot: dict[int, float] = {}
+        self.schedule = SnapshotSchedule(self.snapshots, self.SNAPSHOT_EVERY_S)
         self._unpublished: set[int] = set()
         self._processed = 0
         self._cpu_s = 0.0
@@ -205,7 +211,7 @@ class AccountsService(Service):
                 shard = AccountsShard.restore(shard_id, catalog, snapshot.state, record_entries=True)
                 self.log.info("snapshot restored", extra={"shard": shard_id, "seq": shard.last_seq})
             self.shards[shard_id] = shard
-            self._last_snapshot[shard_id] = time.monotonic()
+            self.schedule.restart_clock(f"accounts.{shard_id}")
         if self.ctx.settings.demo_seed:
             await self._seed_demo_members()
 
@@ -287,24 +293,26 @@ class AccountsService(Service):
             await self.ctx.nc.publish(subject, payload)
         await publish_durably(self.ctx.js, outgoing)
         self._unpublished.discard(shard_id)
-        if time.monotonic() - self._last_snapshot[shard_id] >= self.SNAPSHOT_EVERY_S:
-            await self.save_snapshot(shard_id)
+        # only a state whose outputs are all published may be saved: replay starts after it
+        if self.schedule.due(f"accounts.{shard_id}"):
+            self.schedule.save_in_background(f"accounts.{shard_id}", shard.last_seq, shard.snapshot())
 
     async def save_snapshot(self, shard_id: int) -> None:
         """Only a state whose outputs are all published may be saved: replay starts after it."""
         if shard_id in self._unpublished:
             return
         shard = self.shards[shard_id]
-        await self.snapshots.save(f"accounts.{shard_id}", shard.last_seq, shard.snapshot())
-        self._last_snapshot[shard_id] = time.monotonic()
+        await self.schedule.save_now(f"accounts.{shard_id}", shard.last_seq, shard.snapshot())
 
     async def stop(self) -> None:
         for shard_id in self.shards:
             await self.save_snapshot(shard_id)
+        await self.schedule.drain()
 
     def health(self) -> Mapping[str, Any]:
         return {
             "shards": {str(shard_id): shard.last_seq for shard_id, shard in self.shards.items()},
             "messages": self._processed,
+            "snapshots": self.schedule.health(),
             "cpu_s": round(self._cpu_s, 3),
         }

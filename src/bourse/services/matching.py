@@ -17,7 +17,13 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from bourse.adapters.jetstream import Outgoing, SnapshotStore, publish_durably, stream_position
+from bourse.adapters.jetstream import (
+    Outgoing,
+    SnapshotSchedule,
+    SnapshotStore,
+    publish_durably,
+    stream_position,
+)
 from bourse.contracts import (
     MATCH_BATCH_DECODER,
     AccountsBatch,
@@ -160,7 +166,7 @@ class MatchingService(Service):
         self.symbols = ctx.settings.matching_markets or list(catalog.markets)
         self.markets: dict[str, MarketShard] = {}
         self.snapshots = SnapshotStore(ctx.js, ctx.namespace)
-        self._last_snapshot: dict[str, float] = {}
+        self.schedule = SnapshotSchedule(self.snapshots, self.SNAPSHOT_EVERY_S)
         self._unpublished: set[str] = set()
         self._processed = 0
         self._cpu_s = 0.0
@@ -175,7 +181,7 @@ class MatchingService(Service):
             else:
                 self.markets[symbol] = MarketShard.restore(market, shards, snapshot.state)
                 self.log.info("snapshot restored", extra={"market": symbol, "seq": snapshot.seq})
-            self._last_snapshot[symbol] = time.monotonic()
+            self.schedule.restart_clock(f"matching.{symbol}")
 
     def consumers(self) -> Sequence[StreamConsumer]:
         return [
@@ -240,20 +246,21 @@ class MatchingService(Service):
             await self.ctx.nc.publish(subject, payload)
         await publish_durably(self.ctx.js, outgoing)
         self._unpublished.discard(symbol)
-        if time.monotonic() - self._last_snapshot[symbol] >= self.SNAPSHOT_EVERY_S:
-            await self.save_snapshot(symbol)
+        # only a state whose outputs are all published may be saved: replay starts after it
+        if self.schedule.due(f"matching.{symbol}"):
+            self.schedule.save_in_background(f"matching.{symbol}", shard.last_seq, shard.snapshot())
 
     async def save_snapshot(self, symbol: str) -> None:
         """Only a state whose outputs are all published may be saved: replay starts after it."""
         if symbol in self._unpublished:
             return
         shard = self.markets[symbol]
-        await self.snapshots.save(f"matching.{symbol}", shard.last_seq, shard.snapshot())
-        self._last_snapshot[symbol] = time.monotonic()
+        await self.schedule.save_now(f"matching.{symbol}", shard.last_seq, shard.snapshot())
 
     async def stop(self) -> None:
         for symbol in self.markets:
             await self.save_snapshot(symbol)
+        await self.schedule.drain()
 
     def health(self) -> Mapping[str, Any]:
         return {
@@ -262,5 +269,6 @@ class MatchingService(Service):
                 symbol: shard.engine.open_order_count() for symbol, shard in self.markets.items()
             },
             "messages": self._processed,
+            "snapshots": self.schedule.health(),
             "cpu_s": round(self._cpu_s, 3),
         }
