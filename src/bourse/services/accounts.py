@@ -257,7 +257,7 @@ class AccountsService(Service):
         shard = self.shards[shard_id]
         ns = self.ctx.namespace
         outgoing: list[Outgoing] = []
-        replies: list[tuple[str, bytes]] = []
+        replies: dict[str, list[Decision]] = {}
         self._unpublished.add(shard_id)
         started = time.process_time()
         for msg in messages:
@@ -284,13 +284,14 @@ class AccountsService(Service):
                     Outgoing(ACCOUNTS.subject(ns, shard_id), encode(out.report), f"accounts:{shard_id}:{seq}")
                 )
             if batch.reply_to and out.decisions:
-                replies.append((batch.reply_to, encode(Decisions(out.decisions))))
+                replies.setdefault(batch.reply_to, []).extend(out.decisions)
         self._cpu_s += time.process_time() - started
         self._processed += len(messages)
         # Answer before the outputs are stored: the input is durable and this stage is
         # deterministic, so a crash now replays to the very same answer and outputs.
-        for subject, payload in replies:
-            await self.ctx.nc.publish(subject, payload)
+        # one reply per asker per fetched batch, whatever number of its messages it held
+        for subject, decisions in replies.items():
+            await self.ctx.nc.publish(subject, encode(Decisions(decisions)))
         await publish_durably(self.ctx.js, outgoing)
         self._unpublished.discard(shard_id)
         # only a state whose outputs are all published may be saved: replay starts after it

@@ -208,7 +208,7 @@ class MatchingService(Service):
         shard = self.markets[symbol]
         ns = self.ctx.namespace
         outgoing: list[Outgoing] = []
-        replies: list[tuple[str, bytes]] = []
+        replies: dict[str, list[Outcome]] = {}
         self._unpublished.add(symbol)
         started = time.process_time()
         for msg in messages:
@@ -237,13 +237,14 @@ class MatchingService(Service):
                     )
                 )
             if batch.reply_to and out.outcomes:
-                replies.append((batch.reply_to, encode(Outcomes(out.outcomes))))
+                replies.setdefault(batch.reply_to, []).extend(out.outcomes)
         self._cpu_s += time.process_time() - started
         self._processed += len(messages)
         # Answer before the outputs are stored: the input is durable and this stage is
         # deterministic, so a crash now replays to the very same answer and outputs.
-        for subject, payload in replies:
-            await self.ctx.nc.publish(subject, payload)
+        # one reply per asker per fetched batch, whatever number of its messages it held
+        for subject, outcomes in replies.items():
+            await self.ctx.nc.publish(subject, encode(Outcomes(outcomes)))
         await publish_durably(self.ctx.js, outgoing)
         self._unpublished.discard(symbol)
         # only a state whose outputs are all published may be saved: replay starts after it
