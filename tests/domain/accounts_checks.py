@@ -18,7 +18,10 @@ def assert_conserved(ledger: Ledger, currencies: Iterable[str]) -> None:
     for currency in currencies:
         total = ledger.total(currency)
         assert total + ledger.world(currency) + ledger.clearing(currency) == 0, currency
-        assert ledger.world(currency) <= 0, currency
+        # The world never holds more than it put in, counting what is in transit: a member may
+        # withdraw what a buy half credited before its sell half has reached clearing, so the
+        # world alone can be positive for a while (hypothesis found it), world + clearing not.
+        assert ledger.world(currency) + ledger.clearing(currency) <= 0, currency
 
 
 def assert_no_negative(ledger: Ledger) -> None:

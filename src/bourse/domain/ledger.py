@@ -150,7 +150,8 @@ class Ledger:
         return 0 if bal is None else bal[1]
 
     def world(self, currency: str) -> int:
-        """Balance of the outside world: minus (deposits - withdrawals). Never positive."""
+        """Balance of the outside world: minus (deposits - withdrawals). Never positive together
+        with `clearing`: a half trade's credit can be withdrawn before its other half arrives."""
         return self._world.get(currency, 0)
 
     def clearing(self, currency: str) -> int:
