@@ -499,9 +499,10 @@ async def stage_trace(nc: Any, namespace: str, sent_wall: dict[int, float]) -> d
                 in_orders.setdefault(item.order_id, ts)
     in_match: dict[int, int] = {}
     for ts, data in await stream_times(nc, MATCH.wildcard(namespace)):
-        for command in MATCH_BATCH_DECODER.decode(data).commands:
-            if isinstance(command, PlaceOrder):
-                in_match.setdefault(command.order_id, ts)
+        for segment in MATCH_BATCH_DECODER.decode(data).segments:
+            for command in segment.commands:
+                if isinstance(command, PlaceOrder):
+                    in_match.setdefault(command.order_id, ts)
     in_events: dict[int, int] = {}
     for ts, data in await stream_times(nc, EVENTS.wildcard(namespace)):
         for event in EVENT_BATCH_DECODER.decode(data).events:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bourse.adapters.sql.database import create_engine
 from bourse.catalog import Catalog, MarketFees
-from bourse.contracts import AccountsBatch, AccountsItem, Deposit, MatchBatch, encode
+from bourse.contracts import AccountsBatch, AccountsItem, Deposit, MatchBatch, MatchSegment, encode
 from bourse.domain.matching import MatchingEngine
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
@@ -98,7 +98,7 @@ def make_streams(commands: int, per_message: int, seed: int) -> Streams:
             report = result.report
             out.reports.append(encode(report))
             out.items += len(report.rejected) + len(report.balances) + len(report.entries)
-        return [MatchBatch(cmds, 0, orders_seq) for cmds in result.match.values()]
+        return [MatchBatch(0, [MatchSegment(orders_seq, cmds)]) for cmds in result.match.values()]
 
     def matching(batch: MatchBatch, ts: int) -> None:
         nonlocal match_seq

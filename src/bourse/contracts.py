@@ -4,8 +4,9 @@ Engine commands and events are the domain's own structs (`bourse.domain.orders`)
 adds the envelopes that carry them between stages, one envelope per stream message. A stage
 turns one input message into at most one output message per destination, so an output's
 `Nats-Msg-Id` (`<stage>:<shard>:<input-seq>[:<destination>]`) is the same on a replay, and
-JetStream drops the repeat. Every envelope also names its origin (stage, shard, sequence), so a
-consumer drops repeats older than JetStream's duplicate window too.
+JetStream drops the repeat; the exception is `MatchBatch`, one per fetched batch of accounts,
+whose segments say which input sequence each came from. Every envelope also names its origin
+(stage, shard, sequence), so a consumer drops repeats older than JetStream's duplicate window too.
 
 All envelopes are msgpack on the wire (`encode` / the `*_DECODER`s below).
 """
@@ -74,14 +75,26 @@ class AccountsBatch(msgspec.Struct, frozen=True):
     origin: tuple[str, str, int] | None = None
 
 
-class MatchBatch(msgspec.Struct, frozen=True):
-    """Input of a market's matching engine (stream MATCH, subject `<ns>.match.<market>`):
-    commands whose funds the accounts shard `shard` locked while processing its input `seq`."""
+class MatchSegment(msgspec.Struct, frozen=True):
+    """The commands for one market whose funds an accounts shard locked while processing its
+    input `seq`, and who asked for them."""
 
-    commands: list[PlaceOrder | CancelOrder | AmendOrder]
-    shard: int
     seq: int
+    commands: list[PlaceOrder | CancelOrder | AmendOrder]
     reply_to: str | None = None
+
+
+class MatchBatch(msgspec.Struct, frozen=True):
+    """Input of a market's matching engine (stream MATCH, subject `<ns>.match.<market>`): one
+    message per batch the accounts shard `shard` fetched, its segments in input order.
+
+    A replay of the accounts shard may cut its batches differently, so a message may repeat
+    segments an earlier one carried: matching keeps, per accounts shard, the last segment it
+    matched and skips the repeats. One message per fetched batch instead of one per input
+    message is what keeps stored (fsynced) messages per order low under load."""
+
+    shard: int
+    segments: list[MatchSegment]
 
 
 EngineEventItem = OrderAccepted | OrderRejected | Trade | OrderUpdated | OrderAmended | OrderClosed

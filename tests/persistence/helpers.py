@@ -25,7 +25,7 @@ from bourse.runtime.service import Service, ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
 from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, ensure_topology, member_shard
+from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, StreamSpec, ensure_topology, member_shard
 
 MARIADB_URL = os.environ.get("BOURSE_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306")
 """Server URL without a database: each test creates its own database and drops it."""
@@ -171,8 +171,10 @@ class Exchange:
             out.append(order)
         return out
 
-    async def trade(self, members: range, rounds: int, per_batch: int = 3) -> None:
-        """`rounds` batches of orders per member, published with many in flight."""
+    async def trade(self, members: range, rounds: int, per_batch: int = 3, *, paced: bool = False) -> None:
+        """`rounds` batches of orders per member, published with many in flight; `paced`: each
+        batch once accounts has taken the previous one, so the stages work in many small
+        batches and write long streams (a backlog would be folded into a few large messages)."""
         pending = []
         for _ in range(rounds):
             for member in members:
@@ -181,10 +183,23 @@ class Exchange:
                     self.settings.namespace, member_shard(member, self.settings.accounts_shards)
                 )
                 pending.append(await self.js.publish_async(subject, encode(batch)))
+                if paced:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                    await self.taken(ORDERS)
             if len(pending) > 500:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
+
+    async def taken(self, spec: StreamSpec, timeout: float = 30.0) -> None:
+        """Wait until the consumers of `spec` have been delivered everything in it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        name = spec.name(self.settings.namespace)
+        while any(info.num_pending for info in await self.js.consumers_info(name)):
+            assert loop.time() < deadline, f"{name} was not taken"
+            await asyncio.sleep(0.005)
 
     async def settled(self, timeout: float = 60.0) -> None:
         """Wait until accounts and matching have consumed everything and the streams stand still."""

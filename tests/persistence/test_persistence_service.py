@@ -126,8 +126,8 @@ async def busy_streams(exchange: Exchange, members: int = 12, rounds: int = 30) 
     """Run accounts and matching over a trading mix and wait until it has all come out."""
     await exchange.start()
     await exchange.fund(range(10, 10 + members))
-    await exchange.trade(range(1, 4), rounds)
-    await exchange.trade(range(10, 10 + members), rounds)
+    await exchange.trade(range(1, 4), rounds, paced=True)
+    await exchange.trade(range(10, 10 + members), rounds, paced=True)
     await exchange.settled()
     await exchange.stop()
 

@@ -34,6 +34,7 @@ from bourse.contracts import (
     Decisions,
     Deposit,
     MatchBatch,
+    MatchSegment,
     encode,
 )
 from bourse.domain.accounts import Accounts, BalanceChanged, FeeSchedule
@@ -258,6 +259,7 @@ class AccountsService(Service):
         ns = self.ctx.namespace
         outgoing: list[Outgoing] = []
         replies: dict[str, list[Decision]] = {}
+        segments: dict[str, list[MatchSegment]] = {}
         self._unpublished.add(shard_id)
         started = time.process_time()
         for msg in messages:
@@ -272,19 +274,22 @@ class AccountsService(Service):
                 batch = AccountsBatch([])
             out = shard.process(seq, batch)
             for market, commands in out.match.items():
-                outgoing.append(
-                    Outgoing(
-                        MATCH.subject(ns, market),
-                        encode(MatchBatch(commands, shard_id, seq, batch.reply_to)),
-                        f"accounts:{shard_id}:{seq}:{market}",
-                    )
-                )
+                segments.setdefault(market, []).append(MatchSegment(seq, commands, batch.reply_to))
             if out.report is not None:
                 outgoing.append(
                     Outgoing(ACCOUNTS.subject(ns, shard_id), encode(out.report), f"accounts:{shard_id}:{seq}")
                 )
             if batch.reply_to and out.decisions:
                 replies.setdefault(batch.reply_to, []).extend(out.decisions)
+        # one MATCH message per market per fetched batch, named by the input range it covers
+        for market, parts in sorted(segments.items()):
+            outgoing.append(
+                Outgoing(
+                    MATCH.subject(ns, market),
+                    encode(MatchBatch(shard_id, parts)),
+                    f"accounts:{shard_id}:{parts[0].seq}-{parts[-1].seq}:{market}",
+                )
+            )
         self._cpu_s += time.process_time() - started
         self._processed += len(messages)
         # Answer before the outputs are stored: the input is durable and this stage is

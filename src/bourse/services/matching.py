@@ -1,7 +1,8 @@
 """matching: one order book per market, price-time priority; a single writer per market.
 
-Input: the MATCH stream subject of the market (commands whose funds are locked). Output, per
-input message: one `EventBatch` on EVENTS (for persistence, cache, statistics, pushers), one
+Input: the MATCH stream subject of the market (commands whose funds are locked, in segments
+per accounts input message; repeats after an accounts replay are skipped). Output, per input
+message: one `EventBatch` on EVENTS (for persistence, cache, statistics, pushers), one
 `AccountsBatch` per accounts shard concerned (settlement), and the outcomes to the gateway that
 asked. The engine's receive time is the input message's stream timestamp, so a replay after a
 crash produces the same bytes and the same message ids, and JetStream drops the repeats.
@@ -57,7 +58,8 @@ from bourse.topology import EVENTS, MATCH, ORDERS, member_shard
 class MarketOutput:
     events: EventBatch | None = None
     settlements: dict[int, list[AccountsItem]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    """By the subject of whoever asked."""
 
 
 class _MarketState(msgspec.Struct, frozen=True):
@@ -85,15 +87,22 @@ class MarketShard:
         if seq <= self.last_seq:
             return out
         self.last_seq = seq
-        if batch.seq <= self._applied.get(batch.shard, 0):
-            return out
-        self._applied[batch.shard] = batch.seq
         events: list[EngineEventItem] = []
         process = self.engine.process
-        for command in batch.commands:
-            produced = process(command, received_at)
-            events.extend(produced)
-            out.outcomes.append(_outcome(command, produced))
+        applied = self._applied.get(batch.shard, 0)
+        for segment in batch.segments:
+            if segment.seq <= applied:
+                continue  # carried by an earlier message: the accounts shard replayed
+            applied = segment.seq
+            outcomes = out.outcomes.setdefault(segment.reply_to, []) if segment.reply_to else None
+            for command in segment.commands:
+                produced = process(command, received_at)
+                events.extend(produced)
+                if outcomes is not None:
+                    outcomes.append(_outcome(command, produced))
+        if applied == self._applied.get(batch.shard, 0):
+            return out
+        self._applied[batch.shard] = applied
         shards = self.accounts_shards
         settlements = out.settlements
         for event in events:
@@ -221,7 +230,7 @@ class MatchingService(Service):
                     "undecodable input skipped",
                     extra={"market": symbol, "seq": position.seq, "error": str(exc)},
                 )
-                batch = MatchBatch([], shard=-1, seq=position.seq)
+                batch = MatchBatch(shard=-1, segments=[])
             out = shard.process(position.seq, position.timestamp_ns, batch)
             seq = position.seq
             if out.events is not None:
@@ -236,8 +245,8 @@ class MatchingService(Service):
                         f"matching:{symbol}:{seq}:{accounts_shard}",
                     )
                 )
-            if batch.reply_to and out.outcomes:
-                replies.setdefault(batch.reply_to, []).extend(out.outcomes)
+            for asker, outcomes in out.outcomes.items():
+                replies.setdefault(asker, []).extend(outcomes)
         self._cpu_s += time.process_time() - started
         self._processed += len(messages)
         # Answer before the outputs are stored: the input is durable and this stage is
