@@ -327,6 +327,9 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
     env = base_env(workdir, namespace, markets)
     if args.sql_url:
         env["BOURSE_SQL_URL"] = args.sql_url
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        env[f"BOURSE_{name.upper()}"] = value
     http_port = free_port()
     env["BOURSE_HTTP_PORT"] = str(http_port)
     api = f"http://127.0.0.1:{http_port}/api/v3"
@@ -1208,6 +1211,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="py-spy every server process during the window"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder (logs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service, e.g. --set ACCOUNTS_LINGER_S=0.002 (BOURSE_ is added)",
+    )
     parser.add_argument(
         "--sql-url",
         default=None,

@@ -57,6 +57,20 @@ class Settings(BaseSettings):
         default=True,
         description="Serve POST /order without the framework (same code and schema; see api/hot_path.py).",
     )
+    order_intake_linger_s: float = Field(
+        default=0.002,
+        ge=0,
+        le=1,
+        description="How long the gateway and the RabbitMQ ingress gather orders into one ORDERS "
+        "message before publishing it: fewer, larger messages through every stage, that much more latency.",
+    )
+    accounts_linger_s: float = Field(
+        default=0.003,
+        ge=0,
+        le=1,
+        description="How long the accounts stage waits after an input message for more before "
+        "processing: bigger batches, fewer MATCH messages per order, that much more latency.",
+    )
     persistence_linger_s: float = Field(
         default=0.05,
         ge=0,

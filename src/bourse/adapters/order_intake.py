@@ -1,9 +1,11 @@
 """The way into the order pipeline for the gateway and the RabbitMQ ingress.
 
 Commands are micro-batched per accounts shard: while one JetStream publish is waiting for its
-ack, new commands gather, and the next publish carries them all in one message. Under light
-load a command goes alone and at once; under heavy load batches grow by themselves, which is
-what keeps `sync_interval: always` affordable (one fsync per batch, not per order).
+ack, new commands gather, and the next publish carries them all in one message; `linger_s`
+(`BOURSE_ORDER_INTAKE_LINGER_S`) also waits that long after the first command before publishing.
+Under light load a command goes alone (after the linger); under heavy load batches grow by
+themselves, which is what keeps `sync_interval: always` affordable (one fsync per batch, not
+per order), and every stage after is cheaper per order for it.
 
 `submit()` returns once the command is durable (JetStream acked it): from then on the order
 exists whatever crashes. The accounts decision and the engine outcome then arrive on this
@@ -56,8 +58,11 @@ class _ShardQueue:
 
 
 class OrderIntake:
-    def __init__(self, nc: Client, namespace: str, shards: int, *, max_batch: int = 500) -> None:
+    def __init__(
+        self, nc: Client, namespace: str, shards: int, *, max_batch: int = 500, linger_s: float = 0.0
+    ) -> None:
         self.nc = nc
+        self.linger_s = linger_s
         self.js = nc.jetstream()
         self.namespace = namespace
         self.shards = shards
@@ -114,6 +119,8 @@ class OrderIntake:
         subject = ORDERS.subject(self.namespace, shard)
         while True:
             await queue.wakeup.wait()
+            if self.linger_s and len(queue.pending) < self.max_batch:
+                await asyncio.sleep(self.linger_s)  # let more commands join this message
             queue.wakeup.clear()
             while queue.pending:
                 batch, queue.pending = queue.pending[: self.max_batch], queue.pending[self.max_batch :]

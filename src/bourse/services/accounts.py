@@ -241,6 +241,7 @@ class AccountsService(Service):
                 ORDERS.subject(self.ctx.namespace, shard_id),
                 self._handler(shard_id),
                 resume_after=self._resume_after(shard_id),
+                linger_s=self.ctx.settings.accounts_linger_s,
             )
             for shard_id in self.shard_ids
         ]

@@ -103,7 +103,9 @@ class AmqpIngress(Service):
         self.url = settings.rabbitmq_url
         self.topology = amqp.AmqpTopology.from_settings(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
-        self.intake = OrderIntake(ctx.nc, ctx.namespace, settings.accounts_shards)
+        self.intake = OrderIntake(
+            ctx.nc, ctx.namespace, settings.accounts_shards, linger_s=settings.order_intake_linger_s
+        )
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.connection: AbstractRobustConnection | None = None

@@ -38,7 +38,9 @@ class Gateway(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
         settings = ctx.settings
-        self.intake = OrderIntake(ctx.nc, ctx.namespace, settings.accounts_shards)
+        self.intake = OrderIntake(
+            ctx.nc, ctx.namespace, settings.accounts_shards, linger_s=settings.order_intake_linger_s
+        )
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.server: HttpServer | None = None
