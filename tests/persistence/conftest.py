@@ -28,7 +28,8 @@ async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 @pytest.fixture
 def sql_settings(settings: Settings, sql_url: str) -> Settings:
-    return settings.model_copy(update={"sql_url": sql_url})
+    # accounts without its linger: the tests want long streams of small messages to write
+    return settings.model_copy(update={"sql_url": sql_url, "accounts_linger_s": 0.0})
 
 
 @pytest.fixture
