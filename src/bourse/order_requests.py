@@ -10,6 +10,7 @@ with the same stable codes (`unknown_market`, `price_required`, `price_not_allow
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from bourse.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
@@ -57,26 +58,40 @@ def parse_order_id(text: str | int) -> int:
     return value
 
 
+class OrderFields(Protocol):
+    """What a place-order request says, whatever carried it (the REST body, a RabbitMQ message)."""
+
+    @property
+    def market(self) -> str: ...
+    @property
+    def side(self) -> Side: ...
+    @property
+    def type(self) -> OrderType: ...
+    @property
+    def amount(self) -> str: ...
+    @property
+    def price(self) -> str | None: ...
+    @property
+    def time_in_force(self) -> TimeInForce: ...
+    @property
+    def post_only(self) -> bool: ...
+
+
 def place_command(
     catalog: Catalog,
+    request: OrderFields,
     *,
     order_id: int,
     member_id: int,
     created_at: int,
-    market: str,
-    side: Side,
-    type: OrderType,
-    amount: str,
-    price: str | None,
-    time_in_force: TimeInForce,
-    post_only: bool,
     client_order_id: str | None,
 ) -> PlaceOrder:
-    """The PlaceOrder for a checked body; the same checks and codes as `POST /order`."""
-    book = market_of(catalog, market)
-    scaled_amount = parse_money(book.parse_amount, amount)
+    """The PlaceOrder for a checked request; the same checks and codes as `POST /order`."""
+    book = market_of(catalog, request.market)
+    scaled_amount = parse_money(book.parse_amount, request.amount)
     scaled_price: int | None = None
-    if type is OrderType.LIMIT:
+    price, post_only = request.price, request.post_only
+    if request.type is OrderType.LIMIT:
         if price is None:
             raise OrderRequestError("price_required", "a limit order needs a price", "price")
         scaled_price = parse_money(book.parse_price, price)
@@ -85,17 +100,17 @@ def place_command(
             raise OrderRequestError("price_not_allowed", "a market order takes no price", "price")
         if post_only:
             raise OrderRequestError("invalid_order", "post_only applies to limit orders", "post_only")
-    if post_only and time_in_force is not TimeInForce.GTC:
+    if post_only and request.time_in_force is not TimeInForce.GTC:
         raise OrderRequestError("invalid_order", "post_only requires time_in_force gtc", "post_only")
     return PlaceOrder(
         order_id=order_id,
         member_id=member_id,
         market=book.symbol,
-        side=side,
-        type=type,
+        side=request.side,
+        type=request.type,
         amount=scaled_amount,
         price=scaled_price,
-        tif=time_in_force,
+        tif=request.time_in_force,
         post_only=post_only,
         created_at=created_at,
         client_order_id=client_order_id,

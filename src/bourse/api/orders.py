@@ -145,16 +145,10 @@ async def place_order(deps: GatewayDeps, member: int, body: OrderIn) -> tuple[in
     with refused_as_422():
         command = place_command(
             deps.catalog,
+            body,
             order_id=order_id,
             member_id=member,
             created_at=time.time_ns(),
-            market=body.market,
-            side=body.side,
-            type=body.type,
-            amount=body.amount,
-            price=body.price,
-            time_in_force=body.time_in_force,
-            post_only=body.post_only,
             client_order_id=body.client_order_id,
         )
     submission = await submit(deps, command)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bourse.auth.client import AuthRequestFailed, fetch_jwks, request_dev_token
+from bourse.auth.client import AuthRequestFailed, fetch_jwks, keep_keys_fresh, request_dev_token
 from bourse.auth.keys import (
     KeyFileError,
     KeyRing,
@@ -46,6 +46,7 @@ __all__ = [
     "fetch_jwks",
     "generate_key",
     "issuer_for",
+    "keep_keys_fresh",
     "key_ring_for",
     "keys_dir",
     "load_key_ring",

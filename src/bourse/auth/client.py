@@ -1,8 +1,10 @@
-"""Asking the `auth` service over NATS: its public keys (JWKS) and, in development, a token."""
+"""Asking the `auth` service over NATS: its public keys (JWKS), kept fresh for a verifier, and,
+in development, a token."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
@@ -11,7 +13,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from bourse.auth.keys import PublicKeys, public_keys_from_jwks
+from bourse.auth.tokens import TokenVerifier
 from bourse.topology import service_subject
+
+log = logging.getLogger(__name__)
 
 JWKS_ENDPOINT = "jwks"
 ISSUE_ENDPOINT = "issue"
@@ -82,3 +87,21 @@ async def request_dev_token(
     body = msgspec.json.encode(IssueRequest(member_id, email, ttl_s))
     data = await _request(nc, service_subject(namespace, "auth", ISSUE_ENDPOINT), body, timeout_s, 0.0)
     return msgspec.json.decode(data, type=IssueReply)
+
+
+JWKS_REFRESH_S = 60.0
+
+
+async def keep_keys_fresh(
+    nc: Client, namespace: str, verifier: TokenVerifier, *, every_s: float = JWKS_REFRESH_S
+) -> None:
+    """Run as a task beside a verifier: tokens signed by a newly rotated kid verify within
+    `every_s`. A failed fetch keeps the keys it had and tries again at the next interval."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            keys = await fetch_jwks(nc, namespace, wait_s=0.0)
+        except Exception as exc:
+            log.warning("jwks refresh failed", extra={"error": repr(exc)})
+            continue
+        verifier.update_keys(keys)

@@ -40,7 +40,14 @@ from aio_pika.abc import (
 
 from bourse.adapters import amqp
 from bourse.adapters.order_intake import Command, OrderIntake, Submission
-from bourse.auth import InvalidToken, TokenVerifier, fetch_jwks, token_from_authorization, verifier_for
+from bourse.auth import (
+    InvalidToken,
+    TokenVerifier,
+    fetch_jwks,
+    keep_keys_fresh,
+    token_from_authorization,
+    verifier_for,
+)
 from bourse.contracts import (
     AMQP_COMMAND_DECODER,
     AmqpAmend,
@@ -64,7 +71,6 @@ from bourse.runtime.service import Service, ServiceContext
 from bourse.services.ids import LeasedIdGenerator
 from bourse.topology import ORDERS
 
-JWKS_REFRESH_S = 60.0
 RESUME_PROBE_S = 0.5
 STOP_DRAIN_S = 10.0
 MESSAGE_ID_MAX = 64
@@ -149,7 +155,9 @@ class AmqpIngress(Service):
         self._dead_letters = await confirming.get_exchange(self.topology.dead_letter_exchange)
         self._replies = await self.publishing.channel(publisher_confirms=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
-        self._refresh = asyncio.create_task(self._refresh_keys(), name="amqp-ingress:jwks")
+        self._refresh = asyncio.create_task(
+            keep_keys_fresh(ctx.nc, ctx.namespace, self.verifier), name="amqp-ingress:jwks"
+        )
 
     async def stop(self) -> None:
         for task in (self._refresh, self._resume_task):
@@ -173,18 +181,6 @@ class AmqpIngress(Service):
         await self.intake.stop()
         if self.ids is not None:
             await self.ids.close()
-
-    async def _refresh_keys(self) -> None:
-        """Pick up rotated keys, as the gateway does."""
-        while True:
-            await asyncio.sleep(JWKS_REFRESH_S)
-            try:
-                keys = await fetch_jwks(self.ctx.nc, self.ctx.namespace, wait_s=0.0)
-            except Exception as exc:
-                self.log.warning("jwks refresh failed", extra={"error": repr(exc)})
-                continue
-            if self.verifier is not None:
-                self.verifier.update_keys(keys)
 
     # --- one message ---
 
@@ -280,16 +276,10 @@ class AmqpIngress(Service):
             market = market_of(catalog, body.market)
             command: Command = place_command(
                 catalog,
+                body,
                 order_id=self._next_id(),
                 member_id=body.member_id,
                 created_at=time.time_ns(),
-                market=body.market,
-                side=body.side,
-                type=body.type,
-                amount=body.amount,
-                price=body.price,
-                time_in_force=body.time_in_force,
-                post_only=body.post_only,
                 client_order_id=body.client_order_id or message_id,
             )
             return Request(body, command, market, message_id)

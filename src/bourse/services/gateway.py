@@ -24,11 +24,9 @@ from bourse.adapters.sql.read_model import SqlReadModel
 from bourse.api.app import create_app
 from bourse.api.deps import GatewayDeps, ReadModel
 from bourse.api.hot_path import OrderHotPath
-from bourse.auth import TokenVerifier, fetch_jwks, verifier_for
+from bourse.auth import TokenVerifier, fetch_jwks, keep_keys_fresh, verifier_for
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.ids import LeasedIdGenerator
-
-JWKS_REFRESH_S = 60.0
 
 
 class Gateway(Service):
@@ -81,19 +79,9 @@ class Gateway(Service):
             app = OrderHotPath(app, deps)
         self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
-        self._refresh = asyncio.create_task(self._refresh_keys(), name="gateway:jwks")
-
-    async def _refresh_keys(self) -> None:
-        """Pick up rotated keys: tokens signed by a new kid verify within a minute."""
-        while True:
-            await asyncio.sleep(JWKS_REFRESH_S)
-            try:
-                keys = await fetch_jwks(self.ctx.nc, self.ctx.namespace, wait_s=0.0)
-            except Exception as exc:
-                self.log.warning("jwks refresh failed", extra={"error": repr(exc)})
-                continue
-            if self.verifier is not None:
-                self.verifier.update_keys(keys)
+        self._refresh = asyncio.create_task(
+            keep_keys_fresh(ctx.nc, ctx.namespace, self.verifier), name="gateway:jwks"
+        )
 
     async def stop(self) -> None:
         if self._refresh is not None:
