@@ -8,7 +8,7 @@ from nats.aio.msg import Msg
 
 from bourse.adapters.order_intake import OrderIntake, Submission
 from bourse.contracts import Decision, Decisions, Outcome, Outcomes, encode
-from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, Side
+from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
 
 
 class _Client:
@@ -55,3 +55,35 @@ async def test_decision_then_outcome() -> None:
     await intake._on_reply(_reply(encode(Outcomes([Outcome(8, "place", OrderStatus.EXECUTED, 100)]))))
     assert submission.outcome.result().executed == 100
     assert not intake._waiting
+
+
+async def test_answer_gives_what_came_within_the_bound_and_stops_waiting() -> None:
+    intake = _intake()
+    silent, decided_only, whole = _waiting(intake, 9), _waiting(intake, 10), _waiting(intake, 11)
+    await intake._on_reply(
+        _reply(encode(Decisions([Decision(10, "place", True), Decision(11, "place", True)])))
+    )
+    await intake._on_reply(_reply(encode(Outcomes([Outcome(11, "place", OrderStatus.SUBMITTED, 0)]))))
+    assert await intake.answer(silent, 0.05) == (None, None)
+    decision, outcome = await intake.answer(decided_only, 0.05)
+    assert decision is not None
+    assert decision.accepted
+    assert outcome is None
+    decision, outcome = await intake.answer(whole, 0.05)
+    assert outcome is not None
+    assert outcome.status is OrderStatus.SUBMITTED
+    assert not intake._waiting
+    # a reply after the bound finds nobody waiting and changes nothing
+    await intake._on_reply(_reply(encode(Decisions([Decision(9, "place", True)]))))
+    assert silent.decision.cancelled()
+
+
+async def test_a_refusal_ends_the_wait_without_an_outcome() -> None:
+    intake = _intake()
+    submission = _waiting(intake, 12)
+    refusal = Decision(12, "place", False, RejectReason.INSUFFICIENT_FUNDS)
+    await intake._on_reply(_reply(encode(Decisions([refusal]))))
+    decision, outcome = await intake.answer(submission, 5.0)
+    assert decision is not None
+    assert not decision.accepted
+    assert outcome is None

@@ -109,6 +109,28 @@ class OrderIntake:
             raise
         return submission
 
+    async def answer(
+        self, submission: Submission, timeout_s: float
+    ) -> tuple[Decision | None, Outcome | None]:
+        """The accounts decision and, if it comes within the same bound, the engine outcome; then
+        stop waiting for this submission. None for what did not come in time.
+
+        One timer for both waits, and no shield: the futures are this caller's alone (a timeout
+        cancels the one awaited; `_on_reply` skips a done future), which saves two futures and a
+        timer per wait on the hot path."""
+        decision: Decision | None = None
+        outcome: Outcome | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                decision = await submission.decision
+                if decision.accepted:
+                    outcome = await submission.outcome
+        except TimeoutError:
+            pass
+        finally:
+            self.forget(submission)
+        return decision, outcome
+
     def forget(self, submission: Submission) -> None:
         """Stop waiting for replies about this submission (the caller has what it needed)."""
         key = (submission.command.order_id, command_kind(submission.command))

@@ -18,7 +18,7 @@ from bourse.adapters.query_client import QueryFailed
 from bourse.api.deps import Deps, GatewayDeps, Member
 from bourse.api.errors import ApiError
 from bourse.api.schemas import AmendIn, OrderIn, OrderOut, Problem
-from bourse.contracts import QUERY_MAX_LIMIT, Decision, Outcome
+from bourse.contracts import QUERY_MAX_LIMIT, Outcome
 from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (
@@ -97,26 +97,6 @@ async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrd
         ) from exc
 
 
-async def wait_answer(deps: GatewayDeps, submission: Submission) -> tuple[Decision | None, Outcome | None]:
-    """The accounts decision and, if it comes within the same bound, the engine outcome.
-
-    One timer for both waits, and no shield: the futures are this request's alone (a timeout
-    cancels the one awaited; the intake skips a done future), which saves two futures and a
-    timer per wait on the hot path."""
-    decision: Decision | None = None
-    outcome: Outcome | None = None
-    try:
-        async with asyncio.timeout(deps.decision_timeout_s):
-            decision = await submission.decision
-            if decision.accepted:
-                outcome = await submission.outcome
-    except TimeoutError:
-        pass
-    finally:
-        deps.intake.forget(submission)
-    return decision, outcome
-
-
 @router.post(
     "/order",
     status_code=201,
@@ -152,7 +132,7 @@ async def place_order(deps: GatewayDeps, member: int, body: OrderIn) -> tuple[in
             client_order_id=body.client_order_id,
         )
     submission = await submit(deps, command)
-    decision, outcome = await wait_answer(deps, submission)
+    decision, outcome = await deps.intake.answer(submission, deps.decision_timeout_s)
     if decision is None:
         return 202, place_order_out(market, command, None)
     if not decision.accepted:
@@ -274,7 +254,7 @@ async def list_orders(
 
 async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> Outcome | None:
     submission = await submit(deps, command)
-    decision, outcome = await wait_answer(deps, submission)
+    decision, outcome = await deps.intake.answer(submission, deps.decision_timeout_s)
     if decision is not None and not decision.accepted:
         reason = decision.reason or "rejected"
         if reason == "unknown_order":

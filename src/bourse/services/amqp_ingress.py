@@ -55,6 +55,8 @@ from bourse.contracts import (
     AmqpCommand,
     AmqpCreate,
     AmqpReply,
+    Decision,
+    Outcome,
     json_encode,
 )
 from bourse.domain.money import Market
@@ -329,26 +331,19 @@ class AmqpIngress(Service):
     async def _answer(
         self, reply_to: str, correlation_id: str | None, request: Request, submission: Submission
     ) -> None:
-        try:
-            reply = await self._wait_answer(request, submission)
-        finally:
-            self.intake.forget(submission)
-        await self._send(reply_to, correlation_id, reply)
+        decision, outcome = await self.intake.answer(submission, self.ctx.settings.amqp_reply_timeout_s)
+        await self._send(reply_to, correlation_id, self._reply(request, decision, outcome))
 
-    async def _wait_answer(self, request: Request, submission: Submission) -> AmqpReply:
-        """Like `POST /order`: the accounts decision, then the engine outcome within the same bound."""
+    @staticmethod
+    def _reply(request: Request, decision: Decision | None, outcome: Outcome | None) -> AmqpReply:
+        """Like `POST /order`: the accounts decision, then the engine outcome if it came in time."""
         command = request.command
         name = request.body.__struct_config__.tag
         assert isinstance(name, str)
         order_id = str(command.order_id)
         client_order_id = command.client_order_id if isinstance(command, PlaceOrder) else None
-        timeout_s = self.ctx.settings.amqp_reply_timeout_s
-        deadline = time.monotonic() + timeout_s
-        submitted = AmqpReply(request.message_id, name, "submitted", order_id, client_order_id)
-        try:
-            decision = await asyncio.wait_for(asyncio.shield(submission.decision), timeout_s)
-        except TimeoutError:
-            return submitted
+        if decision is None:
+            return AmqpReply(request.message_id, name, "submitted", order_id, client_order_id)
         if not decision.accepted:
             if decision.existing_order_id is not None:
                 return AmqpReply(
@@ -358,11 +353,7 @@ class AmqpIngress(Service):
             return AmqpReply(
                 request.message_id, name, "rejected", order_id, client_order_id, code, f"refused: {code}"
             )
-        try:
-            outcome = await asyncio.wait_for(
-                asyncio.shield(submission.outcome), max(deadline - time.monotonic(), 0.0)
-            )
-        except TimeoutError:
+        if outcome is None:
             return AmqpReply(request.message_id, name, "accepted", order_id, client_order_id)
         if outcome.status is None:  # the engine refused a cancel or an amend
             code = str(outcome.reason or "rejected")
