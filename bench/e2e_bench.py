@@ -79,7 +79,7 @@ from bourse.contracts import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.services import services_for
 from bourse.settings import Settings
-from bourse.topology import BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
+from bourse.topology import EVENTS, MATCH, ORDERS, STREAMS, remove_topology
 from lean_http import LeanHttpConnection, build_request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,17 +445,10 @@ def stop_system(system: System) -> None:
 
 async def remove_namespace(url: str, namespace: str) -> None:
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    for spec in STREAMS:
-        with contextlib.suppress(Exception):
-            await js.delete_stream(spec.name(namespace))
-    for bucket in BUCKETS:
-        with contextlib.suppress(Exception):
-            await js.delete_key_value(bucket.name(namespace))
-    for store in OBJECT_STORES:
-        with contextlib.suppress(Exception):
-            await js.delete_object_store(store.name(namespace))
-    await nc.close()
+    try:
+        await remove_topology(nc.jetstream(), namespace)
+    finally:
+        await nc.close()
 
 
 # --- measurement ------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from bourse.services.accounts import AccountsShard
 from bourse.services.matching import MarketShard
 from bourse.services.persistence import Persistence
 from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, STREAMS, ensure_topology
+from bourse.topology import ACCOUNTS, EVENTS, ensure_topology, remove_topology
 from workload import bench_market, generate
 
 MEMBERS = 1000
@@ -256,10 +256,7 @@ async def run(args: argparse.Namespace) -> int:
                 spread = ", ".join(f"{run['seconds']:.2f}" for run in runs)
                 print(f"  {kind}: {spread} s", file=sys.stderr)
     finally:
-        js = nc.jetstream()
-        for spec in STREAMS:
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(spec.name(namespace))
+        await remove_topology(nc.jetstream(), namespace)  # streams, and the buckets too
         await nc.close()
     print()
     headers = ["database", "messages", "events", "items", "rows", "txns", "seconds"]

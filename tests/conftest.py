@@ -3,7 +3,6 @@ and a fresh namespace per test so tests never see each other's streams."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import uuid
@@ -13,11 +12,10 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.settings import Settings
-from bourse.topology import BUCKETS, OBJECT_STORES, STREAMS
+from bourse.topology import remove_topology
 
 SYSTEM_NATS_URL = os.environ.get("BOURSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -67,14 +65,5 @@ def settings(nats_url: str, namespace: str, tmp_path: Path) -> Settings:
 async def nc(settings: Settings) -> AsyncIterator[Client]:
     client = await nats.connect(servers=settings.nats_servers)
     yield client
-    js = client.jetstream()
-    for spec in STREAMS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(spec.name(settings.namespace))
-    for bucket in BUCKETS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_key_value(bucket.name(settings.namespace))
-    for store in OBJECT_STORES:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_object_store(store.name(settings.namespace))
+    await remove_topology(client.jetstream(), settings.namespace)
     await client.close()

@@ -7,6 +7,7 @@ idempotent: every service calls it at start, and whichever starts first creates 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -135,3 +136,17 @@ async def ensure_topology(js: JetStreamContext, namespace: str, replicas: int = 
                     replicas=replicas,
                 )
             )
+
+
+async def remove_topology(js: JetStreamContext, namespace: str) -> None:
+    """Delete every stream and bucket of a namespace (test runs, benchmarks); what is already
+    gone is skipped."""
+    for spec in STREAMS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(spec.name(namespace))
+    for bucket in BUCKETS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_key_value(bucket.name(namespace))
+    for store in OBJECT_STORES:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_object_store(store.name(namespace))

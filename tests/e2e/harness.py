@@ -15,14 +15,12 @@ so balances, order lists and depth read afterwards are final
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import httpx
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from bourse.adapters.query_client import QueryClient
 from bourse.auth import TokenIssuer, issuer_for, key_ring_for
@@ -35,7 +33,7 @@ from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
 from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, BUCKETS, EVENTS, MATCH, OBJECT_STORES, ORDERS, STREAMS
+from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, remove_topology
 
 PROBLEM_JSON = "application/problem+json"
 SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Persistence, Gateway]
@@ -219,13 +217,4 @@ class Exchange:
 
 async def delete_namespace(nc: Client, namespace: str) -> None:
     """Remove a namespace's streams and buckets (what the `nc` fixture does after a test)."""
-    js = nc.jetstream()
-    for spec in STREAMS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(spec.name(namespace))
-    for bucket in BUCKETS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_key_value(bucket.name(namespace))
-    for store in OBJECT_STORES:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_object_store(store.name(namespace))
+    await remove_topology(nc.jetstream(), namespace)
