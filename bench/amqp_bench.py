@@ -46,7 +46,7 @@ from nats.aio.msg import Msg
 
 from bourse.adapters.amqp import AmqpTopology, declare, delete, url_user
 from bourse.auth import key_ring_for
-from bourse.contracts import ACCOUNTS_REPORT_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER
 from bourse.domain.orders import OrderAccepted, OrderRejected
 from bourse.settings import Settings
 from bourse.topology import ACCOUNTS
@@ -119,8 +119,10 @@ async def listen_engine(nc: Client, namespace: str, results: Results) -> None:
         )
 
     async def on_accounts(msg: Msg) -> None:
-        report = ACCOUNTS_REPORT_DECODER.decode(msg.data)
-        results.on_engine_result(sum(1 for event in report.rejected if event.command == "place"))
+        reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
+        results.on_engine_result(
+            sum(1 for report in reports for event in report.rejected if event.command == "place")
+        )
 
     await nc.subscribe(f"{namespace}.events.>", cb=on_events)
     await nc.subscribe(f"{namespace}.accounts.>", cb=on_accounts)
@@ -280,8 +282,8 @@ async def wait_seeded(nc: Client, namespace: str, members: int, servers: list[Se
         with contextlib.suppress(Exception):
             stream = ACCOUNTS.name(namespace)
             last = await js.get_msg(stream, (await js.stream_info(stream)).state.last_seq)
-            report = ACCOUNTS_REPORT_DECODER.decode(last.data or b"")
-            if any(change.member_id == members for change in report.balances):
+            reports = ACCOUNTS_REPORTS_DECODER.decode(last.data or b"").reports
+            if any(change.member_id == members for report in reports for change in report.balances):
                 return
         if time.monotonic() > deadline:
             raise RuntimeError("demo members not seeded in 60 s")

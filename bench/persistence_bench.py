@@ -45,7 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bourse.adapters.sql.database import create_engine
 from bourse.catalog import Catalog, MarketFees
-from bourse.contracts import AccountsBatch, AccountsItem, Deposit, MatchBatch, MatchSegment, encode
+from bourse.contracts import (
+    AccountsBatch,
+    AccountsItem,
+    AccountsReports,
+    Deposit,
+    MatchBatch,
+    MatchSegment,
+    encode,
+)
 from bourse.domain.matching import MatchingEngine
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
@@ -96,7 +104,7 @@ def make_streams(commands: int, per_message: int, seed: int) -> Streams:
         result = shard.process(orders_seq, batch)
         if result.report is not None:
             report = result.report
-            out.reports.append(encode(report))
+            out.reports.append(encode(AccountsReports(report.shard, [report])))
             out.items += len(report.rejected) + len(report.balances) + len(report.entries)
         return [MatchBatch(0, [MatchSegment(orders_seq, cmds)]) for cmds in result.match.values()]
 

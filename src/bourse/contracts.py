@@ -4,9 +4,10 @@ Engine commands and events are the domain's own structs (`bourse.domain.orders`)
 adds the envelopes that carry them between stages, one envelope per stream message. A stage
 turns one input message into at most one output message per destination, so an output's
 `Nats-Msg-Id` (`<stage>:<shard>:<input-seq>[:<destination>]`) is the same on a replay, and
-JetStream drops the repeat; the exception is `MatchBatch`, one per fetched batch of accounts,
-whose segments say which input sequence each came from. Every envelope also names its origin
-(stage, shard, sequence), so a consumer drops repeats older than JetStream's duplicate window too.
+JetStream drops the repeat; the exceptions are `MatchBatch` and `AccountsReports`, one per
+fetched batch of accounts, whose parts say which input sequence each came from. Every envelope
+also names its origin (stage, shard, sequence), so a consumer drops repeats older than
+JetStream's duplicate window too.
 
 All envelopes are msgpack on the wire (`encode` / the `*_DECODER`s below).
 """
@@ -111,15 +112,25 @@ class EventBatch(msgspec.Struct, frozen=True):
 
 
 class AccountsReport(msgspec.Struct, frozen=True):
-    """Output of an accounts shard (stream ACCOUNTS, subject `<ns>.accounts.<shard>`): what its
-    input `seq` changed: orders it refused (they never reach matching), balances as they are
-    now, and the ledger entries."""
+    """What an accounts shard's input `seq` changed: orders it refused (they never reach
+    matching), balances as they are now, and the ledger entries (carried in `AccountsReports`)."""
 
     shard: int
     seq: int
     rejected: list[OrderRejected]
     balances: list[BalanceChanged]
     entries: list[LedgerEntry]
+
+
+class AccountsReports(msgspec.Struct, frozen=True):
+    """Output of an accounts shard (stream ACCOUNTS, subject `<ns>.accounts.<shard>`): one
+    message per batch it fetched, with a report per input message in input order.
+
+    A replay of the shard may cut its batches differently, so a message may repeat reports an
+    earlier one carried: consumers skip a report whose `seq` they have applied for its shard."""
+
+    shard: int
+    reports: list[AccountsReport]
 
 
 class Decision(msgspec.Struct, frozen=True, array_like=True):
@@ -161,7 +172,7 @@ encode = msgspec.msgpack.Encoder().encode
 ACCOUNTS_BATCH_DECODER = msgspec.msgpack.Decoder(AccountsBatch)
 MATCH_BATCH_DECODER = msgspec.msgpack.Decoder(MatchBatch)
 EVENT_BATCH_DECODER = msgspec.msgpack.Decoder(EventBatch)
-ACCOUNTS_REPORT_DECODER = msgspec.msgpack.Decoder(AccountsReport)
+ACCOUNTS_REPORTS_DECODER = msgspec.msgpack.Decoder(AccountsReports)
 REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
 """A gateway's reply inbox hears both: the accounts decision, then the engine outcome."""
 

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from bourse.adapters.amqp import AmqpTopology, declare
-from bourse.contracts import ACCOUNTS_REPORT_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER, AmqpReply
+from bourse.contracts import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER, AmqpReply
 from bourse.domain.orders import OrderAccepted, OrderRejected, Trade
 from bourse.topology import ACCOUNTS, EVENTS
 
@@ -164,7 +164,8 @@ async def engine_record(nc: Client, namespace: str) -> EngineRecord:
             elif isinstance(event, Trade):
                 record.trades.append(event)
     for data in await stream_messages(nc, ACCOUNTS.name(namespace)):
-        record.refused.extend(ACCOUNTS_REPORT_DECODER.decode(data).rejected)
+        for report in ACCOUNTS_REPORTS_DECODER.decode(data).reports:
+            record.refused.extend(report.rejected)
     return record
 
 

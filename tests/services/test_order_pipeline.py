@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from bourse.catalog import load_catalog
 from bourse.contracts import (
-    ACCOUNTS_REPORT_DECODER,
+    ACCOUNTS_REPORTS_DECODER,
     EVENT_BATCH_DECODER,
     REPLY_DECODER,
     AccountsBatch,
@@ -94,8 +94,9 @@ class Pipeline:
     async def balances(self) -> dict[tuple[int, str], BalanceChanged]:
         latest: dict[tuple[int, str], BalanceChanged] = {}
         for data in await self.stream_messages(ACCOUNTS.wildcard(self.settings.namespace)):
-            for change in ACCOUNTS_REPORT_DECODER.decode(data).balances:
-                latest[(change.member_id, change.currency)] = change
+            for report in ACCOUNTS_REPORTS_DECODER.decode(data).reports:
+                for change in report.balances:
+                    latest[(change.member_id, change.currency)] = change
         return latest
 
 

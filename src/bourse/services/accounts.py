@@ -30,6 +30,7 @@ from bourse.contracts import (
     ACCOUNTS_BATCH_DECODER,
     AccountsBatch,
     AccountsReport,
+    AccountsReports,
     Decision,
     Decisions,
     Deposit,
@@ -261,6 +262,7 @@ class AccountsService(Service):
         outgoing: list[Outgoing] = []
         replies: dict[str, list[Decision]] = {}
         segments: dict[str, list[MatchSegment]] = {}
+        reports: list[AccountsReport] = []
         self._unpublished.add(shard_id)
         started = time.process_time()
         for msg in messages:
@@ -277,9 +279,7 @@ class AccountsService(Service):
             for market, commands in out.match.items():
                 segments.setdefault(market, []).append(MatchSegment(seq, commands, batch.reply_to))
             if out.report is not None:
-                outgoing.append(
-                    Outgoing(ACCOUNTS.subject(ns, shard_id), encode(out.report), f"accounts:{shard_id}:{seq}")
-                )
+                reports.append(out.report)
             if batch.reply_to and out.decisions:
                 replies.setdefault(batch.reply_to, []).extend(out.decisions)
         # one MATCH message per market per fetched batch, named by the input range it covers
@@ -289,6 +289,14 @@ class AccountsService(Service):
                     MATCH.subject(ns, market),
                     encode(MatchBatch(shard_id, parts)),
                     f"accounts:{shard_id}:{parts[0].seq}-{parts[-1].seq}:{market}",
+                )
+            )
+        if reports:
+            outgoing.append(
+                Outgoing(
+                    ACCOUNTS.subject(ns, shard_id),
+                    encode(AccountsReports(shard_id, reports)),
+                    f"accounts:{shard_id}:{reports[0].seq}-{reports[-1].seq}",
                 )
             )
         self._cpu_s += time.process_time() - started

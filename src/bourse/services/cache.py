@@ -51,7 +51,7 @@ from bourse.adapters.redis_read_model import (
     id_member,
     redis_client,
 )
-from bourse.contracts import ACCOUNTS_REPORT_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.domain.order_views import (
     TRADES_PER_MARKET,
@@ -328,20 +328,21 @@ class Cache(Service):
                     feed.duplicates += 1
                     continue
                 try:
-                    report = ACCOUNTS_REPORT_DECODER.decode(msg.data)
+                    reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
                 except msgspec.DecodeError:
                     self.log.error("undecodable message skipped", extra={"subject": msg.subject})
                     continue
-                shard = str(report.shard)
-                applied = changed.get(shard, feed.positions.get(shard, 0))
-                if report.seq <= applied:
-                    feed.duplicates += 1
-                    continue
-                changed[shard] = report.seq
-                for rejected in report.rejected:
-                    records.apply_rejection(rejected, position.timestamp_ns)
-                for change in report.balances:
-                    balances[(change.member_id, change.currency)] = (change.available, change.locked)
+                for report in reports:
+                    shard = str(report.shard)
+                    applied = changed.get(shard, feed.positions.get(shard, 0))
+                    if report.seq <= applied:
+                        feed.duplicates += 1
+                        continue
+                    changed[shard] = report.seq
+                    for rejected in report.rejected:
+                        records.apply_rejection(rejected, position.timestamp_ns)
+                    for change in report.balances:
+                        balances[(change.member_id, change.currency)] = (change.available, change.locked)
             pipe_ops = self._report_ops(records, balances)
         changed[WATERMARK] = watermark
         kind = feed.spec.kind

@@ -52,7 +52,7 @@ from bourse.adapters.jetstream import stream_position
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.models import WATERMARK
 from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
-from bourse.contracts import ACCOUNTS_REPORT_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
+from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
@@ -286,7 +286,8 @@ class Persistence(Service):
         for msg in messages:
             position = stream_position(msg)
             try:
-                items.append((position.seq, position.timestamp_ns, ACCOUNTS_REPORT_DECODER.decode(msg.data)))
+                reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
+                items.extend((position.seq, position.timestamp_ns, report) for report in reports)
             except msgspec.DecodeError as exc:
                 self._undecodable(feed, msg, position.seq, exc)
         watermark = stream_position(messages[-1]).seq

@@ -38,7 +38,7 @@ from nats.micro.request import Request
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.query_client import QueryFailed
 from bourse.contracts import (
-    ACCOUNTS_REPORT_DECODER,
+    ACCOUNTS_REPORTS_DECODER,
     BALANCES_QUERY_DECODER,
     DEPTH_QUERY_DECODER,
     EVENT_BATCH_DECODER,
@@ -158,7 +158,8 @@ class Query(Service):
         started = time.process_time()
         try:
             position = stream_position(msg)
-            self.views.apply_report(ACCOUNTS_REPORT_DECODER.decode(msg.data), position.timestamp_ns)
+            for report in ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports:
+                self.views.apply_report(report, position.timestamp_ns)
         except Exception as exc:
             self._record_failure(exc, msg)
             return
