@@ -1,10 +1,11 @@
-"""POST /api/v3/order without the framework: the one route that carries the load.
+"""POST /api/v3/order and DELETE /api/v3/order/{id} without the framework: the routes that
+carry the load.
 
 Measured per request on the reference box, FastAPI's routing, dependency solving and response
-validation cost about three times the work the route itself does. This ASGI front serves
-`POST /api/v3/order` with the very same code (`bourse.api.orders.place_order`, the same pydantic
-`OrderIn` schema, the same problem+json errors) and hands every other request to FastAPI, which
-also keeps documenting the route. `BOURSE_GATEWAY_HOT_PATH=false` turns it off, to compare.
+validation cost about three times the work the route itself does. This ASGI front serves those
+two routes with the very same code (`bourse.api.orders.place_order` and `cancel_order`, the same
+pydantic schemas, the same problem+json errors) and hands every other request to FastAPI, which
+also keeps documenting them. `BOURSE_GATEWAY_HOT_PATH=false` turns it off, to compare.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from bourse.api.deps import GatewayDeps, member_of_token
 from bourse.api.errors import INVALID_REQUEST, PROBLEM_JSON, ApiError, problem_body, schema_errors
-from bourse.api.orders import place_order
+from bourse.api.orders import cancel_order, place_order
 from bourse.api.schemas import OrderIn
 
 Scope = dict[str, Any]
@@ -26,6 +27,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ORDER_PATH = "/api/v3/order"
+ORDER_ITEM_PREFIX = "/api/v3/order/"
 MAX_BODY = 16 * 1024
 _JSON = b"application/json"
 
@@ -34,23 +36,44 @@ class OrderHotPath:
     def __init__(self, app: ASGIApp, deps: GatewayDeps) -> None:
         self.app = app
         self.deps = deps
+        self.served = 0
+        """Requests answered here rather than by the framework."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == ORDER_PATH:
-            await self._place(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "POST" and path == ORDER_PATH:
+                self.served += 1
+                await self._place(scope, receive, send)
+                return
+            if method == "DELETE" and path.startswith(ORDER_ITEM_PREFIX):
+                order_id = path[len(ORDER_ITEM_PREFIX) :]
+                if order_id and "/" not in order_id:
+                    self.served += 1
+                    await self._cancel(scope, order_id, send)
+                    return
+        await self.app(scope, receive, send)
+
+    def _member(self, scope: Scope) -> int:
+        token = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    token = credentials.strip()
+                break
+        return member_of_token(self.deps, token)
+
+    async def _cancel(self, scope: Scope, order_id: str, send: Send) -> None:
+        try:
+            out = await cancel_order(order_id, self._member(scope), self.deps)
+            await _respond(send, 200, out.model_dump_json().encode(), _JSON)
+        except ApiError as exc:
+            await _problem(send, exc)
 
     async def _place(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            token = ""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    scheme, _, credentials = value.decode("latin-1").partition(" ")
-                    if scheme.lower() == "bearer":
-                        token = credentials.strip()
-                    break
-            member = member_of_token(self.deps, token)
+            member = self._member(scope)
             raw = await _read_body(receive)
             try:
                 body = OrderIn.model_validate_json(raw)
@@ -61,8 +84,12 @@ class OrderHotPath:
             status, out = await place_order(self.deps, member, body)
             await _respond(send, status, out.model_dump_json().encode(), _JSON)
         except ApiError as exc:
-            payload = msgspec.json.encode(problem_body(exc.status, exc.code, exc.detail, **exc.extra))
-            await _respond(send, exc.status, payload, PROBLEM_JSON.encode(), exc.headers)
+            await _problem(send, exc)
+
+
+async def _problem(send: Send, exc: ApiError) -> None:
+    payload = msgspec.json.encode(problem_body(exc.status, exc.code, exc.detail, **exc.extra))
+    await _respond(send, exc.status, payload, PROBLEM_JSON.encode(), exc.headers)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -42,6 +42,8 @@ class Gateway(Service):
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.server: HttpServer | None = None
+        self.app: Any = None
+        """The ASGI app served: the hot path in front of FastAPI, or FastAPI alone."""
         self._refresh: asyncio.Task[None] | None = None
         self._redis: Redis | None = None
         self._sql: SqlReadModel | None = None
@@ -77,6 +79,7 @@ class Gateway(Service):
         app: Any = create_app(deps)
         if settings.gateway_hot_path:
             app = OrderHotPath(app, deps)
+        self.app = app
         self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
         self._refresh = asyncio.create_task(
