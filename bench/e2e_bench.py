@@ -9,9 +9,9 @@ What runs:
 
 - `--mode up` (default): `bourse up` with its embedded NATS (JetStream with
   `sync_interval: always`, in a temporary data folder, free ports), in as many processes as it
-  chooses (`--processes`, passed on; default: its own, one per core up to 4). The CPU is one figure
+  chooses (`--processes`, passed on; default: its own, cores + 1 up to 4). The CPU is one figure
   per process: the supervisor, each of its `bourse run` children (labelled by their services,
-  `accounts+matching+persistence`), the nats-server.
+  `accounts+matching`), the nats-server.
 - `--mode split`: one `bourse run SERVICE` process per service (`bourse services` lists them),
   so the CPU of each service is measured on its own. Without `--nats-url` the
   bench starts its own nats-server from the wheel, configured like the embedded one; with it,
