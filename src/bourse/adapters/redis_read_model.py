@@ -32,13 +32,14 @@ from redis.exceptions import RedisError
 
 from bourse.adapters.query_client import QueryFailed
 from bourse.api.deps import ReadModel
+from bourse.contracts import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
     BalanceView,
     DepthView,
     MemberTrade,
     OrderView,
     PublicTrade,
-    parse_state,
+    wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus
 
@@ -128,14 +129,12 @@ class RedisReadModel:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[OrderView]:
-        if not 1 <= limit <= 1000:
-            raise QueryFailed(400, "invalid_request", "limit must be 1..1000")
+        if not 1 <= limit <= QUERY_MAX_LIMIT:
+            raise QueryFailed(400, "invalid_request", f"limit must be 1..{QUERY_MAX_LIMIT}")
         try:
-            statuses = parse_state(state)
+            statuses = wanted_statuses(state, status)
         except ValueError:
             raise QueryFailed(400, "invalid_request", f"unknown state {state!r}") from None
-        if status is not None:
-            statuses = frozenset({status}) if statuses is None else statuses & {status}
         open_only = statuses is not None and statuses <= {OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED}
         index = (self.keys.member_open if open_only else self.keys.member_orders)(member_id)
         upper = "+" if before_id is None else f"({id_member(before_id)}"

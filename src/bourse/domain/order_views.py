@@ -100,6 +100,7 @@ __all__ = [
     "fold_updated",
     "parse_state",
     "rejected_view",
+    "wanted_statuses",
 ]
 
 CLOSED_PER_MEMBER: Final = 1000
@@ -208,6 +209,15 @@ def parse_state(state: str | None) -> frozenset[OrderStatus] | None:
     if state == "closed":
         return FINAL_STATUSES
     return frozenset({OrderStatus(state)})
+
+
+def wanted_statuses(state: str | None, status: OrderStatus | None) -> frozenset[OrderStatus] | None:
+    """The statuses an orders query asks for: `state` (see `parse_state`) narrowed to exactly
+    `status` if given; None for every status. ValueError for an unknown state."""
+    statuses = parse_state(state)
+    if status is not None:
+        statuses = frozenset({status}) if statuses is None else statuses & {status}
+    return statuses
 
 
 class _Levels:
@@ -541,9 +551,7 @@ class OrderViews:
         "closed" (every final status) or one status (ValueError otherwise); `status`: exactly
         that status (the way to ask for CLOSED alone, since "closed" names the group);
         `before_id`: only ids below it."""
-        statuses = parse_state(state)
-        if status is not None:
-            statuses = frozenset({status}) if statuses is None else statuses & {status}
+        statuses = wanted_statuses(state, status)
         member = self._members.get(member_id)
         if member is None or limit <= 0:
             return []

@@ -27,13 +27,14 @@ from bourse.adapters.query_client import QueryFailed
 from bourse.adapters.sql.database import create_engine, sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
 from bourse.adapters.sql.store import order_view
+from bourse.contracts import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
     BalanceView,
     DepthView,
     MemberTrade,
     OrderView,
     PublicTrade,
-    parse_state,
+    wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
 
@@ -113,17 +114,15 @@ class SqlReadModel:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[OrderView]:
-        if not 1 <= limit <= 1000:
-            raise QueryFailed(400, "invalid_request", "limit must be 1..1000")
+        if not 1 <= limit <= QUERY_MAX_LIMIT:
+            raise QueryFailed(400, "invalid_request", f"limit must be 1..{QUERY_MAX_LIMIT}")
         self._known_market(market)
         try:
-            statuses = parse_state(state)
+            statuses = wanted_statuses(state, status)
         except ValueError:
             raise QueryFailed(
                 400, "invalid_request", f"state: {state!r} is not open, closed or a status"
             ) from None
-        if status is not None:
-            statuses = frozenset({status}) if statuses is None else statuses & {status}
         if statuses is not None and not statuses:
             return []
         query = select(orders).where(orders.c.member_id == member_id)
