@@ -80,6 +80,37 @@ class Settings(BaseSettings):
     )
     demo_seed: bool = Field(default=True, description="Credit the demo members of the markets file once.")
 
+    # --- deadlines and recovery (docs/architecture.md: Persistence, Processes, RabbitMQ ingress) ---
+    sql_read_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Deadline of one gateway read from the persistence tables (pool checkout, connect and "
+        "statements): past it the read is 503 `unavailable` and the next read model is asked.",
+    )
+    sql_transaction_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of one persistence transaction attempt; past it the attempt is abandoned "
+        "(its connection closed) and retried with the usual backoff.",
+    )
+    consumer_stall_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A stream consumer whose batch has been in its handler (or retrying) longer than this "
+        "is reported stalled: its service is not ok on /healthz.",
+    )
+    restart_backoff_max_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="`bourse up` with several processes: the longest pause before a crashed child is "
+        "started again (0.5 s, doubling up to this).",
+    )
+    restart_reset_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="`bourse up`: a child up (past its banner) this long has its restart backoff reset.",
+    )
+
     # --- RabbitMQ ingress (`amqp-ingress`, runs only with `rabbitmq_url`); see docs/architecture.md ---
     amqp_exchange: str | None = Field(
         default=None,
@@ -121,6 +152,12 @@ class Settings(BaseSettings):
     )
     amqp_reply_timeout_s: float = Field(
         default=5.0, gt=0, description="How long a reply waits for the accounts decision and engine outcome."
+    )
+    amqp_reconnect_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Pause between the ingress's attempts to reconnect to RabbitMQ (aio-pika's "
+        "`reconnect_interval`): after RabbitMQ returns, consuming resumes within about this much.",
     )
 
     jwt_issuer: str = Field(default="bourse", description="`iss` of member tokens: issued and required.")

@@ -160,3 +160,45 @@ async def test_health_endpoint_reports_every_service(nc: Client, settings: Setti
         assert body["services"]["echo"]["ok"] is True
     finally:
         await process.stop()
+
+
+async def test_a_consumer_stuck_on_a_batch_past_the_stall_threshold_makes_its_service_not_ok(
+    nc: Client, settings: Settings
+) -> None:
+    """The service's own health says ok; the runtime still reports the stuck consumer."""
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    class StuckCollector(Collector):
+        async def collect(self, messages: Sequence[Msg]) -> None:
+            entered.set()
+            await release.wait()  # a server that never answers
+            await super().collect(messages)
+
+        def health(self) -> Mapping[str, Any]:
+            return {"ok": True}
+
+    host = ServiceHost(ServiceContext(settings.model_copy(update={"consumer_stall_s": 0.5}), nc, js))
+    await host.start([StuckCollector])
+    try:
+        assert host.health()["collector"]["ok"] is True
+        await js.publish(ORDERS.subject(settings.namespace, 0), b"1")
+        await asyncio.wait_for(entered.wait(), 10)
+        assert host.health()["collector"]["ok"] is True, "not stalled yet: just handed over"
+        await wait_for(lambda: not host.health()["collector"]["ok"])
+        facts = host.health()["collector"]
+        assert facts["stalled"] == ["collector"]
+        consumer = facts["consumers"][0]
+        assert consumer["stalled"] is True
+        assert consumer["handling_s"] > 0.5
+        release.set()
+        await wait_for(lambda: host.health()["collector"]["ok"])
+        assert host.health()["collector"]["consumers"][0]["handling_s"] == 0.0
+        collector = host.running[0].service
+        assert isinstance(collector, StuckCollector)
+        assert collector.seen == [b"1"]
+    finally:
+        release.set()
+        await host.stop()

@@ -39,7 +39,12 @@ class ConsumerLoop:
     Acks are cumulative (AckPolicy.ALL) and deferred: a batch is acked when the next one is
     handed over, before the handler runs, so the ack leaves in the same socket write as that
     batch's outputs; after `ACK_DELAY_S` without a next batch it goes alone. Under load this
-    halves the writes per batch; it never acks a batch whose handler has not returned."""
+    halves the writes per batch; it never acks a batch whose handler has not returned.
+
+    A batch in its handler (or being retried) for longer than `consumer_stall_s` makes the loop
+    `stalled`, and its service not ok on /healthz: a handler waiting on a dead or black-holed
+    server, or failing the same batch again and again, is a consumer that has stopped, whatever
+    the service itself reports."""
 
     REQUEST_EXPIRES_S = 5.0
     ACK_DELAY_S = 0.02
@@ -52,6 +57,9 @@ class ConsumerLoop:
         self.batches = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.stall_s = ctx.settings.consumer_stall_s
+        self._handling_since: float | None = None
+        """When the batch now in the handler was handed over (monotonic); None between batches."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -152,9 +160,11 @@ class ConsumerLoop:
             if not messages:
                 continue
             self._idle.clear()
+            self._handling_since = time.monotonic()
             try:
                 await self._deliver(messages)
             finally:
+                self._handling_since = None
                 self._idle.set()
             self.delivered += len(messages)
             self.batches += 1
@@ -195,6 +205,16 @@ class ConsumerLoop:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
+    @property
+    def handling_s(self) -> float:
+        """How long the batch now in the handler has been there (0 between batches)."""
+        since = self._handling_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def stalled(self) -> bool:
+        return self.handling_s > self.stall_s
+
     def stats(self) -> dict[str, Any]:
         return {
             "durable": self.spec.durable,
@@ -202,6 +222,8 @@ class ConsumerLoop:
             "batches": self.batches,
             "failures": self.failures,
             "last_error": self.last_error,
+            "handling_s": round(self.handling_s, 3),
+            "stalled": self.stalled,
         }
 
 
@@ -223,6 +245,10 @@ class RunningService:
             facts.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         if self.loops:
             facts["consumers"] = [loop.stats() for loop in self.loops]
+            stalled = [loop.spec.durable for loop in self.loops if loop.stalled]
+            if stalled:  # whatever the service says: a consumer stuck on one batch is not ok
+                facts["stalled"] = stalled
+                facts["ok"] = False
         facts.setdefault("ok", self.state == "running")
         return facts
 
