@@ -20,7 +20,10 @@ from the next message: the database, not the consumer's ack state, says what is 
 commit lost with the machine (SQLite's WAL with `synchronous=NORMAL`) is simply redone.
 
 A transaction that fails (database down, deadlock) is retried with backoff until it commits:
-nothing is ever skipped; `health()` is not ok meanwhile. One instance at a time: two instances
+nothing is ever skipped; `health()` is not ok meanwhile. Each attempt has a deadline
+(`sql_transaction_timeout_s`): a black-holed server (packets dropped, nothing refused) fails the
+attempt then, instead of holding the consumer for as long as the socket stays open.
+One instance at a time: two instances
 would split the durable consumer's messages between them. On MariaDB/MySQL an instance holds a
 named lock (`GET_LOCK`, released with its connection) for the namespace and database, and a
 second one refuses to start (after waiting `LOCK_WAIT_S` for the first to go).
@@ -352,20 +355,26 @@ class Persistence(Service):
     async def _commit(
         self, feed: Feed, messages: int, work: Callable[[AsyncConnection], Awaitable[Written]]
     ) -> None:
-        """Run `work` in one transaction until it commits (retrying after any failure: the
-        positions are read again inside each attempt, so an attempt that did commit before its
-        connection broke is not applied twice)."""
+        """Run `work` in one transaction until it commits (retrying after any failure, or an
+        attempt past its deadline: the positions are read again inside each attempt, so an
+        attempt that did commit before its connection broke or its answer came is not applied
+        twice)."""
         engine = self.engine
         assert engine is not None, "persistence is not started"
+        deadline_s = self.ctx.settings.sql_transaction_timeout_s
         pause = self.RETRY_PAUSE_S
         while True:
             started = time.perf_counter()
             try:
-                async with self._serialized(), engine.begin() as conn:
+                # the deadline starts once this feed may write (SQLite: the other one is done)
+                async with self._serialized(), asyncio.timeout(deadline_s), engine.begin() as conn:
                     written = await work(conn)
             except Exception as exc:
                 feed.failures += 1
-                feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                if isinstance(exc, TimeoutError):
+                    feed.last_error = f"TimeoutError: no commit within {deadline_s} s"
+                else:
+                    feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 self.log.warning(
                     "write failed, retrying",
                     extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": pause},

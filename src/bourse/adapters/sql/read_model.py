@@ -5,7 +5,9 @@ the methods of `QueryClient`, with the same return types and errors.
 - 400 `invalid_request`: a limit out of 1..1000 or an unknown state (orders);
 - 404 `unknown_market`: a market not in `markets`, when given;
 - 503 `unavailable`: the database cannot be reached or read (server down, database dropped,
-  SQLite file removed, tables missing);
+  SQLite file removed, tables missing), or did not answer within the read's deadline
+  (`timeout_s`, the `sql_read_timeout_s` setting: a black-holed server must not hold a request
+  for as long as its client waits, and the gateway then asks the next read model);
 - 503 `not_ready`: persistence has applied nothing yet (no watermark row).
 
 Each read is one connection and a few indexed statements: orders by `(member_id, status, id)` or
@@ -15,6 +17,7 @@ shards (the exchange, member 0, earns fees in every shard)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -44,29 +47,44 @@ EVENTS_CONSUMER = "persistence-events"
 """The persistence service's EVENTS consumer (`bourse.services.persistence.EVENTS_DURABLE`)."""
 
 CONNECT_TIMEOUT_S = 2
+READ_TIMEOUT_S = 1.0
+"""The default deadline of one read (`Settings.sql_read_timeout_s`)."""
 OPEN_STATUSES = (OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value)
 
 
-def read_engine(url: str) -> AsyncEngine:
-    """An engine for reads that fails fast when a MariaDB/MySQL server is away."""
+def read_engine(url: str, timeout_s: float = READ_TIMEOUT_S) -> AsyncEngine:
+    """An engine for reads that fails fast when a MariaDB/MySQL server is away: connecting and
+    waiting for a pooled connection are bounded; each read's own deadline (`SqlReadModel._read`)
+    bounds the whole, statements included (cancelled, asyncmy closes the connection)."""
     if make_url(url).get_backend_name() in {"mysql", "mariadb"}:
-        return create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
-    return create_engine(url)
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(url, connect_args=connect_args, pool_timeout=timeout_s)
+    return create_engine(url, pool_timeout=timeout_s)
 
 
 class SqlReadModel:
     """Reads of the persistence tables; see the module docstring. `markets`, when given, are
-    the known markets (others answer 404 `unknown_market`, as the query service does)."""
+    the known markets (others answer 404 `unknown_market`, as the query service does);
+    `timeout_s` is the deadline of each read."""
 
-    def __init__(self, engine: AsyncEngine, *, markets: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        markets: Collection[str] | None = None,
+        timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         self.engine = engine
+        self.timeout_s = timeout_s
         self.markets = None if markets is None else frozenset(markets)
         self._file = sqlite_file(engine.url)
         self._ready = False
 
     @classmethod
-    def from_url(cls, url: str, *, markets: Collection[str] | None = None) -> SqlReadModel:
-        return cls(read_engine(url), markets=markets)
+    def from_url(
+        cls, url: str, *, markets: Collection[str] | None = None, timeout_s: float = READ_TIMEOUT_S
+    ) -> SqlReadModel:
+        return cls(read_engine(url, timeout_s), markets=markets, timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -76,7 +94,7 @@ class SqlReadModel:
             # Connecting would create an empty file: a removed database is unreachable.
             raise QueryFailed(503, "unavailable", f"no database file {self._file}")
         try:
-            async with self.engine.connect() as conn:
+            async with asyncio.timeout(self.timeout_s), self.engine.connect() as conn:
                 if not self._ready:
                     found = await conn.execute(
                         select(applied_positions.c.seq).where(applied_positions.c.shard == WATERMARK).limit(1)
@@ -85,6 +103,8 @@ class SqlReadModel:
                         raise QueryFailed(503, "not_ready", "persistence has applied nothing yet")
                     self._ready = True
                 return await work(conn)
+        except TimeoutError:
+            raise QueryFailed(503, "unavailable", f"sql: no answer within {self.timeout_s} s") from None
         except (SQLAlchemyError, OSError) as exc:
             raise QueryFailed(503, "unavailable", f"sql: {type(exc).__name__}: {exc}") from None
 
