@@ -9,8 +9,11 @@ processes `python -m bourse run <group>`, supervised.
   order (the gateway's group first) with SIGTERM, and the NATS server last. Each child gets
   PDEATHSIG=SIGTERM: if the supervisor is killed, its children stop too.
 - A child that exits while we are not stopping is logged and started again after a backoff
-  (0.5 s doubling up to 15 s; back to 0.5 s once a child has run for 30 s). Stateful stages
-  recover from their snapshots and the streams, as after any crash.
+  (`RestartBackoff`: 0.5 s doubling up to `restart_backoff_max_s`, 4 s; back to 0.5 s once the
+  child had been up, past its banner, for `restart_reset_after_s`, 10 s). The cap is low on
+  purpose: a stage killed again and again (accounts and matching, which every order waits for)
+  is never kept down longer than that by the supervisor itself. Stateful stages recover from
+  their snapshots and the streams, as after any crash.
 - Each child serves its own health endpoint on a free loopback port the supervisor picks once
   (kept across restarts); only the supervisor's `BOURSE_HEALTH_PORT` is the public one, and its
   `/healthz` merges the children's services with their liveness and the supervisor's NATS
@@ -65,8 +68,6 @@ UNKNOWN_SERVICE_WEIGHT = 50
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 15.0
-STABLE_AFTER_S = 30.0
 POLL_INTERVAL_S = 1.0
 BANNER_END = "Press Ctrl-C to stop."
 
@@ -116,6 +117,24 @@ def group_services(
     return best[1]
 
 
+@dataclass(slots=True)
+class RestartBackoff:
+    """How long to wait before starting a crashed child again: `first_s` doubling with each
+    crash in a row, at most `max_s`; a child that had been up `reset_after_s` before it crashed
+    starts the count again (its crash is not part of a crash loop)."""
+
+    first_s: float
+    max_s: float
+    reset_after_s: float
+    crashes: int = 0
+    """Crashes in a row, the last one included."""
+
+    def next_delay(self, up_s: float) -> float:
+        """The pause after a crash of a child that had been up (past its banner) for `up_s`."""
+        self.crashes = 1 if up_s >= self.reset_after_s else self.crashes + 1
+        return min(self.first_s * 2.0 ** (self.crashes - 1), self.max_s)
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
@@ -134,6 +153,10 @@ class Child:
     links: dict[str, str] = field(default_factory=dict)
     restarts: int = 0
     started_at: float = 0.0
+    ready_at: float | None = None
+    """When the child printed its banner (monotonic); None until it has."""
+    restart_delay_s: float = 0.0
+    """The pause before its last restart."""
     ready: bool = False
     health: dict[str, Any] = field(default_factory=dict)
     metrics: str = ""
@@ -258,6 +281,7 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         child.ready = False
+        child.ready_at = None
         child.links = {}
         child.started_at = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
@@ -292,10 +316,13 @@ class Supervisor:
         except TimeoutError:
             raise SupervisorError(f"{child.label} was not up within {READY_TIMEOUT_S}s") from None
         child.ready = True
+        child.ready_at = time.monotonic()
 
     async def _watch(self, child: Child) -> None:
         """Wait for the child to exit; unless we are stopping, start it again after a backoff."""
-        failures = 0
+        backoff = RestartBackoff(
+            BACKOFF_FIRST_S, self.settings.restart_backoff_max_s, self.settings.restart_reset_after_s
+        )
         while not self._stopping:
             process = child.process
             assert process is not None
@@ -306,9 +333,10 @@ class Supervisor:
             if self._stopping:
                 return
             child.ready = False
-            ran = time.monotonic() - child.started_at
-            failures = 0 if ran >= STABLE_AFTER_S else failures + 1
-            delay = min(BACKOFF_FIRST_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
+            now = time.monotonic()
+            ran = now - child.started_at
+            up = 0.0 if child.ready_at is None else now - child.ready_at
+            delay = child.restart_delay_s = backoff.next_delay(up)
             log.error(
                 "child exited, restarting",
                 extra={
@@ -316,6 +344,7 @@ class Supervisor:
                     "pid": process.pid,
                     "rc": rc,
                     "ran_s": round(ran, 1),
+                    "up_s": round(up, 1),
                     "restart_in_s": delay,
                 },
             )
@@ -328,7 +357,7 @@ class Supervisor:
                 log.error("restart failed", extra={"services": child.label, "error": str(exc)})
                 if child.alive:
                     await self._terminate(child)
-                child.started_at = time.monotonic()  # counts as a short run: the backoff grows
+                child.ready_at = None  # never up: the backoff grows
                 continue
             pid = child.process.pid if child.process else None
             log.info("child restarted", extra={"services": child.label, "pid": pid})
@@ -388,6 +417,7 @@ class Supervisor:
                     if child.alive
                     else "down",
                     "restarts": child.restarts,
+                    "restart_delay_s": child.restart_delay_s,
                     "health_port": child.health_port,
                     "ok": ok,
                 }
