@@ -14,6 +14,9 @@ from bourse.runtime.logs import configure_logging
 from bourse.runtime.process import BourseProcess, print_links
 from bourse.settings import Settings
 
+LOCK_HELD = 3
+"""Exit code of `rebuild` and `db reset` when the persistence lock is held (nothing was changed)."""
+
 
 def _run_process(settings: Settings, names: list[str] | None, *, embedded: bool) -> int:
     from bourse.services import SERVICES, services_for
@@ -109,7 +112,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_reset(args: argparse.Namespace) -> int:
-    from bourse.adapters.sql.database import reset_url
+    from bourse.adapters.sql.lock import LockHeld
+    from bourse.maintenance import reset_sql
 
     url = Settings().effective_sql_url
     if not args.yes:
@@ -121,7 +125,10 @@ def cmd_db_reset(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        revision = asyncio.run(reset_url(url))
+        revision = asyncio.run(reset_sql(url))
+    except LockHeld as exc:
+        print(f"bourse db reset: refused, nothing changed: {exc}", file=sys.stderr)
+        return LOCK_HELD
     except Exception as exc:
         print(f"bourse db reset: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -130,19 +137,23 @@ def cmd_db_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from bourse.adapters.sql.lock import LockHeld
     from bourse.maintenance import rebuild_sql
 
     settings = Settings()
     url = settings.effective_sql_url
     if not args.yes:
         print(
-            f"bourse rebuild: this empties every table of {_safe_url(url)} and refills it from the "
-            "streams; stop the persistence service first, then run again with --yes.",
+            f"bourse rebuild: this replaces every table of {_safe_url(url)} by tables refilled from "
+            "the streams; stop the persistence service first, then run again with --yes.",
             file=sys.stderr,
         )
         return 2
     try:
         report = asyncio.run(rebuild_sql(settings))
+    except LockHeld as exc:
+        print(f"bourse rebuild: refused, nothing changed: {exc}", file=sys.stderr)
+        return LOCK_HELD
     except Exception as exc:
         print(f"bourse rebuild: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -212,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     upgrade.set_defaults(func=cmd_db_upgrade)
     reset = db_commands.add_parser(
-        "reset", help="empty every table (the persistence service refills them from the streams on start)"
+        "reset",
+        help="replace every table by an empty one, at once (the persistence service refills them from "
+        "the streams on start); refused (exit 3) while the persistence service runs",
     )
     reset.add_argument("--yes", action="store_true", help="really empty the tables")
     reset.set_defaults(func=cmd_db_reset)
     rebuild = commands.add_parser(
-        "rebuild", help="empty the SQL tables, refill them from the streams, then audit them"
+        "rebuild",
+        help="refill new SQL tables from the streams, swap them in for the live ones, then audit them; "
+        "refused (exit 3) while the persistence service runs",
     )
     rebuild.add_argument("--yes", action="store_true", help="really empty and refill the tables")
     rebuild.set_defaults(func=cmd_rebuild)

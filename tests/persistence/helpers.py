@@ -48,6 +48,7 @@ async def fresh_database(kind: str, folder: str) -> AsyncIterator[str]:
     finally:
         async with admin.begin() as conn:
             await conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {name}_rebuild"))  # a rebuild's leftover
         await admin.dispose()
 
 

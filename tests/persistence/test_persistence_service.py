@@ -338,8 +338,7 @@ async def test_the_health_port_serves_the_lag_in_healthz_and_as_prometheus_metri
     assert f'bourse_persistence_subject_lag{{stream="{stream}",subject="{subject}"}} 0' in metrics.text
 
 
-@pytest.mark.parametrize("sql_url", ["mariadb"], indirect=True)  # the lock is MariaDB/MySQL's GET_LOCK
-async def test_a_second_instance_on_the_same_mariadb_database_refuses_to_start(
+async def test_a_second_instance_on_the_same_database_refuses_to_start(
     exchange: Exchange, sql_url: str
 ) -> None:
     first = await started(exchange)

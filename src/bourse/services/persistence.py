@@ -24,9 +24,11 @@ nothing is ever skipped; `health()` is not ok meanwhile. Each attempt has a dead
 (`sql_transaction_timeout_s`): a black-holed server (packets dropped, nothing refused) fails the
 attempt then, instead of holding the consumer for as long as the socket stays open.
 One instance at a time: two instances
-would split the durable consumer's messages between them. On MariaDB/MySQL an instance holds a
-named lock (`GET_LOCK`, released with its connection) for the namespace and database, and a
-second one refuses to start (after waiting `LOCK_WAIT_S` for the first to go).
+would split the durable consumer's messages between them. An instance holds the database's
+persistence lock (`bourse.adapters.sql.lock`: `GET_LOCK` on MariaDB/MySQL, a file lock on
+SQLite; released with the process), taken before it touches anything; a second instance (after
+waiting `LOCK_WAIT_S` for the first to go), `bourse rebuild` and `bourse db reset` refuse to run
+beside it.
 
 Schema: `bourse.adapters.sql.models`; migrations run at start (Alembic, to the newest revision;
 a no-op when the database is there), or ahead of time with `bourse db upgrade`.
@@ -53,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.sql.database import create_engine, upgrade
+from bourse.adapters.sql.lock import PersistenceLock
 from bourse.adapters.sql.models import WATERMARK
 from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
 from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
@@ -150,7 +153,7 @@ class Persistence(Service):
         self._known_members: set[int] = set()
         self._lag_task: asyncio.Task[None] | None = None
         self._lag_error: str | None = None
-        self._lock: AsyncConnection | None = None
+        self._lock: PersistenceLock | None = None
 
     @property
     def store(self) -> SqlStore:
@@ -160,13 +163,13 @@ class Persistence(Service):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._lock = lock = PersistenceLock(self.url)
+        await lock.acquire(self.LOCK_WAIT_S)  # first: nothing is touched while another holds it
         self.engine = engine = create_engine(self.url)
         await upgrade(engine)
         self._store = store = SqlStore(engine)
         if store.dialect == "sqlite":
             self._serial = asyncio.Lock()  # one writer at a time: SQLite has one write lock anyway
-        else:
-            await self._take_lock(engine)
         async with engine.begin() as conn:
             for feed in (self.events, self.accounts):
                 feed.positions = await store.positions(conn, feed.durable, feed.stream)
@@ -188,33 +191,16 @@ class Persistence(Service):
         )
         self._lag_task = asyncio.create_task(self._watch_lag(), name="persistence:lag")
 
-    async def _take_lock(self, engine: AsyncEngine) -> None:
-        """The instance lock (MariaDB/MySQL): held by a connection of its own until `stop()`."""
-        name = f"bourse.persistence.{self.ctx.namespace}.{make_url(self.url).database}"[:64]
-        conn = await engine.connect()
-        try:
-            result = await conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, self.LOCK_WAIT_S))
-            taken = result.scalar()
-            await conn.commit()  # the lock belongs to the session, not to a transaction
-        except BaseException:
-            await conn.close()
-            raise
-        if taken != 1:
-            await conn.close()
-            raise RuntimeError(f"another persistence instance holds the lock {name!r}: run one at a time")
-        self._lock = conn
-
     async def stop(self) -> None:
         if self._lag_task is not None:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
-        if self._lock is not None:
-            with contextlib.suppress(Exception):
-                await self._lock.close()
-            self._lock = None
         if self.engine is not None:
             await self.engine.dispose()
+        if self._lock is not None:
+            await self._lock.release()  # last: nothing of this instance writes any more
+            self._lock = None
 
     def consumers(self) -> Sequence[StreamConsumer]:
         ns = self.ctx.namespace

@@ -98,23 +98,10 @@ def _upgrade(connection: Connection, config: Config, revision: str) -> None:
     command.upgrade(config, revision)
 
 
-async def reset(engine: AsyncEngine) -> None:
-    """Drop every table of the schema (migrations down to nothing) and create them again, empty."""
-    config = alembic_config()
-    async with engine.begin() as conn:
-        await conn.run_sync(_downgrade, config, "base")
-    await upgrade(engine)
-
-
-def _downgrade(connection: Connection, config: Config, revision: str) -> None:
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
-
-
-async def reset_url(url: str | URL) -> str | None:
+async def revision_url(url: str | URL) -> str | None:
+    """The revision the database at `url` is at (None: no schema)."""
     engine = create_engine(url)
     try:
-        await reset(engine)
         return await current_revision(engine)
     finally:
         await engine.dispose()
