@@ -74,6 +74,11 @@ class AccountsBatch(msgspec.Struct, frozen=True):
     items: list[AccountsItem]
     reply_to: str | None = None
     origin: tuple[str, str, int] | None = None
+    deadline_ns: int | None = None
+    """Commands only: if the stream stored this message after this time (ns since the epoch,
+    the stream's own timestamp), accounts refuses every command in it as `expired`. The
+    sender stops waiting at the deadline, so a message that arrives later (a client library's
+    reconnect buffer, a slow retry) cannot become an order its client was never told of."""
 
 
 class MatchSegment(msgspec.Struct, frozen=True):

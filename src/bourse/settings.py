@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     order_decision_timeout_s: float = Field(
         default=2.0, gt=0, description="How long POST /order waits for the accounts decision before a 202."
     )
+    order_submit_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long the gateway and the RabbitMQ ingress try to make a command durable "
+        "(JetStream ack) before answering that its outcome is unknown (504 outcome_unknown).",
+    )
+    clock_skew_max_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How far the clocks of the gateways and the NATS servers may disagree (NTP keeps "
+        "them far closer): a command stored after its sender gave up plus this is refused as expired.",
+    )
     gateway_hot_path: bool = Field(
         default=True,
         description="Serve POST /order without the framework (same code and schema; see api/hot_path.py).",

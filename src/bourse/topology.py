@@ -78,6 +78,16 @@ def member_shard(member_id: int, shards: int) -> int:
     return member_id % shards
 
 
+def accounts_consumer(shard: int) -> str:
+    """Durable consumer of an accounts shard on ORDERS (its position tells what is processed)."""
+    return f"accounts-{shard}"
+
+
+def matching_consumer(market: str) -> str:
+    """Durable consumer of a market's matching engine on MATCH."""
+    return f"matching-{market}"
+
+
 def service_subject(namespace: str, service: str, endpoint: str) -> str:
     """Core NATS request/reply subject of a service endpoint (queries, not commands)."""
     return f"{namespace}.svc.{service}.{endpoint}"

@@ -142,7 +142,9 @@ class Load:
         with contextlib.suppress(Exception):
             self.publisher = await Publisher.connect(RABBITMQ_URL, self.system.amqp_topology)
         watcher = asyncio.create_task(self._watch_replies())
-        async with aiohttp.ClientSession(self.system.api, timeout=timeout, connector=connector) as session:
+        async with aiohttp.ClientSession(
+            self.system.api + "/", timeout=timeout, connector=connector
+        ) as session:
             self.record.started = time.monotonic()
             period = 1.0 / self.rate
             next_at = time.monotonic()

@@ -171,7 +171,7 @@ async def test_resubmitting_a_client_order_id_returns_the_first_order(pipeline: 
     await asyncio.sleep(0.2)
     assert pipeline.decisions[301].accepted
     second = pipeline.decisions[302]
-    assert second.reason == RejectReason.DUPLICATE_ORDER
+    assert second.reason == RejectReason.CLIENT_ORDER_ID_TAKEN
     assert second.existing_order_id == 301
     assert 302 not in pipeline.outcomes
 

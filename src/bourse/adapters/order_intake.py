@@ -10,6 +10,18 @@ per order), and every stage after is cheaper per order for it.
 `submit()` returns once the command is durable (JetStream acked it): from then on the order
 exists whatever crashes. The accounts decision and the engine outcome then arrive on this
 instance's reply inbox and resolve the `Submission`'s futures.
+
+Every answer `submit()` gives is true whatever fails (issue 10):
+
+- `NotSent`: the command never left this process (NATS was unreachable for its whole time):
+  nothing can store it later. The intake never publishes while disconnected, so nats-py's
+  reconnect buffer cannot deliver it when NATS returns.
+- `OutcomeUnknown`: it was published but no ack came before its deadline (`submit_timeout_s`):
+  it may be stored. Each message carries `deadline_ns` (the give-up time plus
+  `clock_skew_s`), and accounts refuses as `expired` every command its stream stored after it,
+  so by `decided_by_ns` the outcome is settled either way and the reads tell it.
+- Within the deadline a failed publish is sent again with the same `Nats-Msg-Id`
+  (`intake:<instance>:<batch>`), which JetStream stores once.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -24,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bourse.contracts import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
-from bourse.domain.orders import AmendOrder, CancelOrder, PlaceOrder
+from bourse.domain.orders import AmendOrder, CancelOrder, PlaceOrder, command_kind
 from bourse.topology import ORDERS, member_shard
 
 log = logging.getLogger(__name__)
@@ -32,15 +45,32 @@ log = logging.getLogger(__name__)
 Command = PlaceOrder | CancelOrder | AmendOrder
 
 
-def command_kind(command: Command) -> str:
-    if isinstance(command, PlaceOrder):
-        return "place"
-    return "cancel" if isinstance(command, CancelOrder) else "amend"
+class NotSent(Exception):
+    """The command was never handed to NATS: it is not stored and never will be."""
+
+
+class OutcomeUnknown(Exception):
+    """The command was published but not acknowledged in time: it may or may not be stored.
+    Either way it is settled by `decided_by_ns`: stored after its deadline, accounts refuses it."""
+
+    def __init__(self, order_id: int, decided_by_ns: int) -> None:
+        super().__init__(f"no acknowledgement for order {order_id} before its deadline")
+        self.order_id = order_id
+        self.decided_by_ns = decided_by_ns
 
 
 @dataclass(slots=True)
 class Submission:
     command: Command
+    deadline_ns: int = 0
+    """Wall-clock time after which accounts refuses the command (the give-up time plus the
+    clock-skew margin)."""
+    give_up_at: float = 0.0
+    """Event-loop time at which the sender stops waiting for the acknowledgement."""
+    sent: bool = False
+    """Handed to NATS at least once: from then on it may be stored."""
+    abandoned: bool = False
+    """The sender gave up before it was sent: the flush loop must not send it."""
     durable: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     decision: asyncio.Future[Decision] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -48,6 +78,12 @@ class Submission:
     outcome: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    def failure(self) -> Exception:
+        """What the sender must be told once the command cannot become durable in time."""
+        if self.sent:
+            return OutcomeUnknown(self.command.order_id, self.deadline_ns)
+        return NotSent(f"NATS unreachable: order {self.command.order_id} was not sent")
 
 
 class _ShardQueue:
@@ -59,20 +95,39 @@ class _ShardQueue:
 
 class OrderIntake:
     def __init__(
-        self, nc: Client, namespace: str, shards: int, *, max_batch: int = 500, linger_s: float = 0.0
+        self,
+        nc: Client,
+        namespace: str,
+        shards: int,
+        *,
+        max_batch: int = 500,
+        linger_s: float = 0.0,
+        submit_timeout_s: float = 5.0,
+        clock_skew_s: float = 1.0,
+        attempt_timeout_s: float = 1.0,
     ) -> None:
         self.nc = nc
         self.linger_s = linger_s
+        self.submit_timeout_s = submit_timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        """One publish's wait for its ack; then it is sent again (same message id) while time is left."""
+        self.clock_skew_s = clock_skew_s
+        """How far the NATS server's clock may be ahead of ours: a message acknowledged just
+        before we give up must not be stored after its deadline by the server's clock."""
         self.js = nc.jetstream()
         self.namespace = namespace
         self.shards = shards
         self.max_batch = max_batch
         self.inbox = nc.new_inbox()
+        self.instance = self.inbox.rsplit(".", 1)[-1]
+        """Unique per intake: with a batch counter it names each message (`Nats-Msg-Id`)."""
+        self._batches = 0
         self._waiting: dict[tuple[int, str], Submission] = {}
         self._queues = {shard: _ShardQueue() for shard in range(shards)}
         self._sub: Subscription | None = None
         self.published_messages = 0
         self.published_commands = 0
+        self.publish_retries = 0
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self.inbox, cb=self._on_reply)
@@ -95,15 +150,28 @@ class OrderIntake:
                 await self._sub.unsubscribe()
 
     async def submit(self, command: Command) -> Submission:
-        """Queue the command and return once it is durable in JetStream (raises if it cannot be)."""
-        submission = Submission(command)
+        """Queue the command and return once it is durable in JetStream; raises `NotSent` or
+        `OutcomeUnknown` (see the module) if it is not acknowledged within `submit_timeout_s`."""
+        loop = asyncio.get_running_loop()
+        submission = Submission(
+            command,
+            deadline_ns=time.time_ns() + int((self.submit_timeout_s + self.clock_skew_s) * 1e9),
+            give_up_at=loop.time() + self.submit_timeout_s,
+        )
         key = (command.order_id, command_kind(command))
         self._waiting[key] = submission
         queue = self._queues[member_shard(command.member_id, self.shards)]
         queue.pending.append(submission)
         queue.wakeup.set()
         try:
-            await submission.durable
+            async with asyncio.timeout_at(submission.give_up_at):
+                await asyncio.shield(submission.durable)
+        except TimeoutError:
+            self._waiting.pop(key, None)
+            if submission.durable.done() and submission.durable.exception() is None:
+                return submission  # acknowledged in the same instant
+            submission.abandoned = True  # checked before sending: not sent now means never sent
+            raise submission.failure() from None
         except BaseException:
             self._waiting.pop(key, None)
             raise
@@ -145,22 +213,65 @@ class OrderIntake:
                 await asyncio.sleep(self.linger_s)  # let more commands join this message
             queue.wakeup.clear()
             while queue.pending:
-                batch, queue.pending = queue.pending[: self.max_batch], queue.pending[self.max_batch :]
-                try:
-                    # encoding inside the try: a command that cannot be encoded (an id beyond 64
-                    # bits) fails its batch instead of ending this loop and every later submit
-                    payload = encode(AccountsBatch([s.command for s in batch], reply_to=self.inbox))
-                    await self.js.publish(subject, payload, timeout=5.0)
-                except Exception as exc:
-                    for submission in batch:
-                        if not submission.durable.done():
-                            submission.durable.set_exception(exc)
-                    continue
-                self.published_messages += 1
-                self.published_commands += len(batch)
-                for submission in batch:
-                    if not submission.durable.done():
-                        submission.durable.set_result(None)
+                taken, queue.pending = queue.pending[: self.max_batch], queue.pending[self.max_batch :]
+                batch = [s for s in taken if not s.abandoned]
+                if batch:
+                    await self._publish(subject, batch)
+
+    async def _publish(self, subject: str, batch: list[Submission]) -> None:
+        """Publish one batch until acknowledged or its first give-up time passes; resolve every
+        submission's `durable` either way. In order per shard: the next batch waits."""
+        loop = asyncio.get_running_loop()
+        give_up_at = min(s.give_up_at for s in batch)
+        try:
+            # encoding inside the try: a command that cannot be encoded (an id beyond 64 bits)
+            # fails its batch instead of ending this loop and every later submit
+            payload = encode(
+                AccountsBatch(
+                    [s.command for s in batch],
+                    reply_to=self.inbox,
+                    deadline_ns=min(s.deadline_ns for s in batch),
+                )
+            )
+        except Exception as exc:
+            self._fail(batch, NotSent(f"the command cannot be encoded: {exc}"))
+            return
+        headers = {"Nats-Msg-Id": f"intake:{self.instance}:{self._batches}"}
+        self._batches += 1
+        pause = 0.02
+        while (remaining := give_up_at - loop.time()) > 0:
+            if not self.nc.is_connected:
+                # never publish while disconnected: nats-py would buffer the message and send
+                # it on reconnect, long after its sender was answered
+                await asyncio.sleep(min(0.05, remaining))
+                continue
+            for submission in batch:
+                submission.sent = True
+            try:
+                await self.js.publish(
+                    subject, payload, timeout=min(remaining, self.attempt_timeout_s), headers=headers
+                )
+            except Exception as exc:
+                self.publish_retries += 1
+                log.warning("order intake publish failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(min(pause, max(give_up_at - loop.time(), 0.0)))
+                pause = min(pause * 2, 0.5)
+                continue
+            self.published_messages += 1
+            self.published_commands += len(batch)
+            for submission in batch:
+                if not submission.durable.done():
+                    submission.durable.set_result(None)
+            return
+        for submission in batch:
+            self._fail([submission], submission.failure())
+
+    @staticmethod
+    def _fail(batch: list[Submission], exc: Exception) -> None:
+        for submission in batch:
+            if not submission.durable.done():
+                submission.durable.set_exception(exc)
+                submission.durable.exception()  # retrieved: the sender may have stopped waiting
 
     async def _on_reply(self, msg: Msg) -> None:
         try:

@@ -57,6 +57,12 @@ class ReadModel(Protocol):
     ) -> list[MemberTrade]: ...
 
 
+class OrderProgress(Protocol):
+    """Whether an order no read model knows may still appear (`bourse.adapters.order_progress`)."""
+
+    async def may_be_pending(self, member_id: int, order_id: int) -> bool: ...
+
+
 @dataclass(slots=True)
 class GatewayDeps:
     catalog: Catalog
@@ -70,6 +76,8 @@ class GatewayDeps:
     source first, the query service, which applies the streams as they come; `queries` if unset."""
     decision_timeout_s: float = 2.0
     """How long POST /order waits for the accounts decision before answering 202."""
+    progress: OrderProgress | None = None
+    """Asked before an order is called not found; None: no stage can be behind (tests)."""
 
 
 # Both dependencies are `async def` although they never await: FastAPI runs a plain `def`

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from bourse.api.deps import GatewayDeps, member_of_token
 from bourse.api.errors import INVALID_REQUEST, PROBLEM_JSON, ApiError, problem_body, schema_errors
-from bourse.api.orders import cancel_order, place_order
+from bourse.api.orders import RETRY_AFTER, cancel, place_order
 from bourse.api.schemas import OrderIn
 
 Scope = dict[str, Any]
@@ -66,8 +66,9 @@ class OrderHotPath:
 
     async def _cancel(self, scope: Scope, order_id: str, send: Send) -> None:
         try:
-            out = await cancel_order(order_id, self._member(scope), self.deps)
-            await _respond(send, 200, out.model_dump_json().encode(), _JSON)
+            status, out = await cancel(self.deps, self._member(scope), order_id)
+            headers = RETRY_AFTER if status == 202 else None
+            await _respond(send, status, out.model_dump_json().encode(), _JSON, headers)
         except ApiError as exc:
             await _problem(send, exc)
 

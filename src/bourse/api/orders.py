@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from bourse.adapters.order_intake import Submission
+from bourse.adapters.order_intake import NotSent, OutcomeUnknown, Submission
 from bourse.adapters.query_client import QueryFailed
 from bourse.api.deps import Deps, GatewayDeps, Member
 from bourse.api.errors import ApiError
-from bourse.api.schemas import AmendIn, OrderIn, OrderOut, Problem
+from bourse.api.schemas import AmendIn, OrderIn, OrderOut, PendingOut, Problem
 from bourse.contracts import QUERY_MAX_LIMIT, Outcome
 from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
@@ -44,7 +46,7 @@ router = APIRouter(prefix="/api/v3", tags=["orders"])
 
 PROBLEMS: dict[int | str, dict[str, object]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 404, 409, 422, 503)
+    for status in (401, 404, 409, 422, 503, 504)
 }
 
 
@@ -89,12 +91,43 @@ def place_order_out(market: Market, command: PlaceOrder, outcome: Outcome | None
 
 
 async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrder) -> Submission:
+    """The command made durable, or the true reason it is not: 503 when it was never sent (it
+    cannot be stored later), 504 `outcome_unknown` when it was sent but not acknowledged (it is
+    settled by `decided_by`, when GET /order/{id} tells; see `bourse.adapters.order_intake`)."""
     try:
         return await deps.intake.submit(command)
-    except Exception as exc:
+    except NotSent as exc:
         raise ApiError(
             503, "unavailable", "the order could not be made durable; nothing was accepted"
         ) from exc
+    except OutcomeUnknown as exc:
+        wait_s = max(exc.decided_by_ns - time.time_ns(), 0) / 1e9
+        what = "order" if isinstance(command, PlaceOrder) else command_name(command)
+        raise ApiError(
+            504,
+            "outcome_unknown",
+            f"the {what} may or may not have been stored; it cannot take effect after decided_by: "
+            f"then GET /api/v3/order/{command.order_id} tells (404 there: the order was not accepted)",
+            headers={"Retry-After": str(math.ceil(wait_s))},
+            order_id=str(command.order_id),
+            decided_by=iso(exc.decided_by_ns),
+        ) from exc
+
+
+def command_name(command: PlaceOrder | CancelOrder | AmendOrder) -> Literal["place", "cancel", "amend"]:
+    if isinstance(command, PlaceOrder):
+        return "place"
+    return "cancel" if isinstance(command, CancelOrder) else "amend"
+
+
+RETRY_AFTER: Final = {"Retry-After": "1"}
+
+
+def json_response(status: int, body: BaseModel) -> Response:
+    headers = RETRY_AFTER if isinstance(body, PendingOut) else None
+    return Response(
+        body.model_dump_json(), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 @router.post(
@@ -189,6 +222,22 @@ async def query(deps: GatewayDeps, call: Awaitable[T]) -> T:
         raise ApiError(exc.status if exc.status >= 400 else 503, exc.code, exc.message) from exc
 
 
+PENDING: Final = "pending"
+
+
+async def locate_order(
+    deps: GatewayDeps, member: int, order_id: int, *, wait_s: float = 0.0
+) -> OrderView | Literal["pending"] | None:
+    """The member's order; `PENDING` when no read model knows it but the pipeline may still
+    produce it (`GatewayDeps.progress`); None only once it provably will not."""
+    view = await find_order(deps, member, order_id, wait_s=wait_s)
+    if view is not None:
+        return view
+    if deps.progress is not None and await deps.progress.may_be_pending(member, order_id):
+        return PENDING
+    return await find_order(deps, member, order_id)  # it may have landed while progress was asked
+
+
 async def find_order(
     deps: GatewayDeps, member: int, order_id: int, *, wait_s: float = 0.0
 ) -> OrderView | None:
@@ -217,13 +266,26 @@ def order_id_or_404(text: str) -> int:
         raise ApiError(404, "order_not_found", f"no order {text!r}") from exc
 
 
-@router.get("/order/{order_id}", responses=PROBLEMS)
-async def get_order(order_id: str, member: Member, deps: Deps) -> OrderOut:
-    """One of the member's orders. Another member's order id is a 404, as is an unknown one."""
-    view = await find_order(deps, member, order_id_or_404(order_id))
-    if view is None:
+@router.get(
+    "/order/{order_id}",
+    response_model=OrderOut,
+    responses={**PROBLEMS, 202: {"model": PendingOut, "description": "Not processed yet: ask again"}},
+)
+async def get_order(order_id: str, member: Member, deps: Deps) -> Response:
+    """One of the member's orders. Another member's order id is a 404, as is an unknown one.
+    202 (`status: pending`): no read model knows it yet but a stage has not processed
+    everything that could carry it (accounts or matching behind, or the order just made)."""
+    found = await locate_order(deps, member, order_id_or_404(order_id))
+    if found is None:
         raise ApiError(404, "order_not_found", f"no order {order_id}")
-    return view_out(deps, view)
+    if found == PENDING:
+        return json_response(202, pending(order_id, "place", "the order is not processed yet"))
+    assert not isinstance(found, str)
+    return json_response(200, view_out(deps, found))
+
+
+def pending(order_id: str, command: Literal["place", "cancel", "amend"], detail: str) -> PendingOut:
+    return PendingOut(id=order_id, command=command, detail=detail)
 
 
 @router.get("/orders", responses=PROBLEMS)
@@ -252,10 +314,15 @@ async def list_orders(
     return [view_out(deps, view) for view in views]
 
 
-async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> Outcome | None:
+async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> tuple[bool, Outcome | None]:
+    """Submit a cancel or amend and wait (boundedly) for it: (applied, outcome). Not applied
+    yet (False) when accounts or the engine did not answer in time: the command is durable and
+    takes effect when they process it. Raises `ApiError` for a refusal."""
     submission = await submit(deps, command)
     decision, outcome = await deps.intake.answer(submission, deps.decision_timeout_s)
-    if decision is not None and not decision.accepted:
+    if decision is None:
+        return False, None
+    if not decision.accepted:
         reason = decision.reason or "rejected"
         if reason == "unknown_order":
             # the accounts stage tracks open orders only: a finished order of the member is
@@ -264,34 +331,74 @@ async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) ->
                 raise ApiError(422, "order_closed", f"order {command.order_id} is no longer open")
             raise ApiError(404, "order_not_found", f"no open order {command.order_id}")
         raise ApiError(422, str(reason), f"refused: {reason}", order_id=str(command.order_id))
-    if outcome is not None and outcome.status is None and outcome.reason is not None:
+    if outcome is None:
+        return False, None
+    if outcome.status is None and outcome.reason is not None:
         if outcome.reason in ("unknown_order", "order_closed"):
             raise ApiError(422, "order_closed", f"order {command.order_id} is no longer open")
         raise ApiError(422, str(outcome.reason), f"refused: {outcome.reason}", order_id=str(command.order_id))
-    return outcome
+    return True, outcome
 
 
-@router.delete("/order/{order_id}", responses=PROBLEMS)
-async def cancel_order(order_id: str, member: Member, deps: Deps) -> OrderOut:
-    """Cancel an open order; returns it as it ended (cancelled, or executed if it filled first)."""
+async def read_after_write(deps: GatewayDeps, member: int, order_id: int, wait_s: float) -> OrderView | None:
+    """The order as the read models have it after a command was applied; None if they cannot
+    say (not there yet, or unreachable): the command's own answer must not fail for a read."""
+    try:
+        return await find_order(deps, member, order_id, wait_s=wait_s)
+    except ApiError:
+        return None
+
+
+@router.delete(
+    "/order/{order_id}",
+    response_model=OrderOut,
+    responses={**PROBLEMS, 202: {"model": PendingOut, "description": "Durable, not applied yet"}},
+)
+async def cancel_order(order_id: str, member: Member, deps: Deps) -> Response:
+    """Cancel an open order; returns it as it ended (cancelled, or executed if it filled first).
+    202 (`status: pending`): the cancel is durable but not applied yet; it takes effect if the
+    order is still open when the engine processes it."""
+    status, out = await cancel(deps, member, order_id)
+    return json_response(status, out)
+
+
+async def cancel(deps: GatewayDeps, member: int, order_id: str) -> tuple[int, OrderOut | PendingOut]:
+    """The whole of DELETE /order/{id} once the member is known: shared by the FastAPI route
+    and the gateway's lean hot path. Raises `ApiError` for every refusal."""
     oid = order_id_or_404(order_id)
-    outcome = await send_and_wait(deps, CancelOrder(oid, member, ""))
-    view = await find_order(deps, member, oid, wait_s=0.5)
+    applied, outcome = await send_and_wait(deps, CancelOrder(oid, member, ""))
+    if not applied:
+        return 202, pending(order_id, "cancel", "the cancel is durable and not applied yet")
+    view = await read_after_write(deps, member, oid, 0.5)
     if view is None:
-        raise ApiError(404, "order_not_found", f"no order {order_id}")
-    return view_out(deps, view, outcome)
+        out = pending(order_id, "cancel", "the cancel is applied; the order cannot be read yet")
+        out.order_status = outcome.status if outcome is not None else None
+        return 202, out
+    return 200, view_out(deps, view, outcome)
 
 
-@router.patch("/order/{order_id}", responses=PROBLEMS)
-async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) -> OrderOut:
+@router.patch(
+    "/order/{order_id}",
+    response_model=OrderOut,
+    responses={**PROBLEMS, 202: {"model": PendingOut, "description": "Durable, not applied yet"}},
+)
+async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) -> Response:
     """Change price and/or total amount. A pure decrease of the amount keeps time priority; any
-    other change moves the order to the back of its price level (and may trade at once)."""
+    other change moves the order to the back of its price level (and may trade at once).
+    202 (`status: pending`): the amend is durable but not applied yet. 409 `order_pending`: the
+    order itself is not processed yet, nothing was sent; try again."""
     oid = order_id_or_404(order_id)
     if body.price is None and body.amount is None:
         raise ApiError(422, "amend_invalid", "give a new price, a new amount, or both")
-    view = await find_order(deps, member, oid, wait_s=0.5)
-    if view is None:
+    found = await locate_order(deps, member, oid, wait_s=0.5)
+    if found is None:
         raise ApiError(404, "order_not_found", f"no order {order_id}")
+    if found == PENDING:
+        raise ApiError(
+            409, "order_pending", "the order is not processed yet; nothing was sent", headers=RETRY_AFTER
+        )
+    assert not isinstance(found, str)
+    view = found
     market = deps.catalog.markets[view.market]
     with refused_as_422():
         command = amend_command(
@@ -303,8 +410,10 @@ async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) 
             amount=body.amount,
         )
     price, amount = command.price, command.amount
-    outcome = await send_and_wait(deps, command)
-    view = await find_order(deps, member, oid) or view
+    applied, outcome = await send_and_wait(deps, command)
+    if not applied:
+        return json_response(202, pending(order_id, "amend", "the amend is durable and not applied yet"))
+    view = await read_after_write(deps, member, oid, 0.0) or view
     out = view_out(deps, view, outcome)
     if price is not None:
         out.price = market.format_price(price)
@@ -314,7 +423,7 @@ async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) 
         executed = outcome.executed if outcome is not None and outcome.status is not None else view.executed
         out.amount = market.format_amount(amount)
         out.remaining = market.format_amount(max(amount - executed, 0))
-    return out
+    return json_response(200, out)
 
 
 @router.delete("/orders", responses=PROBLEMS)

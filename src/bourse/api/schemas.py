@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -95,6 +95,19 @@ class OrderOut(BaseModel):
     post_only: bool
     created_at: str | None = None
     reason: str | None = Field(default=None, description="Why the order was closed or rejected, if it was")
+
+
+class PendingOut(BaseModel):
+    """A command that is durable (or may be) but not processed yet: the truth while a stage is
+    behind or down. Ask again after `Retry-After` seconds."""
+
+    id: str = Field(description="The order's id")
+    command: Literal["place", "cancel", "amend"]
+    status: Literal["pending"] = "pending"
+    order_status: OrderStatus | None = Field(
+        default=None, description="Where the engine left the order, when that much is known"
+    )
+    detail: str
 
 
 class DepthOut(BaseModel):

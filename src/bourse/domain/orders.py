@@ -59,6 +59,13 @@ class RejectReason(StrEnum):
     NO_LIQUIDITY = "no_liquidity"
     ORDER_CLOSED = "order_closed"
     AMEND_INVALID = "amend_invalid"
+    CLIENT_ORDER_ID_TAKEN = "client_order_id_taken"
+    """A place whose (member, client_order_id) an earlier order holds: this new order id is
+    refused and recorded as such (unlike DUPLICATE_ORDER, a reused order id, which names an
+    order that exists); the decision names the first order."""
+    EXPIRED = "expired"
+    """The command reached its stream after the deadline its sender gave it: the sender has
+    stopped waiting (and may have told its client so), so it must not take effect."""
 
 
 class CloseReason(StrEnum):
@@ -117,6 +124,13 @@ class AmendOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="amend"):
 
 
 EngineCommand = PlaceOrder | CancelOrder | AmendOrder
+
+
+def command_kind(command: EngineCommand) -> str:
+    """"place", "cancel" or "amend": the command's msgspec tag, the name replies use."""
+    tag = type(command).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
 
 
 # --- events (output of the matching engine) ---

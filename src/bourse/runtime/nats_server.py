@@ -52,6 +52,11 @@ class EmbeddedNatsServer:
         self._process: asyncio.subprocess.Process | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The server process, for signals (fault tests pause it with SIGSTOP)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 

@@ -45,9 +45,10 @@ from bourse.domain.orders import (
     OrderRejected,
     PlaceOrder,
     RejectReason,
+    command_kind,
 )
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.topology import ACCOUNTS, MATCH, ORDERS, member_shard
+from bourse.topology import ACCOUNTS, MATCH, ORDERS, accounts_consumer, member_shard
 
 CLIENT_ID_MEMORY = 1_000_000
 """How many (member, client_order_id) pairs a shard remembers to make resubmission idempotent."""
@@ -87,11 +88,20 @@ class AccountsShard:
         self._client_ids: dict[tuple[int, str], int] = {}
         self._client_order: deque[tuple[int, str]] = deque()
 
-    def process(self, seq: int, batch: AccountsBatch) -> ShardOutput:
+    def process(self, seq: int, batch: AccountsBatch, stored_at_ns: int = 0) -> ShardOutput:
+        """Apply one input message; `stored_at_ns` is the stream's timestamp of it (the same on
+        every replay), checked against the batch's deadline."""
         out = ShardOutput()
         if seq <= self.last_seq:
             return out
         self.last_seq = seq
+        if batch.deadline_ns is not None and stored_at_ns > batch.deadline_ns:
+            out.decisions.extend(
+                Decision(item.order_id, command_kind(item), False, RejectReason.EXPIRED)
+                for item in batch.items
+                if isinstance(item, PlaceOrder | CancelOrder | AmendOrder)
+            )
+            return out
         rejected: list[OrderRejected] = []
         balances: dict[tuple[int, str], BalanceChanged] = {}
         accounts = self.accounts
@@ -123,9 +133,7 @@ class AccountsShard:
     def _command(
         self, cmd: PlaceOrder | CancelOrder | AmendOrder, out: ShardOutput, rejected: list[OrderRejected]
     ) -> None:
-        kind = (
-            "place" if isinstance(cmd, PlaceOrder) else "cancel" if isinstance(cmd, CancelOrder) else "amend"
-        )
+        kind = command_kind(cmd)
         if not cmd.market and not isinstance(cmd, PlaceOrder):
             # cancel/amend by id alone: the shard knows the market of its members' open orders
             lock = self.accounts.order_lock(cmd.order_id)
@@ -136,7 +144,11 @@ class AccountsShard:
             client_key = (cmd.member_id, cmd.client_order_id)
             first = self._client_ids.get(client_key)
             if first is not None:
-                out.decisions.append(Decision(cmd.order_id, kind, False, RejectReason.DUPLICATE_ORDER, first))
+                # reported, not only answered: a sender that stopped waiting (202) has told its
+                # client this order id, which must then read as refused, not unknown
+                reason = RejectReason.CLIENT_ORDER_ID_TAKEN
+                rejected.append(OrderRejected(cmd.order_id, cmd.member_id, cmd.market, reason, kind))
+                out.decisions.append(Decision(cmd.order_id, kind, False, reason, first))
                 return
         result = self.accounts.submit(cmd)
         if isinstance(result, OrderRejected):
@@ -238,7 +250,7 @@ class AccountsService(Service):
         return [
             StreamConsumer(
                 ORDERS,
-                f"accounts-{shard_id}",
+                accounts_consumer(shard_id),
                 ORDERS.subject(self.ctx.namespace, shard_id),
                 self._handler(shard_id),
                 resume_after=self._resume_after(shard_id),
@@ -266,7 +278,8 @@ class AccountsService(Service):
         self._unpublished.add(shard_id)
         started = time.process_time()
         for msg in messages:
-            seq = stream_position(msg).seq
+            position = stream_position(msg)
+            seq = position.seq
             try:
                 batch = ACCOUNTS_BATCH_DECODER.decode(msg.data)
             except msgspec.DecodeError as exc:
@@ -275,7 +288,7 @@ class AccountsService(Service):
                     "undecodable input skipped", extra={"shard": shard_id, "seq": seq, "error": str(exc)}
                 )
                 batch = AccountsBatch([])
-            out = shard.process(seq, batch)
+            out = shard.process(seq, batch, position.timestamp_ns)
             for market, commands in out.match.items():
                 segments.setdefault(market, []).append(MatchSegment(seq, commands, batch.reply_to))
             if out.report is not None:

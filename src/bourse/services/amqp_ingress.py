@@ -112,7 +112,12 @@ class AmqpIngress(Service):
         self.topology = amqp.AmqpTopology.from_settings(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
         self.intake = OrderIntake(
-            ctx.nc, ctx.namespace, settings.accounts_shards, linger_s=settings.order_intake_linger_s
+            ctx.nc,
+            ctx.namespace,
+            settings.accounts_shards,
+            linger_s=settings.order_intake_linger_s,
+            submit_timeout_s=settings.order_submit_timeout_s,
+            clock_skew_s=settings.clock_skew_max_s,
         )
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None

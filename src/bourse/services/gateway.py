@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.order_intake import OrderIntake
+from bourse.adapters.order_progress import OrderProgress
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.redis_read_model import FallbackReadModel, RedisReadModel, redis_client
 from bourse.adapters.sql.read_model import SqlReadModel
@@ -37,7 +38,12 @@ class Gateway(Service):
         super().__init__(ctx)
         settings = ctx.settings
         self.intake = OrderIntake(
-            ctx.nc, ctx.namespace, settings.accounts_shards, linger_s=settings.order_intake_linger_s
+            ctx.nc,
+            ctx.namespace,
+            settings.accounts_shards,
+            linger_s=settings.order_intake_linger_s,
+            submit_timeout_s=settings.order_submit_timeout_s,
+            clock_skew_s=settings.clock_skew_max_s,
         )
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
@@ -75,6 +81,14 @@ class Gateway(Service):
             queries=reads,
             live_queries=self.live_reads,
             decision_timeout_s=settings.order_decision_timeout_s,
+            progress=OrderProgress(
+                ctx.js,
+                ctx.namespace,
+                settings.accounts_shards,
+                sorted(ctx.catalog.markets),
+                submit_timeout_s=settings.order_submit_timeout_s,
+                clock_skew_s=settings.clock_skew_max_s,
+            ),
         )
         app: Any = create_app(deps)
         if settings.gateway_hot_path:

@@ -51,7 +51,7 @@ from bourse.domain.orders import (
     Trade,
 )
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.topology import EVENTS, MATCH, ORDERS, member_shard
+from bourse.topology import EVENTS, MATCH, ORDERS, matching_consumer, member_shard
 
 
 @dataclass(slots=True)
@@ -196,7 +196,7 @@ class MatchingService(Service):
         return [
             StreamConsumer(
                 MATCH,
-                f"matching-{symbol}",
+                matching_consumer(symbol),
                 MATCH.subject(self.ctx.namespace, symbol),
                 self._handler(symbol),
                 resume_after=self._resume_after(symbol),
