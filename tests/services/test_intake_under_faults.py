@@ -107,7 +107,8 @@ async def test_an_unacknowledged_command_is_unknown_and_refused_by_accounts_when
             break
         await asyncio.sleep(0.05)
     msg = await client.jetstream().get_msg(ORDERS.name(NS), 1)
-    assert msg.data is not None and msg.time is not None
+    assert msg.data is not None
+    assert msg.time is not None
     batch = ACCOUNTS_BATCH_DECODER.decode(msg.data)
     stored_at = int(msg.time.timestamp() * 1e9)
     assert batch.deadline_ns is not None
