@@ -127,7 +127,7 @@ EngineCommand = PlaceOrder | CancelOrder | AmendOrder
 
 
 def command_kind(command: EngineCommand) -> str:
-    """"place", "cancel" or "amend": the command's msgspec tag, the name replies use."""
+    """ "place", "cancel" or "amend": the command's msgspec tag, the name replies use."""
     tag = type(command).__struct_config__.tag
     assert isinstance(tag, str)
     return tag
