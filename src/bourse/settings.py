@@ -125,6 +125,40 @@ class Settings(BaseSettings):
         description="`bourse up`: a child up (past its banner) this long has its restart backoff reset.",
     )
 
+    # --- the gateway's reads (docs/architecture.md: Reading state, "Which source the gateway reads") ---
+    read_max_lag_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="A read model (Redis, SQL, query service) answers the gateway's reads only if it has "
+        "applied what the EVENTS and ACCOUNTS streams held this long ago; otherwise the next one does "
+        "(the last one answers anyway, with a `Bourse-Read-Stale` header).",
+    )
+    read_check_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="How often the gateway samples the streams' last sequences and each read model's "
+        "watermark: answers lag the streams by at most `read_max_lag_s` plus this.",
+    )
+    read_breaker_failures: int = Field(
+        default=5, ge=1, description="Failures in a row that open a read model's circuit breaker (skipped)."
+    )
+    read_breaker_reset_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a read model's open circuit breaker skips it before one call tries it again.",
+    )
+    gateway_redis_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Deadline of each connect, command and wait for a pooled connection of the gateway's "
+        "Redis reads; past it the next read model answers.",
+    )
+    gateway_redis_max_connections: int = Field(
+        default=32, ge=1, description="Bound of the gateway's Redis connection pool (per gateway process)."
+    )
+
     # --- RabbitMQ ingress (`amqp-ingress`, runs only with `rabbitmq_url`); see docs/architecture.md ---
     amqp_exchange: str | None = Field(
         default=None,

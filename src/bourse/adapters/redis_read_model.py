@@ -15,9 +15,12 @@ Keys, all under `<namespace>:` (the `RedisKeys` below are the one place that nam
   `events:*` / `accounts:*` -> the stream watermark, and `ready` once caught up.
 
 `RedisReadModel` answers with the same methods and types as `QueryClient`, and raises
-`QueryFailed(503, "unavailable")` when Redis cannot be reached and `QueryFailed(503, "not_ready")`
+`QueryFailed(503, "unavailable")` when Redis cannot be reached (a `RedisError`, an `OSError`, or
+the `RuntimeError` uvloop raises for a reset connection) and `QueryFailed(503, "not_ready")`
 while the cache is cold (no `ready` position: never filled, or rebuilding after Redis lost its
-data). `FallbackReadModel` tries one read model and asks another on a 503.
+data). `positions()` is its watermark for the gateway's read chain (`bourse.adapters.read_chain`),
+and `read_client` the gateway's client: short timeouts, no retry, a bounded pool.
+`FallbackReadModel` tries one read model and asks another on a 503 or any other failure.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from operator import methodcaller
 from typing import Any, TypeVar
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from bourse.adapters.query_client import QueryFailed
+from bourse.adapters.read_chain import Positions
 from bourse.api.deps import ReadModel
 from bourse.contracts import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
@@ -42,6 +48,7 @@ from bourse.domain.order_views import (
     wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus
+from bourse.topology import ACCOUNTS, EVENTS
 
 T = TypeVar("T")
 
@@ -106,11 +113,21 @@ class RedisReadModel:
                 for command in commands:
                     command(pipe)
                 replies: list[Any] = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, RuntimeError) as exc:  # uvloop: RuntimeError on a reset transport
             raise QueryFailed(503, "unavailable", f"redis: {type(exc).__name__}: {exc}") from None
         if replies[0] is None:
             raise QueryFailed(503, "not_ready", "the cache has not caught up with the streams")
         return replies[1:]
+
+    async def positions(self) -> Positions | None:
+        """The cache's stream watermarks (0 for a stream it has applied nothing of); None while it
+        is not `ready` (empty, or rebuilding after Redis lost its data)."""
+        events, accounts, ready = await self.redis.hmget(
+            self.keys.positions, [f"{EVENTS.kind}:*", f"{ACCOUNTS.kind}:*", READY]
+        )
+        if ready is None:
+            return None
+        return Positions(int(events or 0), int(accounts or 0))
 
     async def order(self, member_id: int, order_id: int) -> OrderView:
         (raw,) = await self._read(lambda p: p.get(self.keys.order(order_id)))
@@ -219,7 +236,9 @@ def _levels(raw: dict[Any, Any], *, reverse: bool, limit: int) -> list[tuple[int
 
 
 class FallbackReadModel:
-    """`primary` first; on a 503 (unreachable, not ready) the same read from `fallback`."""
+    """`primary` first; on a 503 (unreachable, not ready) or any other failure of `primary` (a
+    cache fault is never the client's error) the same read from `fallback`. The gateway uses
+    `bourse.adapters.read_chain.ReadChain`, which also judges freshness; this is the plain pair."""
 
     def __init__(self, primary: ReadModel, fallback: ReadModel) -> None:
         self.primary = primary
@@ -232,6 +251,8 @@ class FallbackReadModel:
         except QueryFailed as exc:
             if exc.status != 503:
                 raise
+        except Exception:  # any fault of the primary: ask the fallback
+            pass
         self.fallbacks += 1
         return await second()
 
@@ -284,4 +305,21 @@ class FallbackReadModel:
 def redis_client(url: str) -> Redis:
     """A client that fails fast when Redis is away (the caller falls back or retries)."""
     client: Redis = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0)
+    return client
+
+
+def read_client(url: str, *, timeout_s: float, max_connections: int) -> Redis:
+    """The gateway's client for reads: each connect, command and wait for a pooled connection is
+    bounded by `timeout_s`, nothing is retried (the read chain asks the next model instead), and
+    at most `max_connections` are open: a black-holed Redis cannot make the pool grow without end
+    (unbounded, it grew from 12 to 738 connections in 30 s)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client: Redis = Redis.from_pool(pool)
     return client

@@ -2,10 +2,12 @@
 behind a load balancer: each instance leases its own worker id for order ids, verifies tokens
 with the auth service's public keys, and micro-batches orders into the ORDERS stream.
 
-Reads go to the most durable complete source available, the next one on a 503 (unreachable or
-not ready, `FallbackReadModel`): with `BOURSE_REDIS_URL` set, the cache's Redis, then the
+Reads go to the most durable complete source that is up to date, the next one when it is behind
+the streams (by position), has no watermark (empty, rebuilding), fails or has its circuit breaker
+open (`bourse.adapters.read_chain`): with `BOURSE_REDIS_URL` set, the cache's Redis, then the
 persistence service's database (`SqlReadModel`), then the query service; without it, the
-database, then the query service. Writes never touch Redis or the database."""
+database, then the query service. The last answers anyway, marked stale when it is behind.
+Writes never touch Redis or the database."""
 
 from __future__ import annotations
 
@@ -20,10 +22,19 @@ from bourse.adapters.http_server import HttpServer
 from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.order_progress import OrderProgress
 from bourse.adapters.query_client import QueryClient
-from bourse.adapters.redis_read_model import FallbackReadModel, RedisReadModel, redis_client
+from bourse.adapters.read_chain import (
+    ReadChain,
+    ReadHeaders,
+    ReadSource,
+    ReadWatch,
+    query_positions,
+    sql_positions,
+    stream_positions,
+)
+from bourse.adapters.redis_read_model import RedisReadModel, read_client
 from bourse.adapters.sql.read_model import SqlReadModel
 from bourse.api.app import create_app
-from bourse.api.deps import GatewayDeps, ReadModel
+from bourse.api.deps import GatewayDeps
 from bourse.api.hot_path import OrderHotPath
 from bourse.auth import TokenVerifier, fetch_jwks, keep_keys_fresh, verifier_for
 from bourse.runtime.service import Service, ServiceContext
@@ -53,8 +64,9 @@ class Gateway(Service):
         self._refresh: asyncio.Task[None] | None = None
         self._redis: Redis | None = None
         self._sql: SqlReadModel | None = None
-        self.live_reads: ReadModel | None = None
-        self.reads: ReadModel | None = None
+        self.watch: ReadWatch | None = None
+        self.live_reads: ReadChain | None = None
+        self.reads: ReadChain | None = None
 
     async def start(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
@@ -62,16 +74,34 @@ class Gateway(Service):
         self.ids = await LeasedIdGenerator.start(ctx.js, ctx.namespace, owner=f"gateway:{ctx.nc.client_id}")
         await self.intake.start()
         # The persistence service's database (every `bourse up` runs it), the query service when
-        # the database is away or persistence has applied nothing yet; Redis before both.
+        # the database is away, behind or rebuilding; Redis before both.
         query = QueryClient(ctx.nc, ctx.namespace)
         self._sql = SqlReadModel.from_url(settings.effective_sql_url, markets=ctx.catalog.markets)
-        reads: ReadModel = FallbackReadModel(self._sql, query)
+        sources = [
+            ReadSource("sql", self._sql, sql_positions(self._sql.engine, ctx.namespace)),
+            ReadSource("query", query, query_positions(query)),
+        ]
         if settings.redis_url:
-            self._redis = redis_client(settings.redis_url)
-            reads = FallbackReadModel(RedisReadModel(self._redis, ctx.namespace), reads)
+            self._redis = read_client(
+                settings.redis_url,
+                timeout_s=settings.gateway_redis_timeout_s,
+                max_connections=settings.gateway_redis_max_connections,
+            )
+            redis = RedisReadModel(self._redis, ctx.namespace)
+            sources.insert(0, ReadSource("redis", redis, redis.positions))
+        self.watch = ReadWatch(
+            sources,
+            stream_positions(ctx.js, ctx.namespace),
+            max_lag_s=settings.read_max_lag_s,
+            interval_s=settings.read_check_interval_s,
+            breaker_failures=settings.read_breaker_failures,
+            breaker_reset_s=settings.read_breaker_reset_s,
+        )
+        await self.watch.start()
+        reads = self.watch.chain(*(source.name for source in sources))
         # The write path (cancel all) lists open orders from the freshest source, the query
-        # service, and from the durable chain when no instance answers.
-        self.live_reads = FallbackReadModel(query, self._sql)
+        # service, and from the database when no instance answers or it is behind.
+        self.live_reads = self.watch.chain("query", "sql")
         self.reads = reads
         deps = GatewayDeps(
             catalog=ctx.catalog,
@@ -93,7 +123,7 @@ class Gateway(Service):
         app: Any = create_app(deps)
         if settings.gateway_hot_path:
             app = OrderHotPath(app, deps)
-        self.app = app
+        self.app = app = ReadHeaders(app)
         self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
         self._refresh = asyncio.create_task(
@@ -110,6 +140,8 @@ class Gateway(Service):
         await self.intake.stop()
         if self.ids is not None:
             await self.ids.close()
+        if self.watch is not None:
+            await self.watch.stop()
         if self._redis is not None:
             await self._redis.aclose()
         if self._sql is not None:
@@ -120,12 +152,8 @@ class Gateway(Service):
             "orders_published": self.intake.published_commands,
             "batches_published": self.intake.published_messages,
         }
-        reads, fallbacks = self.reads, 0
-        while isinstance(reads, FallbackReadModel):
-            fallbacks += reads.fallbacks
-            reads = reads.fallback
-        if self.reads is not None:
-            facts["reads_fallbacks"] = fallbacks
+        if self.watch is not None:
+            facts["reads"] = self.watch.health()
         facts["intake"] = "flushing" if self.intake.flushing else "stopped"
         if self.ids is not None:
             facts["ids"] = self.ids.health()
