@@ -61,7 +61,6 @@ EXAMPLES = 5
 """Examples kept per kind of finding."""
 ACKED_HTTP = ("200", "201", "202")
 ACKED_AMQP = ("accepted", "submitted", "duplicate", "confirmed")
-REFUSED_HTTP = ("4", "5")
 
 
 @dataclass
@@ -296,24 +295,36 @@ def _acked(attempt: Attempt) -> bool:
 
 
 def _refused(attempt: Attempt) -> bool:
-    """The client was told nothing was accepted."""
+    """The client was told nothing was accepted: a 4xx, a 503 (the command never left the
+    gateway), a rejected reply. A 500 or a 504 `outcome_unknown` promises nothing either way."""
     if attempt.kind == "amqp":
         return attempt.status == "rejected"
-    return attempt.status.startswith(REFUSED_HTTP)
+    return attempt.status.startswith("4") or attempt.status == "503"
+
+
+def _unknown(attempt: Attempt) -> bool:
+    """No answer, or an answer that says the outcome is not known yet."""
+    return not attempt.answered or attempt.status in ("500", "504")
 
 
 def _check_order(member: int, client_id: str, tries: list[Attempt], truth: Truth, findings: Findings) -> None:
     stored = truth.by_client.get((member, client_id), [])
     live = [order_id for order_id in stored if order_id in truth.accepted]
-    told = {attempt.order_id for attempt in tries if _acked(attempt) and attempt.order_id is not None}
+    told = {
+        attempt.order_id
+        for attempt in tries
+        if (_acked(attempt) or _unknown(attempt)) and attempt.order_id is not None
+    }
     where = f"{client_id} (member {member}): answers {[a.label for a in tries]}, stored {stored}, live {live}"
     if any(_acked(attempt) for attempt in tries):
         findings.acked += 1
-    elif not any(attempt.answered for attempt in tries):
+    elif all(_unknown(attempt) for attempt in tries):
         findings.unknown += 1
     if len(live) > 1:
         findings.lie("two orders for one client_order_id", where)
     for attempt in tries:
+        if _unknown(attempt) and attempt.order_id in truth.placed and not truth.decided(attempt.order_id):
+            findings.lie(f"{attempt.kind} {attempt.status}, stored, never decided", where)
         if not _acked(attempt):
             continue
         if attempt.order_id is None:  # RabbitMQ confirmed it, no reply: the order must exist
@@ -352,13 +363,17 @@ def _check_command(attempt: Attempt, truth: Truth, findings: Findings) -> None:
                 findings.lie("cancel 200 with an open status, cancelled later", where)
             elif attempt.order_status == "cancelled" and not cancelled:
                 findings.lie("cancel 200 cancelled, not cancelled", where)
-        elif attempt.status.startswith(REFUSED_HTTP) and attempt.status != "404" and cancelled:
+        elif attempt.status == "202" and status in OPEN_STATUSES:
+            findings.lie("cancel 202 pending, never applied", where)
+        elif _refused(attempt) and attempt.status != "404" and cancelled:
             findings.lie(f"cancel {attempt.status}, applied", where)
     elif attempt.kind == "amend":
         amended = truth.amended[order_id] > 0
         if attempt.status == "200" and not amended:
             findings.lie("amend 200, not applied", where)
-        elif attempt.status.startswith(REFUSED_HTTP) and amended:
+        elif attempt.status == "202" and not amended and status in OPEN_STATUSES:
+            findings.lie("amend 202 pending, never applied", where)
+        elif _refused(attempt) and amended:
             findings.lie(f"amend {attempt.status}, applied", where)
 
 

@@ -6,7 +6,8 @@ markets (buys and sells overlap, so a share trades; a tenth IOC), cancels and am
 the client was told rest, reads of orders it was told exist, and a share of the orders through
 RabbitMQ (published as `examples/amqp_publish.py` does, with publisher confirms, the reply read
 from an exclusive queue). Every order carries a unique `client_order_id`; an order answered 503
-or not answered at all is sent once more with the same one, as a careful client would.
+or 504 (`outcome_unknown`), or not answered at all, is sent once more with the same one, as a
+careful client would.
 
 Every request and its answer is an `Attempt`; the checker holds them against the truth.
 """
@@ -257,7 +258,9 @@ class Load:
                     price = float(body["price"])
                     self.resting.append(Resting(member, attempt.order_id, mix, body["side"], price))
                 return
-            if attempt.answered and attempt.status != "503":
+            if attempt.status == "504" and attempt.order_id is not None:
+                self.told.append((member, attempt.order_id))  # its GET must say pending, then the truth
+            if attempt.answered and attempt.status not in ("503", "504"):
                 return
             await asyncio.sleep(1.0)
 

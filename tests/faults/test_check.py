@@ -123,3 +123,26 @@ def test_invariants_find_overfill_duplicates_and_money_made() -> None:
     assert findings.overfilled == 1
     assert findings.duplicate_trades == 1
     assert findings.conservation == {"stream usd": 100}
+
+
+def test_an_unknown_outcome_may_go_either_way_but_must_end_decided() -> None:
+    truth = Truth()
+    place(truth, 70, "a")  # answered 504 outcome_unknown, then stored and accepted: true
+    place(truth, 71, "b", accepted=False)  # answered 504, stored, never decided: not true
+    attempts = [
+        answer("place", "504", client_id="a", order_id=70, code="outcome_unknown"),
+        answer("place", "504", client_id="b", order_id=71, code="outcome_unknown"),
+        answer("place", "504", client_id="c", order_id=72, code="outcome_unknown"),  # never stored
+    ]
+    assert lies(attempts, truth) == {"place 504, stored, never decided": 1}
+
+
+def test_a_pending_cancel_must_apply() -> None:
+    truth = Truth()
+    place(truth, 80, "a", status="executed")  # the cancel found it filled: true
+    place(truth, 81, "b")  # still open at the end: the 202 was not true
+    attempts = [
+        answer("cancel", "202", order_id=80, order_status="pending"),
+        answer("cancel", "202", order_id=81, order_status="pending"),
+    ]
+    assert lies(attempts, truth) == {"cancel 202 pending, never applied": 1}
