@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from tests.faults.system import SERVICE_NAMES, FaultSystem
 
-Fault = Callable[[FaultSystem, float], Awaitable[None]]
+Fault = Callable[[FaultSystem, float], Awaitable[float | None]]
+"""Runs the fault for its window; returns when (time.monotonic()) the fault was last lifted if
+that was before the window's end (a killed service started again, NATS back), else None."""
 
 KILL_DOWN_S = 2.0
 """How long a SIGKILLed service stays down before it is started again."""
@@ -35,36 +37,41 @@ async def _until(deadline: float) -> None:
 
 
 def kill_every(service: str) -> Fault:
-    async def fault(system: FaultSystem, duration: float) -> None:
+    async def fault(system: FaultSystem, duration: float) -> float | None:
         deadline = time.monotonic() + duration
+        lifted: float | None = None
         while time.monotonic() + KILL_DOWN_S < deadline:
             started = time.monotonic()
             system.kill(service)
             await asyncio.sleep(KILL_DOWN_S)
             system.restart(service)
+            lifted = time.monotonic()
             await _until(min(started + KILL_EVERY_S, deadline))
+        return lifted
 
     return fault
 
 
 def pause(service: str) -> Fault:
-    async def fault(system: FaultSystem, duration: float) -> None:
+    async def fault(system: FaultSystem, duration: float) -> float | None:
         system.pause(service)
         try:
             await asyncio.sleep(duration)
         finally:
             system.resume(service)
+        return None
 
     return fault
 
 
 def proxy(name: str, state: str) -> Fault:
-    async def fault(system: FaultSystem, duration: float) -> None:
+    async def fault(system: FaultSystem, duration: float) -> float | None:
         system.proxy(name, state)
         try:
             await asyncio.sleep(duration)
         finally:
             system.proxy(name, "up")
+        return None
 
     return fault
 
@@ -73,19 +80,22 @@ def nats_down(down_s: float | None) -> Fault:
     """SIGKILL the nats-server, start it again on its store after `down_s` (None: the whole
     window), then let the rest of the window run."""
 
-    async def fault(system: FaultSystem, duration: float) -> None:
+    async def fault(system: FaultSystem, duration: float) -> float | None:
         deadline = time.monotonic() + duration
         system.nats.kill()
         await asyncio.sleep(duration if down_s is None else min(down_s, duration))
         system.nats.start()
+        lifted = time.monotonic()
         await system.nats.ready()
         await _until(deadline)
+        return lifted
 
     return fault
 
 
-async def no_fault(_system: FaultSystem, duration: float) -> None:
+async def no_fault(_system: FaultSystem, duration: float) -> float | None:
     await asyncio.sleep(duration)
+    return None
 
 
 SCENARIOS: dict[str, Scenario] = {
