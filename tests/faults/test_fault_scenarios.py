@@ -2,10 +2,10 @@
 first test that needs it), under a smaller load than the full suite, and each promise is its
 own test so that one broken promise does not hide the others.
 
-The core promises must hold under every fault: no acknowledged order lost, no duplicate trade,
-no overfill, money conserved, `bourse audit` clean, nothing left open or locked once every order
-is cancelled. Answers that were not true ("lies") and 5xx answers are issue 10's open bugs
-where marked xfail (not strict: the marks go once the fixes land).
+Every promise must hold under every fault: no acknowledged order lost, no duplicate trade, no
+overfill, money conserved, `bourse audit` clean, nothing left open or locked once every order is
+cancelled, every answer true, the read models agreeing once settled, no 500, and no 5xx at all
+when only a read model's server (MariaDB, Redis) fails.
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ CI_OPTIONS = Options(rate=100.0, members=100, warmup_s=2.0, duration_s=10.0, tai
 OFF_THE_ORDER_PATH = {"mariadb-refuse", "mariadb-blackhole", "redis-refuse", "redis-blackhole"}
 """Faults of a read model's server: orders, cancels and reads must go on without a 5xx."""
 
-LIES_XFAIL: dict[str, str] = {}
-"""Scenario -> the issue 10 item whose bug makes some answers untrue today."""
-SERVER_ERRORS_XFAIL: dict[str, str] = {}
-"""Scenario -> the issue 10 item whose bug answers 5xx today."""
-
 _results: dict[str, Result] = {}
 
 
@@ -34,16 +29,6 @@ async def outcome(name: str) -> Result:
         _results[name] = await run_scenario(SCENARIOS[name], CI_OPTIONS)
         print("\n" + render(_results[name]))
     return _results[name]
-
-
-def scenarios(xfail: dict[str, str], only: set[str] | None = None) -> list[object]:
-    names = [name for name in CI_SCENARIOS if only is None or name in only]
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=xfail[name]))
-        if name in xfail
-        else name
-        for name in names
-    ]
 
 
 @pytest.mark.parametrize("name", CI_SCENARIOS)
@@ -79,7 +64,7 @@ async def test_nothing_is_left_open_or_locked(name: str) -> None:
     assert result.findings.locked_left == 0, render(result)
 
 
-@pytest.mark.parametrize("name", scenarios(LIES_XFAIL))
+@pytest.mark.parametrize("name", CI_SCENARIOS)
 async def test_every_answer_is_true(name: str) -> None:
     result = await outcome(name)
     assert not result.findings.lies, render(result)
@@ -97,7 +82,7 @@ async def test_no_internal_server_error(name: str) -> None:
     assert result.findings.internal_errors == 0, render(result)
 
 
-@pytest.mark.parametrize("name", scenarios(SERVER_ERRORS_XFAIL, OFF_THE_ORDER_PATH))
+@pytest.mark.parametrize("name", [name for name in CI_SCENARIOS if name in OFF_THE_ORDER_PATH])
 async def test_no_5xx_when_a_read_model_server_fails(name: str) -> None:
     result = await outcome(name)
     assert result.findings.server_errors == 0, render(result)
