@@ -10,7 +10,8 @@ with it once settled. What is checked (`Findings`):
 - **lies**: an answer the truth contradicts, by kind: a refusal ("nothing was accepted", 4xx,
   a rejected reply) of an order that lives, two orders for one `client_order_id`, a 202 never
   decided, an acknowledged order answered 404, a cancel or amend answered one way and applied
-  the other;
+  the other, a final status answered that was not the end, a read showing open an order the
+  client was already told ended;
 - **read diffs**: an order whose status or executed amount differs in a read model, or is
   missing there;
 - invariants: no duplicate trade id, no order executed beyond its amount (and trades adding up
@@ -288,6 +289,31 @@ def check_answers(attempts: list[Attempt], truth: Truth, findings: Findings) -> 
             _check_command(attempt, truth, findings)
     for (member, client_id), tries in by_client.items():
         _check_order(member, client_id, tries, truth, findings)
+    _check_stale_reads(attempts, findings)
+
+
+FINAL_STATUSES = ("executed", "cancelled", "closed")
+
+
+def _check_stale_reads(attempts: list[Attempt], findings: Findings) -> None:
+    """A read sent after the client was told its order ended must not show it open (read
+    your writes: a read model that is behind must not answer 200 as if it were current)."""
+    ended: dict[int, float] = {}
+    for attempt in attempts:
+        if attempt.order_id is None or attempt.order_status not in FINAL_STATUSES:
+            continue
+        if attempt.status in ("200", "201", "accepted"):
+            ended[attempt.order_id] = min(attempt.done, ended.get(attempt.order_id, attempt.done))
+    for attempt in attempts:
+        if attempt.kind != "get" or attempt.status != "200" or attempt.order_status not in OPEN_STATUSES:
+            continue
+        told_at = ended.get(attempt.order_id or 0)
+        if told_at is not None and attempt.sent > told_at:
+            findings.lie(
+                "get 200 open after the client was told the order ended",
+                f"order {attempt.order_id}: told ended at {told_at:.2f}, read {attempt.order_status} "
+                f"at {attempt.sent:.2f}",
+            )
 
 
 def _acked(attempt: Attempt) -> bool:
@@ -338,6 +364,10 @@ def _check_order(member: int, client_id: str, tries: list[Attempt], truth: Truth
             findings.lose(f"{attempt.kind} {attempt.status}, not in the streams", where)
         elif attempt.status in ("201", "200", "accepted", "duplicate") and order_id not in truth.accepted:
             findings.lose(f"{attempt.kind} {attempt.status}, not accepted", where)
+        elif attempt.order_status in FINAL_STATUSES and attempt.order_status != truth.status.get(order_id):
+            findings.lie(
+                f"{attempt.kind} {attempt.status} said {attempt.order_status}, ended otherwise", where
+            )
         elif not truth.decided(order_id):
             findings.lie(f"{attempt.kind} {attempt.status}, never decided", where)
     if any(_refused(attempt) for attempt in tries) and [

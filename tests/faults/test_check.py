@@ -146,3 +146,19 @@ def test_a_pending_cancel_must_apply() -> None:
         answer("cancel", "202", order_id=81, order_status="pending"),
     ]
     assert lies(attempts, truth) == {"cancel 202 pending, never applied": 1}
+
+
+def test_a_final_status_in_an_answer_must_be_the_end_and_reads_must_not_go_back() -> None:
+    truth = Truth()
+    place(truth, 90, "a", status="partially_filled")
+    place(truth, 91, "b", status="cancelled")
+    attempts = [
+        answer("place", "201", client_id="a", order_id=90, order_status="executed"),
+        answer("cancel", "200", order_id=91, order_status="cancelled"),
+        Attempt("get", 1, 2.0, 2.1, "200", None, None, 91, "submitted"),  # sent after the cancel's answer
+        Attempt("get", 1, 0.5, 0.6, "200", None, None, 91, "submitted"),  # sent before: true then
+    ]
+    assert lies(attempts, truth) == {
+        "place 201 said executed, ended otherwise": 1,
+        "get 200 open after the client was told the order ended": 1,
+    }
