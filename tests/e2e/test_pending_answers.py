@@ -113,3 +113,7 @@ async def _run(system: System, tmp_path: Path, namespace: str) -> None:
         assert ended.json()["status"] == "cancelled", ended.text
         refused = await _until_status(http, f"{system.api}/order/{second_id}", headers, 200)
         assert (refused.json()["status"], refused.json()["reason"]) == ("closed", "client_order_id_taken")
+        listed = await http.get(f"{system.api}/orders", headers=headers)
+        ids = [order["id"] for order in listed.json()]
+        assert order_id in ids
+        assert second_id not in ids  # readable by its id, but no order of the member

@@ -7,11 +7,13 @@ a 404. So before a 404 the gateway asks how far the pipeline has got, from the s
 positions, not from any clock of ours:
 
 1. The order's deadline. Its id carries its creation time; every command message carries a
-   deadline (creation + submit timeout + clock-skew margin) after which accounts refuses it.
-   Until `decided_by` (that deadline plus one more skew margin) it may still be stored.
+   deadline (creation + submit timeout + clock-skew margin) after which accounts refuses it,
+   so any message carrying the order was stored by `decided_by` (one more margin).
 2. Accounts. The member's shard consumer on ORDERS: if the oldest message it has not
    acknowledged was stored after `decided_by` (or none waits), every message that could carry
-   the order has been processed; otherwise it is pending.
+   the order has been processed; otherwise it is pending. (An order whose POST was answered
+   504 `outcome_unknown` may be stored until its `decided_by`, which that answer names: until
+   then only the client who was told so has the id, and it was told when to ask.)
 3. Matching. What accounts forwarded was stored in MATCH before step 2 looked. If a market's
    oldest unprocessed MATCH message is older than that moment, it may be ours: look again a
    little later; still there, matching is behind, and the order is pending.
@@ -66,8 +68,6 @@ class OrderProgress:
         """True unless the pipeline has provably processed every message that could carry this
         member's order `order_id` (then a read model that does not know it is right)."""
         decided_by = self.decided_by_ns(order_id)
-        if time.time_ns() <= decided_by:
-            return True
         try:
             shard = member_shard(member_id, self.shards)
             oldest = await self._oldest_unprocessed_ns(ORDERS, accounts_consumer(shard), str(shard))

@@ -98,6 +98,7 @@ __all__ = [
     "fold_closed",
     "fold_trade",
     "fold_updated",
+    "listed",
     "parse_state",
     "rejected_view",
     "wanted_statuses",
@@ -310,6 +311,16 @@ def accepted_view(e: OrderAccepted, ts: int) -> OrderView:
         received_at=e.received_at,
         updated_at=ts,
     )
+
+
+UNLISTED_REASON = RejectReason.CLIENT_ORDER_ID_TAKEN
+"""A resubmitted `client_order_id` is refused under its new id and readable by that id (its
+sender may have told the client the id), but it is no order of the member: lists leave it out."""
+
+
+def listed(view: OrderView) -> bool:
+    """Whether the view appears in the member's order lists (every read model applies this)."""
+    return view.reject_reason is not UNLISTED_REASON
 
 
 def rejected_view(e: OrderRejected, ts: int) -> OrderView | None:
@@ -569,6 +580,8 @@ class OrderViews:
                     if statuses is not None and view.status not in statuses:
                         continue
                     if before_id is not None and view.id >= before_id:
+                        continue
+                    if not listed(view):
                         continue
                     yield view
 

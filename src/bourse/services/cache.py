@@ -60,6 +60,7 @@ from bourse.domain.order_views import (
     OrderView,
     PublicTrade,
     _rests,
+    listed,
 )
 from bourse.domain.orders import Side
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
@@ -380,9 +381,10 @@ class Cache(Service):
         ops: list[Any] = [
             (lambda p: p.set(keys.order(view.id), data, nx=True))
             if only_if_absent
-            else (lambda p: p.set(keys.order(view.id), data)),
-            lambda p: p.zadd(keys.member_orders(view.member_id), {member: 0}),
+            else (lambda p: p.set(keys.order(view.id), data))
         ]
+        if listed(view):
+            ops.append(lambda p: p.zadd(keys.member_orders(view.member_id), {member: 0}))
         if view.is_open:
             ops.append(lambda p: p.zadd(keys.member_open(view.member_id), {member: 0}))
         else:

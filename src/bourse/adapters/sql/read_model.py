@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,6 +32,7 @@ from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, o
 from bourse.adapters.sql.store import order_view
 from bourse.contracts import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
+    UNLISTED_REASON,
     BalanceView,
     DepthView,
     MemberTrade,
@@ -146,6 +147,10 @@ class SqlReadModel:
         if statuses is not None and not statuses:
             return []
         query = select(orders).where(orders.c.member_id == member_id)
+        # not a refused resubmission (`order_views.listed`): readable by its id, no order of the member
+        query = query.where(
+            or_(orders.c.reject_reason.is_(None), orders.c.reject_reason != UNLISTED_REASON.value)
+        )
         if market is not None:
             query = query.where(orders.c.market == market)
         if statuses is not None:
