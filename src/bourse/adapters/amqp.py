@@ -36,6 +36,10 @@ ERROR_HEADER = "x-bourse-error"
 """Dead-lettered by the ingress: the stable code of the refusal (`unknown_market`, ...)."""
 ERROR_MESSAGE_HEADER = "x-bourse-error-message"
 """Dead-lettered by the ingress: what was wrong, for a person."""
+CONNECT_TIMEOUT_S = 5.0
+"""Deadline of one connection attempt (a black-holed broker must not hold a reconnect forever)."""
+RECONNECT_INTERVAL_S = 1.0
+"""Default pause between reconnection attempts (`Settings.amqp_reconnect_interval_s`)."""
 USER_HEADER = "x-bourse-user-id"
 """Dead-lettered by the ingress: the original `user_id` property (the copy cannot keep the
 property: RabbitMQ only lets a connection publish its own user name there)."""
@@ -68,9 +72,13 @@ def url_user(url: str) -> str:
     return unquote(urlsplit(url).username or "guest")
 
 
-async def connect(url: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels, queues and consumers."""
-    return await aio_pika.connect_robust(url)
+async def connect(url: str, reconnect_interval_s: float = RECONNECT_INTERVAL_S) -> AbstractRobustConnection:
+    """A connection that reconnects by itself and restores its channels, queues and consumers.
+    It tries again every `reconnect_interval_s` (aio-pika's default, 5 s, left the ingress idle
+    up to 5 s after RabbitMQ was back), each attempt bounded by `CONNECT_TIMEOUT_S`."""
+    return await aio_pika.connect_robust(
+        url, timeout=CONNECT_TIMEOUT_S, reconnect_interval=reconnect_interval_s
+    )
 
 
 async def declare(channel: AbstractChannel, topology: AmqpTopology) -> AbstractQueue:

@@ -11,7 +11,10 @@ and this instance holds at most `amqp_prefetch` of them meanwhile. A redelivered
 same order: its client order id is the message id (unless the body gives one), and the accounts
 stage answers a repeated (member, client order id) with the first order. With `reply_to` set,
 the decision (and the engine's outcome, if it comes within `amqp_reply_timeout_s`) is sent
-there with the message's correlation id.
+there with the message's correlation id, once the command is durable, even if the ack is lost
+(the connection broke): the reply is retried for `REPLY_RETRY_S` while the connection comes
+back, so the first delivery's answer is not lost to its redelivery (which answers `duplicate`).
+The connections try to come back every `amqp_reconnect_interval_s`.
 
 Trust: only messages whose `user_id` property names an allowed RabbitMQ user are accepted
 (RabbitMQ refuses a `user_id` other than the publishing connection's own user), from the vhost
@@ -74,6 +77,11 @@ from bourse.services.ids import LeasedIdGenerator
 from bourse.topology import ORDERS
 
 RESUME_PROBE_S = 0.5
+REPLY_RETRY_S = 30.0
+"""How long a reply owed for a durable command is retried while RabbitMQ is away."""
+REPLY_RETRY_PAUSE_S = 0.2
+STOP_RABBITMQ_S = 5.0
+"""How long stopping waits for RabbitMQ (cancelling the consumer, closing the connections)."""
 STOP_DRAIN_S = 10.0
 MESSAGE_ID_MAX = 64
 MESSAGE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:")
@@ -131,6 +139,7 @@ class AmqpIngress(Service):
         self._resume_task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._reply_tasks: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.in_flight = 0
@@ -151,13 +160,14 @@ class AmqpIngress(Service):
             ctx.js, ctx.namespace, owner=f"amqp-ingress:{ctx.nc.client_id}"
         )
         await self.intake.start()
-        self.connection = await amqp.connect(self.url)
+        reconnect_s = settings.amqp_reconnect_interval_s
+        self.connection = await amqp.connect(self.url, reconnect_s)
         consuming = await self.connection.channel(publisher_confirms=False)
         await consuming.set_qos(prefetch_count=settings.amqp_prefetch)
         self._queue = await amqp.declare(consuming, self.topology)
         # publishing on its own connection: RabbitMQ's flow control throttles a connection that
         # publishes faster than the queues take, and must not hold back the consumer's acks
-        self.publishing = await amqp.connect(self.url)
+        self.publishing = await amqp.connect(self.url, reconnect_s)
         confirming = await self.publishing.channel(publisher_confirms=True)
         self._dead_letters = await confirming.get_exchange(self.topology.dead_letter_exchange)
         self._replies = await self.publishing.channel(publisher_confirms=False)
@@ -173,8 +183,10 @@ class AmqpIngress(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._queue is not None and self._consumer_tag is not None:
+            # bounded: while RabbitMQ is away a robust channel would wait for it to come back
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+                async with asyncio.timeout(STOP_RABBITMQ_S):
+                    await self._queue.cancel(self._consumer_tag)
         # messages being submitted finish (acked or nacked); RabbitMQ requeues any left unacked
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), STOP_DRAIN_S)
@@ -184,7 +196,8 @@ class AmqpIngress(Service):
         for connection in (self.connection, self.publishing):
             if connection is not None:
                 with contextlib.suppress(Exception):
-                    await connection.close()
+                    async with asyncio.timeout(STOP_RABBITMQ_S):
+                        await connection.close()
         await self.intake.stop()
         if self.ids is not None:
             await self.ids.close()
@@ -192,6 +205,15 @@ class AmqpIngress(Service):
     # --- one message ---
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        """aiormq cancels a consumer's tasks when its channel closes (the connection lost): the
+        work runs in a task of its own, so a command already on its way into ORDERS is finished,
+        its ack tried and its reply sent, instead of being cut off between durable and answered."""
+        work = asyncio.create_task(self._settle(message))
+        self._settling.add(work)
+        work.add_done_callback(self._settling.discard)
+        await asyncio.shield(work)
+
+    async def _settle(self, message: AbstractIncomingMessage) -> None:
         self.in_flight += 1
         self._idle.clear()
         try:
@@ -228,16 +250,18 @@ class AmqpIngress(Service):
             await self._requeue(message)
             self._pause(f"order not durable: {exc!r}")
             return
-        await message.ack()
-        self.acked += 1
-        if message.reply_to:
-            task = asyncio.create_task(
-                self._answer(message.reply_to, _correlation(message), request, submission)
-            )
-            self._reply_tasks.add(task)
-            task.add_done_callback(self._reply_tasks.discard)
-        else:
-            self.intake.forget(submission)
+        try:
+            await message.ack()
+            self.acked += 1
+        finally:  # durable: the reply is owed even if the ack is lost with the connection
+            if message.reply_to:
+                task = asyncio.create_task(
+                    self._answer(message.reply_to, _correlation(message), request, submission)
+                )
+                self._reply_tasks.add(task)
+                task.add_done_callback(self._reply_tasks.discard)
+            else:
+                self.intake.forget(submission)
 
     def _check(self, message: AbstractIncomingMessage) -> Request:
         """The command a message asks for, or `Refused` with the reason."""
@@ -337,7 +361,7 @@ class AmqpIngress(Service):
         self, reply_to: str, correlation_id: str | None, request: Request, submission: Submission
     ) -> None:
         decision, outcome = await self.intake.answer(submission, self.ctx.settings.amqp_reply_timeout_s)
-        await self._send(reply_to, correlation_id, self._reply(request, decision, outcome))
+        await self._send(reply_to, correlation_id, self._reply(request, decision, outcome), REPLY_RETRY_S)
 
     @staticmethod
     def _reply(request: Request, decision: Decision | None, outcome: Outcome | None) -> AmqpReply:
@@ -376,14 +400,26 @@ class AmqpIngress(Service):
             executed=executed,
         )
 
-    async def _send(self, reply_to: str, correlation_id: str | None, reply: AmqpReply) -> None:
+    async def _send(
+        self, reply_to: str, correlation_id: str | None, reply: AmqpReply, retry_s: float = 0.0
+    ) -> None:
+        """Publish a reply; while RabbitMQ is away, try again for `retry_s` (its connection
+        reconnects by itself), then give up: the order itself is settled either way."""
         if self._replies is None:
             return
-        try:
-            await amqp.reply(self._replies, reply_to, correlation_id, json_encode(reply))
-            self.replies += 1
-        except Exception as exc:  # best effort: the order itself is settled either way
-            self.log.warning("amqp reply failed", extra={"error": repr(exc)})
+        body = json_encode(reply)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + retry_s
+        while True:
+            try:
+                await amqp.reply(self._replies, reply_to, correlation_id, body)
+                self.replies += 1
+                return
+            except Exception as exc:
+                if loop.time() >= give_up:
+                    self.log.warning("amqp reply failed", extra={"error": repr(exc)})
+                    return
+            await asyncio.sleep(REPLY_RETRY_PAUSE_S)
 
     # --- back-pressure ---
 
@@ -421,7 +457,11 @@ class AmqpIngress(Service):
     # --- what the runtime shows ---
 
     def health(self) -> Mapping[str, Any]:
-        connected = self.connection is not None and not self.connection.is_closed
+        # a robust connection is not "closed" while it reconnects: `connected` says whether it is up
+        connected = all(
+            connection is not None and not connection.is_closed and connection.connected.is_set()
+            for connection in (self.connection, self.publishing)
+        )
         facts: dict[str, Any] = {
             "queue": self.topology.queue,
             "connected": connected,

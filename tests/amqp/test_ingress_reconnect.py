@@ -1,0 +1,125 @@
+"""The ingress and RabbitMQ going away and coming back, through the fault proxy
+(tests/faults/proxy.py) in front of the machine's RabbitMQ; the publisher connects directly.
+
+- After RabbitMQ refused the ingress for 10 s, it consumes again within a few seconds of coming
+  back (`amqp_reconnect_interval_s`, 1 s; aio-pika's default of 5 s made it 6-12 s).
+- A message whose command became durable but whose ack was lost with the connection is
+  redelivered; the publisher still gets the first delivery's reply (`accepted`), not only the
+  redelivery's `duplicate`, and the order exists once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from yarl import URL
+
+from bourse.adapters.order_intake import Command, Submission
+from bourse.runtime.process import BourseProcess
+from bourse.services.amqp_ingress import AmqpIngress
+from bourse.settings import Settings
+from tests.amqp.conftest import PIPELINE, ingress_of
+from tests.amqp.helpers import RABBITMQ_URL, Publisher, engine_record
+from tests.faults.proxy import ThreadedProxy
+
+REFUSED_S = 10.0
+BACK_WITHIN_S = 4.0
+"""The reconnect interval (1 s) plus the channel, queue and consumer restored, on a busy box."""
+
+
+@pytest.fixture
+def proxy() -> Iterator[ThreadedProxy]:
+    upstream = URL(RABBITMQ_URL)
+    with ThreadedProxy(upstream.host or "127.0.0.1", upstream.port or 5672) as running:
+        yield running
+
+
+@pytest.fixture
+def proxied(amqp_settings: Settings, proxy: ThreadedProxy) -> Settings:
+    url = str(URL(RABBITMQ_URL).with_host("127.0.0.1").with_port(proxy.port))
+    return amqp_settings.model_copy(update={"rabbitmq_url": url})
+
+
+def order() -> dict[str, Any]:
+    """A resting buy of member 1, far from any ask."""
+    return {
+        "command": "create",
+        "member_id": 1,
+        "market": "btc_usd",
+        "side": "buy",
+        "type": "limit",
+        "amount": "0.001",
+        "price": "100",
+    }
+
+
+def mid() -> str:
+    return f"m-{uuid.uuid4().hex[:16]}"
+
+
+async def test_the_ingress_consumes_again_within_seconds_after_rabbitmq_returns(
+    proxied: Settings, proxy: ThreadedProxy, publisher: Publisher, nc: Client
+) -> None:
+    process = BourseProcess(proxied, [*PIPELINE, AmqpIngress], embedded_nats=False)
+    try:
+        await process.start()
+        before = mid()
+        await publisher.publish(order(), before)
+        assert (await publisher.reply(before)).status == "accepted"
+
+        proxy.set_state("refuse")
+        await asyncio.sleep(REFUSED_S)
+        ingress = ingress_of(process)
+        assert not ingress.health()["ok"], ingress.health()
+        during = mid()
+        await publisher.publish(order(), during)  # waits in RabbitMQ's queue
+        proxy.set_state("up")
+        back = time.monotonic()
+        reply = await publisher.reply(during, timeout_s=30)
+        took = time.monotonic() - back
+        assert reply.status == "accepted", reply
+        assert took < BACK_WITHIN_S, f"consuming again {took:.1f} s after RabbitMQ returned"
+    finally:
+        await process.stop()
+    accepted = (await engine_record(nc, proxied.namespace)).accepted_by_client_id()
+    assert (accepted[before], accepted[during]) == (1, 1)
+
+
+async def test_a_durable_command_whose_ack_was_lost_still_gets_its_first_reply(
+    proxied: Settings, proxy: ThreadedProxy, publisher: Publisher, nc: Client
+) -> None:
+    process = BourseProcess(proxied, [*PIPELINE, AmqpIngress], embedded_nats=False)
+    try:
+        await process.start()
+        ingress = ingress_of(process)
+        real_submit = ingress.intake.submit
+        cut = asyncio.Event()
+
+        async def submit_then_lose_the_connection(command: Command) -> Submission:
+            submission = await real_submit(command)  # durable in ORDERS
+            if not cut.is_set():
+                cut.set()
+                proxy.set_state("refuse")  # the ack will not reach RabbitMQ
+                await asyncio.sleep(0.3)  # the reset is seen before the ack is tried
+            return submission
+
+        ingress.intake.submit = submit_then_lose_the_connection  # type: ignore[method-assign]
+        message_id = mid()
+        await publisher.publish(order(), message_id)
+        await asyncio.wait_for(cut.wait(), 10)
+        await asyncio.sleep(1.0)
+        proxy.set_state("up")
+        replies = (await publisher.wait_replies([message_id], timeout_s=30, per_message=2))[message_id]
+        by_status = {reply.status: reply for reply in replies}
+        assert set(by_status) == {"accepted", "duplicate"}, replies
+        assert by_status["accepted"].order_id == by_status["duplicate"].order_id
+        assert ingress.requeued == 0
+    finally:
+        await process.stop()
+    accepted = (await engine_record(nc, proxied.namespace)).accepted_by_client_id()
+    assert accepted[message_id] == 1
