@@ -76,7 +76,9 @@ class Gateway(Service):
         # The persistence service's database (every `bourse up` runs it), the query service when
         # the database is away, behind or rebuilding; Redis before both.
         query = QueryClient(ctx.nc, ctx.namespace)
-        self._sql = SqlReadModel.from_url(settings.effective_sql_url, markets=ctx.catalog.markets)
+        self._sql = SqlReadModel.from_url(
+            settings.effective_sql_url, markets=ctx.catalog.markets, timeout_s=settings.sql_read_timeout_s
+        )
         sources = [
             ReadSource("sql", self._sql, sql_positions(self._sql.engine, ctx.namespace)),
             ReadSource("query", query, query_positions(query)),
