@@ -140,10 +140,19 @@ class ThreadedProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._proxy.close(), self._loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the proxy, then end the connection tasks still pumping or held: closing the
+        loop under them printed "Task was destroyed but it is pending!" for each."""
+        await self._proxy.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def port(self) -> int:

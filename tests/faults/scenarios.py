@@ -138,5 +138,5 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
-CI_SCENARIOS = ["kill-accounts", "nats-restart", "mariadb-blackhole", "redis-refuse"]
+CI_SCENARIOS = ["kill-accounts", "kill-cache", "nats-restart", "mariadb-blackhole", "redis-refuse"]
 """The short ones `tests/faults/test_fault_scenarios.py` runs (in CI)."""

@@ -162,6 +162,10 @@ def markdown(results: Sequence[Result], options: Options) -> str:
     if lies:
         out += ["", "Lies by kind, over the run:", ""]
         out += [f"- {kind}: {count}" for kind, count in lies.most_common()]
+    notes = [(r.scenario.name, note) for r in results for note in r.notes + r.findings.notes]
+    if notes:
+        out += ["", "Notes:", ""]
+        out += [f"- `{name}`: {note}" for name, note in notes]
     return "\n".join(out) + "\n"
 
 
