@@ -344,8 +344,3 @@ class FaultSystem:
                 await delete_amqp_topology(await connection.channel(), self.amqp_topology)
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def logs(self, lines: int = 15) -> dict[str, str]:
-        """The tail of each process's log (for a failing run)."""
-        return {name: proc.tail(lines) for name, proc in self.procs.items()}
-
