@@ -154,6 +154,8 @@ class Persistence(Service):
         self._lag_task: asyncio.Task[None] | None = None
         self._lag_error: str | None = None
         self._lock: PersistenceLock | None = None
+        self._abandoned: set[asyncio.Future[Written]] = set()
+        """Timed-out transactions still stuck on a dead connection (kept referenced)."""
 
     @property
     def store(self) -> SqlStore:
@@ -353,8 +355,8 @@ class Persistence(Service):
             started = time.perf_counter()
             try:
                 # the deadline starts once this feed may write (SQLite: the other one is done)
-                async with self._serialized(), asyncio.timeout(deadline_s), engine.begin() as conn:
-                    written = await work(conn)
+                async with self._serialized():
+                    written = await self._attempt(engine, work, deadline_s)
             except Exception as exc:
                 feed.failures += 1
                 if isinstance(exc, TimeoutError):
@@ -378,6 +380,35 @@ class Persistence(Service):
             feed.last_error = None
             self._known_members.update(written.members)
             return
+
+    ABANDON_AFTER_S = 1.0
+    """How long a timed-out attempt may take to roll back before it is left behind."""
+
+    async def _attempt(
+        self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[Written]], deadline_s: float
+    ) -> Written:
+        """One transaction, bounded as a whole: a deadline inside `engine.begin()` would still
+        wait, unbounded, for the rollback on a connection whose server stopped answering (seen
+        with a black-holed MariaDB: the consumer stuck long after the network came back). Past
+        the deadline the attempt is cancelled; if it does not end within `ABANDON_AFTER_S`, it is
+        left behind with its connection and the pool is replaced, so the next attempt connects
+        afresh."""
+
+        async def transaction() -> Written:
+            async with engine.begin() as conn:
+                return await work(conn)
+
+        attempt = asyncio.ensure_future(transaction())
+        try:
+            return await asyncio.wait_for(asyncio.shield(attempt), deadline_s)
+        except TimeoutError:
+            attempt.cancel()
+            done, _ = await asyncio.wait({attempt}, timeout=self.ABANDON_AFTER_S)
+            if not done:
+                self._abandoned.add(attempt)
+                attempt.add_done_callback(self._abandoned.discard)
+                await engine.dispose(close=False)
+            raise
 
     @contextlib.asynccontextmanager
     async def _serialized(self) -> AsyncIterator[None]:
