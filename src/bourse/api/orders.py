@@ -245,6 +245,7 @@ async def find_order(
     order the durable read model does not know yet (persistence commits within milliseconds, not
     instantly) is asked of the freshest one, `live_queries`, before it is called not found."""
     deadline = time.monotonic() + wait_s
+    pause = 0.02
     while True:
         try:
             return await deps.queries.order(member, order_id)
@@ -256,7 +257,20 @@ async def find_order(
                 return await deps.live_queries.order(member, order_id)
         if time.monotonic() >= deadline:
             return None
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.25)  # a few looks, not a busy loop, for an id that never comes
+
+
+async def freshest(deps: GatewayDeps, member: int, view: OrderView) -> OrderView:
+    """An open order as the freshest read model has it. The durable models may lag by up to
+    `BOURSE_READ_MAX_LAG_S`; an open order is the one whose state changes (fills, cancels,
+    amends), so a client told "cancelled" must not then read it open. Final states are final."""
+    if view.status not in OPEN or deps.live_queries is None:
+        return view
+    try:
+        return await deps.live_queries.order(member, view.id)
+    except QueryFailed:
+        return view
 
 
 def order_id_or_404(text: str) -> int:
@@ -281,7 +295,7 @@ async def get_order(order_id: str, member: Member, deps: Deps) -> Response:
     if found == PENDING:
         return json_response(202, pending(order_id, "place", "the order is not processed yet"))
     assert not isinstance(found, str)
-    return json_response(200, view_out(deps, found))
+    return json_response(200, view_out(deps, await freshest(deps, member, found)))
 
 
 def pending(order_id: str, command: Literal["place", "cancel", "amend"], detail: str) -> PendingOut:
@@ -326,8 +340,12 @@ async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) ->
         reason = decision.reason or "rejected"
         if reason == "unknown_order":
             # the accounts stage tracks open orders only: a finished order of the member is
-            # still the member's order, closed rather than not found
-            if await find_order(deps, command.member_id, command.order_id) is not None:
+            # still the member's order, closed rather than not found. The read models may not
+            # have its end yet (they follow the streams, which hold it by now): look a while.
+            closed = await find_order(
+                deps, command.member_id, command.order_id, wait_s=deps.decision_timeout_s
+            )
+            if closed is not None:
                 raise ApiError(422, "order_closed", f"order {command.order_id} is no longer open")
             raise ApiError(404, "order_not_found", f"no open order {command.order_id}")
         raise ApiError(422, str(reason), f"refused: {reason}", order_id=str(command.order_id))
