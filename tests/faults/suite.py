@@ -169,18 +169,26 @@ def markdown(results: Sequence[Result], options: Options) -> str:
     return "\n".join(out) + "\n"
 
 
-def time_to_recover(record: LoadRecord, fault_end: float) -> float | None:
-    """Both ways in must work again: the later of the first REST order answered 201 and the
-    first RabbitMQ order answered `accepted`, among those sent after the fault's end."""
-    firsts = []
-    for kind, success in (("place", "201"), ("amqp", "accepted")):
+RECOVERED = {"place": "201", "amqp": "accepted"}
+"""What a working way in answers: REST and RabbitMQ."""
+
+
+def recovery_by_way(record: LoadRecord, fault_end: float) -> dict[str, float | None]:
+    """Per way in, from the fault's end to the first order sent after it and answered as a
+    working system answers (None: none was)."""
+    out: dict[str, float | None] = {}
+    for kind, success in RECOVERED.items():
         done = [
             a.done for a in record.attempts if a.kind == kind and a.status == success and a.sent >= fault_end
         ]
-        if not done:
-            return None
-        firsts.append(min(done))
-    return max(firsts) - fault_end
+        out[kind] = min(done) - fault_end if done else None
+    return out
+
+
+def time_to_recover(record: LoadRecord, fault_end: float) -> float | None:
+    """Both ways in must work again: the later of the two (see `recovery_by_way`)."""
+    ways = recovery_by_way(record, fault_end).values()
+    return None if None in ways else max(way for way in ways if way is not None)
 
 
 async def progress(load: Load, phase: list[str], every_s: float, started: float) -> None:
@@ -248,6 +256,10 @@ async def run_scenario(scenario: Scenario, options: Options) -> Result:
         finally:
             await nc.close()
         result = Result(scenario, duration, findings, record, time_to_recover(record, fault_end), notes)
+        ways = recovery_by_way(record, fault_end)
+        result.notes.append(
+            "recovered: " + ", ".join(f"{way} {seconds(after)}" for way, after in ways.items())
+        )
         if result.broken and options.keep:
             result.notes.append(f"data kept in {system.workdir}")
     result.elapsed_s = time.monotonic() - started

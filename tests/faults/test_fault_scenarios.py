@@ -5,9 +5,7 @@ own test so that one broken promise does not hide the others.
 Every promise must hold under every fault: no acknowledged order lost, no duplicate trade, no
 overfill, money conserved, `bourse audit` clean, nothing left open or locked once every order is
 cancelled, every answer true, the read models agreeing once settled, no 500, and no 5xx at all
-when only a read model's server (MariaDB, Redis) fails. An assertion that fails today because
-of one of issue 10's open bugs is marked xfail (not strict: it may pass on a lucky run) with the
-item; the mark goes once the fix lands.
+when only a read model's server (MariaDB, Redis) fails.
 """
 
 from __future__ import annotations
@@ -22,31 +20,6 @@ pytestmark = pytest.mark.slow
 CI_OPTIONS = Options(rate=100.0, members=100, warmup_s=2.0, duration_s=10.0, tail_s=5.0, quiet=True)
 OFF_THE_ORDER_PATH = {"mariadb-refuse", "mariadb-blackhole", "redis-refuse", "redis-blackhole"}
 """Faults of a read model's server: orders, cancels and reads must go on without a 5xx."""
-
-LIES_XFAIL = {
-    "nats-restart": "issue 10 item 4: a cancel sent as NATS comes back, of an order that filled "
-    "meanwhile, is answered 404 order_not_found (the order is known: it is executed)",
-    "kill-cache": "issue 10 item 6: while the cache service is down, the gateway still reads its "
-    "Redis keys (behind by position): a GET after a cancel answered 200 cancelled can show the order open",
-}
-"""Scenario -> why some answers are untrue today."""
-SETTLE_XFAIL = {
-    "mariadb-blackhole": "issue 10 item 5: once in three runs persistence stayed stalled after a 15 s "
-    "black-hole of MariaDB (its ACCOUNTS consumer stuck, /healthz not ok a minute later), so SQL never "
-    "caught up; an I/O without a deadline waiting for bytes the proxy dropped",
-}
-"""Scenario -> why the system may not settle (every consumer caught up) today."""
-
-
-def marked(xfail: dict[str, str], names: list[str]) -> list[object]:
-    """The scenarios, those in `xfail` marked xfail (not strict) with their reason."""
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=xfail[name]))
-        if name in xfail
-        else name
-        for name in names
-    ]
-
 
 _results: dict[str, Result] = {}
 
@@ -65,7 +38,7 @@ async def test_no_acknowledged_order_is_lost(name: str) -> None:
     assert not result.findings.lost, render(result)
 
 
-@pytest.mark.parametrize("name", marked(SETTLE_XFAIL, CI_SCENARIOS))
+@pytest.mark.parametrize("name", CI_SCENARIOS)
 async def test_every_consumer_catches_up(name: str) -> None:
     result = await outcome(name)
     assert result.findings.settle_s is not None, render(result)
@@ -95,13 +68,13 @@ async def test_nothing_is_left_open_or_locked(name: str) -> None:
     assert result.findings.locked_left == 0, render(result)
 
 
-@pytest.mark.parametrize("name", marked(LIES_XFAIL, CI_SCENARIOS))
+@pytest.mark.parametrize("name", CI_SCENARIOS)
 async def test_every_answer_is_true(name: str) -> None:
     result = await outcome(name)
     assert not result.findings.lies, render(result)
 
 
-@pytest.mark.parametrize("name", marked(SETTLE_XFAIL, CI_SCENARIOS))
+@pytest.mark.parametrize("name", CI_SCENARIOS)
 async def test_the_read_models_agree_once_settled(name: str) -> None:
     result = await outcome(name)
     assert not result.findings.read_diffs, render(result)

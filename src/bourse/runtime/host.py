@@ -48,6 +48,7 @@ class ConsumerLoop:
 
     REQUEST_EXPIRES_S = 5.0
     ACK_DELAY_S = 0.02
+    RECONNECT_CHECK_S = 0.25
 
     def __init__(self, ctx: ServiceContext, spec: StreamConsumer, owner: str) -> None:
         self.ctx = ctx
@@ -136,7 +137,18 @@ class ConsumerLoop:
                 return await self._sub.next_msg(timeout=self.ACK_DELAY_S)
             except (NatsTimeoutError, TimeoutError):
                 await self._ack_pending()
-        return await self._sub.next_msg(timeout=wait_s)
+        # in slices: a reconnect (the server restarted) loses the pull request, and waiting
+        # out its expiry kept every stage idle ~6 s after NATS came back
+        reconnects = self.ctx.nc.stats["reconnects"]
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_s
+        while True:
+            try:
+                slice_s = max(min(self.RECONNECT_CHECK_S, give_up - loop.time()), 0.001)
+                return await self._sub.next_msg(timeout=slice_s)
+            except (NatsTimeoutError, TimeoutError):
+                if loop.time() >= give_up or self.ctx.nc.stats["reconnects"] != reconnects:
+                    raise
 
     async def _ack_pending(self, *, confirmed: bool = False) -> None:
         msg, self._unacked = self._unacked, None
