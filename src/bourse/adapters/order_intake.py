@@ -38,6 +38,7 @@ from nats.aio.subscription import Subscription
 
 from bourse.contracts import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
 from bourse.domain.orders import AmendOrder, CancelOrder, PlaceOrder, command_kind
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.topology import ORDERS, member_shard
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,7 @@ class OrderIntake:
         return all(queue.task is not None and not queue.task.done() for queue in self._queues.values())
 
     async def stop(self) -> None:
-        for queue in self._queues.values():
-            if queue.task is not None:
-                queue.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await queue.task
+        await cancel_and_wait(queue.task for queue in self._queues.values() if queue.task is not None)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

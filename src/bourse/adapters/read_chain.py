@@ -32,7 +32,6 @@ known)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -55,6 +54,7 @@ from bourse.adapters.sql.models import WATERMARK, applied_positions
 from bourse.api.deps import ReadModel
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.topology import ACCOUNTS, EVENTS
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,7 @@ class ReadWatch:
             self._tasks.append(asyncio.create_task(self._every(check), name=f"reads:{source.name}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def check(self) -> None:

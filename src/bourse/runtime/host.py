@@ -21,6 +21,7 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from nats.micro.service import Service as MicroService
 
 from bourse import __version__
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -212,9 +213,7 @@ class ConsumerLoop:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         with contextlib.suppress(Exception):
             await self._ack_pending(confirmed=True)
         if self._sub is not None:

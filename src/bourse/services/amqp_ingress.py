@@ -72,6 +72,7 @@ from bourse.order_requests import (
     parse_order_id,
     place_command,
 )
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.ids import LeasedIdGenerator
 from bourse.topology import ORDERS
@@ -179,9 +180,7 @@ class AmqpIngress(Service):
     async def stop(self) -> None:
         for task in (self._refresh, self._resume_task):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait([task])
         if self._queue is not None and self._consumer_tag is not None:
             # bounded: while RabbitMQ is away a robust channel would wait for it to come back
             with contextlib.suppress(Exception):

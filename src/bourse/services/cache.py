@@ -63,6 +63,7 @@ from bourse.domain.order_views import (
     listed,
 )
 from bourse.domain.orders import Side
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
@@ -154,9 +155,7 @@ class Cache(Service):
 
     async def stop(self) -> None:
         if self._ping is not None:
-            self._ping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ping
+            await cancel_and_wait([self._ping])
         if self._redis is not None:
             await self._redis.aclose()
 

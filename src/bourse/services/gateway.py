@@ -12,7 +12,6 @@ Writes never touch Redis or the database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +36,7 @@ from bourse.api.app import create_app
 from bourse.api.deps import GatewayDeps
 from bourse.api.hot_path import OrderHotPath
 from bourse.auth import TokenVerifier, fetch_jwks, keep_keys_fresh, verifier_for
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.ids import LeasedIdGenerator
 
@@ -134,9 +134,7 @@ class Gateway(Service):
 
     async def stop(self) -> None:
         if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
+            await cancel_and_wait([self._refresh])
         if self.server is not None:
             await self.server.stop()
         await self.intake.stop()

@@ -28,7 +28,6 @@ empty, a count (`5`) or `{"count": 5}`, reply a JSON list of ids; see `request_i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -46,6 +45,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from bourse.domain.order_ids import MAX_WORKER_ID, OrderIdGenerator
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Endpoint, Service, ServiceContext
 from bourse.topology import ID_LEASES, service_subject
 
@@ -285,9 +285,7 @@ class WorkerIdLease:
     async def release(self, last_ms: int = 0) -> None:
         """Stop renewing and mark the id released, with the high-water mark of the ids made."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         if self.lost:
             return
         async with self._lock:
@@ -389,9 +387,7 @@ class LeasedIdGenerator:
     async def close(self) -> None:
         self._closing = True
         if self._relet_task is not None:
-            self._relet_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relet_task
+            await cancel_and_wait([self._relet_task])
         await self.lease.release(self.generator.last_ms)
 
     def health(self) -> dict[str, Any]:

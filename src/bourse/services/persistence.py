@@ -60,6 +60,7 @@ from bourse.adapters.sql.models import WATERMARK
 from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
 from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
 from bourse.domain.order_records import OrderRecords, orders_to_load
+from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
@@ -195,9 +196,7 @@ class Persistence(Service):
 
     async def stop(self) -> None:
         if self._lag_task is not None:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_task
+            await cancel_and_wait([self._lag_task])
         if self.engine is not None:
             await self.engine.dispose()
         if self._lock is not None:
