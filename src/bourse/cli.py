@@ -10,17 +10,33 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from bourse.production import ProductionSettingsRefused, check_production
 from bourse.runtime.logs import configure_logging
 from bourse.runtime.process import BourseProcess, print_links
 from bourse.settings import Settings
 
 LOCK_HELD = 3
 """Exit code of `rebuild` and `db reset` when the persistence lock is held (nothing was changed)."""
+SETTINGS_REFUSED = 2
+"""Exit code of `up` and `run` when production settings hold a development default (as for an
+unknown service: the command cannot run as configured)."""
+
+
+def _refused(settings: Settings) -> bool:
+    """Print why production refuses these settings (every problem), before anything starts."""
+    try:
+        check_production(settings)
+    except ProductionSettingsRefused as exc:
+        print(f"bourse: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 def _run_process(settings: Settings, names: list[str] | None, *, embedded: bool) -> int:
     from bourse.services import SERVICES, services_for
 
+    if _refused(settings):
+        return SETTINGS_REFUSED
     try:
         services = services_for(settings, names)
     except KeyError as exc:
@@ -50,6 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from bourse.services import services_for
 
     settings = Settings()
+    if _refused(settings):
+        return SETTINGS_REFUSED
     embedded = settings.nats_url is None
     processes = auto_processes() if args.processes == "auto" else int(args.processes)
     groups = group_services([service.name for service in services_for(settings)], processes)

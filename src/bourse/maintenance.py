@@ -22,7 +22,7 @@ from bourse.runtime.host import ServiceHost
 from bourse.runtime.process import connect_nats
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
+from bourse.settings import SecretUrl, Settings
 
 LOCK_WAIT_S = 1.0
 """How long the commands wait for the lock: long enough for a service just stopped to let it go."""
@@ -56,7 +56,9 @@ async def rebuild_sql(
     async with holding(url, lock_wait_s):
         staging = await create_staging(url)
         try:
-            staged = settings.model_copy(update={"sql_url": staging.render_as_string(hide_password=False)})
+            staged = settings.model_copy(
+                update={"sql_url": SecretUrl(staging.render_as_string(hide_password=False))}
+            )
             await _apply_streams(staged, progress, timeout_s)
             await swap_in(url)
         finally:

@@ -2,24 +2,85 @@
 
 Defaults are the embedded setup: NATS started from the bundled binary, SQLite in the data
 folder, no Redis and no RabbitMQ (the services that need them are then not started).
+`BOURSE_ENVIRONMENT=production` makes the services refuse development defaults
+(`bourse.production`). Server URLs are `SecretUrl`s: they print with their password masked, and
+`get_secret_value()` is called only where a connection is made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bourse.catalog import Catalog, default_markets_file, load_catalog
+
+MASK = "***"
+_SECRET_QUERY_KEYS = ("pass", "token", "secret", "key")
+"""Query parameters whose name contains one of these are masked too (`?password=...`)."""
+_TOKEN_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+"""Schemes whose user part alone is a secret: `nats://<token>@host` authenticates by token."""
+
+
+def mask_url(url: str) -> str:
+    """`url` (or comma-separated URLs) with passwords, NATS tokens and secret query values
+    replaced by `***`: safe for logs, banners and health output."""
+    return ",".join(_mask_one(part) for part in url.split(","))
+
+
+def _mask_one(url: str) -> str:
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return MASK  # not a URL we can take apart: show nothing of it
+    leading = url[: len(url) - len(url.lstrip())]
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _password = userinfo.partition(":")
+        if has_password:
+            userinfo = f"{user}:{MASK}"
+        elif parts.scheme in _TOKEN_SCHEMES:
+            userinfo = MASK
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(secret in key.lower() for key, _ in pairs for secret in _SECRET_QUERY_KEYS):
+            masked = [
+                (key, MASK if any(secret in key.lower() for secret in _SECRET_QUERY_KEYS) else value)
+                for key, value in pairs
+            ]
+            query = urlencode(masked, safe="*")
+    return leading + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class SecretUrl(SecretStr):
+    """A server URL that may carry credentials: `str()`, `repr()` and JSON show it with its
+    password masked (`mask_url`), so settings can be logged; `get_secret_value()` gives the URL to
+    connect with."""
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
+
+
+SECRET_URL_FIELDS = frozenset({"nats_url", "sql_url", "redis_url", "rabbitmq_url"})
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BOURSE_", env_file=".env", extra="ignore")
 
-    nats_url: str | None = Field(
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`production`: every process refuses to start with development defaults (dev "
+        "tokens, demo seed, a generated dev key, default credentials in a URL); see bourse.production.",
+    )
+    nats_url: SecretUrl | None = Field(
         default=None,
         description="NATS server URL(s), comma separated. Unset: `bourse up` starts an embedded server.",
     )
@@ -28,9 +89,11 @@ class Settings(BaseSettings):
         pattern=r"^[a-z][a-z0-9_]*$",
         description="Prefix of every subject, stream and bucket, so several deployments can share a NATS.",
     )
-    sql_url: str | None = Field(default=None, description="SQLAlchemy URL. Unset: SQLite in the data folder.")
-    redis_url: str | None = Field(default=None, description="Redis URL. Unset: no cache service.")
-    rabbitmq_url: str | None = Field(default=None, description="AMQP URL. Unset: no RabbitMQ ingress.")
+    sql_url: SecretUrl | None = Field(
+        default=None, description="SQLAlchemy URL. Unset: SQLite in the data folder."
+    )
+    redis_url: SecretUrl | None = Field(default=None, description="Redis URL. Unset: no cache service.")
+    rabbitmq_url: SecretUrl | None = Field(default=None, description="AMQP URL. Unset: no RabbitMQ ingress.")
     markets_file: Path = Field(default_factory=default_markets_file)
     data_dir: Path = Path("var")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -226,11 +289,29 @@ class Settings(BaseSettings):
         return load_catalog(self.markets_file)
 
     @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
     def nats_servers(self) -> list[str]:
+        """The NATS URLs to connect to, credentials included (print `mask_url` of them)."""
         if self.nats_url is None:
             return [f"nats://127.0.0.1:{self.embedded_nats_port}"]
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return [url.strip() for url in self.nats_url.get_secret_value().split(",") if url.strip()]
 
     @property
     def effective_sql_url(self) -> str:
-        return self.sql_url or f"sqlite+aiosqlite:///{(self.data_dir / 'bourse.db').resolve()}"
+        """The SQLAlchemy URL to connect to, password included (print `mask_url` of it)."""
+        if self.sql_url:
+            return self.sql_url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'bourse.db').resolve()}"
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """As pydantic's, but a plain `str` given for a URL field becomes a `SecretUrl`:
+        `model_copy` skips validation, and a bare `str` there would print its password."""
+        if update:
+            update = {
+                name: SecretUrl(value) if name in SECRET_URL_FIELDS and isinstance(value, str) else value
+                for name, value in update.items()
+            }
+        return super().model_copy(update=update, deep=deep)

@@ -71,6 +71,12 @@ def nats_url() -> str:
     return SYSTEM_NATS_URL
 
 
+def redis_url_of(settings: Settings) -> str:
+    """The Redis URL `settings` connect to, password included (a test's own server)."""
+    assert settings.redis_url is not None, "these settings have no Redis"
+    return settings.redis_url.get_secret_value()
+
+
 @pytest.fixture
 async def redis_settings(settings: Settings, redis_server: RedisServer) -> Settings:
     if redis_server.process is None:  # a test that stopped it

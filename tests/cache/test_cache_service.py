@@ -17,7 +17,7 @@ from bourse.services.cache import Cache
 from bourse.services.query import Query
 from bourse.settings import Settings
 from bourse.topology import ensure_topology
-from tests.cache.conftest import RedisServer
+from tests.cache.conftest import RedisServer, redis_url_of
 from tests.persistence.helpers import CATALOG, Exchange, fetch_all, stream_last, until
 
 MEMBERS = range(10, 16)
@@ -90,7 +90,7 @@ async def assert_same_answers(reads: RedisReadModel, queries: QueryClient, membe
 async def test_cache_follows_the_pipeline_and_is_idempotent(nc: Client, redis_settings: Settings) -> None:
     ns = redis_settings.namespace
     exchange = Exchange(nc, redis_settings)
-    redis = Redis.from_url(redis_settings.redis_url or "")
+    redis = Redis.from_url(redis_url_of(redis_settings))
     reads = RedisReadModel(redis, ns)
     queries = QueryClient(nc, ns)
     try:

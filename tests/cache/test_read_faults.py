@@ -34,7 +34,7 @@ from bourse.services.gateway import Gateway
 from bourse.services.persistence import Persistence
 from bourse.settings import Settings
 from bourse.topology import remove_topology
-from tests.cache.conftest import RedisServer
+from tests.cache.conftest import RedisServer, redis_url_of
 from tests.conftest import free_port
 from tests.e2e.harness import DEMO_BALANCES, SERVICES, Exchange
 from tests.faults.proxy import ThreadedProxy
@@ -80,7 +80,7 @@ def proxy(redis_server: RedisServer) -> Iterator[ThreadedProxy]:
 async def proxied(redis_settings: Settings, proxy: ThreadedProxy) -> AsyncIterator[Settings]:
     """Settings whose Redis (cache and gateway) is reached through the proxy; keys cleaned after."""
     yield redis_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
-    redis = Redis.from_url(redis_settings.redis_url or "")
+    redis = Redis.from_url(redis_url_of(redis_settings))
     keys = [key async for key in redis.scan_iter(match=f"{redis_settings.namespace}:*")]
     if keys:
         await redis.delete(*keys)
@@ -123,7 +123,7 @@ async def test_a_redis_connection_reset_under_uvloop_is_answered_by_the_next_mod
 
     async def scenario() -> None:
         # the fault as uvloop shows it: a pooled connection reset by the proxy -> RuntimeError
-        probe = Redis.from_url(proxied.redis_url or "")
+        probe = Redis.from_url(redis_url_of(proxied))
         await probe.ping()
         proxy.set_state("refuse")
         await asyncio.sleep(0.05)  # the reset reaches the idle connection before it is used

@@ -27,7 +27,7 @@ from tests.persistence.test_persistence_service import busy_streams, caught_up, 
 def spawn(settings: Settings, sql_url: str, folder: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "BOURSE_NATS_URL": settings.nats_url or "",
+        "BOURSE_NATS_URL": ",".join(settings.nats_servers),
         "BOURSE_NAMESPACE": settings.namespace,
         "BOURSE_SQL_URL": sql_url,
         "BOURSE_DATA_DIR": str(folder),

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from bourse.auth.client import AuthRequestFailed, fetch_jwks, keep_keys_fresh, request_dev_token
 from bourse.auth.keys import (
+    DEV_KID_SUFFIX,
     KeyFileError,
     KeyRing,
     PublicKeys,
     SigningKey,
     generate_key,
+    is_dev_kid,
     load_key_ring,
     load_or_create_key_ring,
 )
@@ -33,6 +35,7 @@ from bourse.auth.tokens import (
 from bourse.settings import Settings
 
 __all__ = [
+    "DEV_KID_SUFFIX",
     "AuthRequestFailed",
     "InvalidToken",
     "InvalidTokenCode",
@@ -45,6 +48,7 @@ __all__ = [
     "TokenVerifier",
     "fetch_jwks",
     "generate_key",
+    "is_dev_kid",
     "issuer_for",
     "keep_keys_fresh",
     "key_ring_for",

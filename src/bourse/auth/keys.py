@@ -8,8 +8,11 @@ The folder (`BOURSE_JWT_KEYS_DIR`, default `<data_dir>/keys`) holds:
   server publishes; its EC P-256 keys with a `kid` verify, others are ignored.
 
 Every key verifies; the private key with the greatest kid signs. Generated kids are UTC
-timestamps (`20260101T120000123456Z`), so "greatest" is "newest": rotate by adding a key, and
-drop the old one once the tokens it signed have expired.
+timestamps marked as development keys (`20260101T120000123456Z-dev`), so "greatest" is
+"newest": rotate by adding a key, and drop the old one once the tokens it signed have expired.
+bourse generates keys only for dev tokens; the `-dev` mark lets the production guard
+(`bourse.production`) refuse a key ring that still holds one, and it travels with the key (file
+name, JWKS, token header), so a dev key copied elsewhere is still recognised.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ ALGORITHM = "ES256"
 
 PublicKeys = Mapping[str, ec.EllipticCurvePublicKey]
 """Verification keys by kid."""
+
+DEV_KID_SUFFIX = "-dev"
+"""Ends the kid of every key bourse generates (for dev tokens): production refuses them."""
 
 
 class KeyFileError(ValueError):
@@ -62,16 +68,27 @@ class KeyRing:
             raise LookupError("no private key in the key ring: this ring can verify but not sign")
         return self.signing_keys[-1]
 
+    @property
+    def dev_kids(self) -> list[str]:
+        """The kids of generated development keys in this ring (`is_dev_kid`)."""
+        return sorted(kid for kid in self.public_keys if is_dev_kid(kid))
+
     def jwks(self) -> dict[str, Any]:
         return jwks_document(self.public_keys)
 
 
+def is_dev_kid(kid: str) -> bool:
+    return kid.endswith(DEV_KID_SUFFIX)
+
+
 def new_kid() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    """A dev key's kid: the UTC time (so the newest sorts last) and the dev mark."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + DEV_KID_SUFFIX
 
 
 def generate_key(folder: Path, kid: str | None = None) -> SigningKey:
-    """Make a P-256 key pair and write it as `<folder>/<kid>.pem` (owner-only permissions)."""
+    """Make a P-256 key pair and write it as `<folder>/<kid>.pem` (owner-only permissions); the
+    kid defaults to a marked dev kid (`new_kid`)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = SigningKey(kid or new_kid(), ec.generate_private_key(ec.SECP256R1()))
     pem = key.private_key.private_bytes(

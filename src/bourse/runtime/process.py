@@ -15,11 +15,12 @@ import nats
 from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
+from bourse.production import check_production
 from bourse.runtime.health import HealthApp
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.runtime.service import Service, ServiceContext
-from bourse.settings import Settings
+from bourse.settings import Settings, mask_url
 from bourse.topology import ensure_topology
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class BourseProcess:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
+        """Start everything; with production settings that hold a development default, raise
+        `ProductionSettingsRefused` before anything starts or connects."""
+        check_production(self.settings)
         if self.nats_server is not None:
             await self.nats_server.start()
         names = ",".join(service.name for service in self.services)
@@ -119,7 +123,7 @@ class BourseProcess:
             links["nats"] = self.nats_server.url
             links["nats monitoring"] = self.nats_server.monitor_url
         else:
-            links["nats"] = ", ".join(self.settings.nats_servers)
+            links["nats"] = ", ".join(mask_url(url) for url in self.settings.nats_servers)
         return links
 
     def request_stop(self) -> None:

@@ -39,10 +39,11 @@ import msgspec
 from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
+from bourse.production import check_production
 from bourse.runtime.health import HealthApp
 from bourse.runtime.nats_server import EmbeddedNatsServer, die_with_parent
 from bourse.runtime.process import close_nats, connect_nats
-from bourse.settings import Settings
+from bourse.settings import Settings, mask_url
 from bourse.topology import ensure_topology
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,9 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start NATS (embedded) and the children; production settings that hold a development
+        default raise `ProductionSettingsRefused` first (the children would refuse them too)."""
+        check_production(self.settings)
         if self.nats_server is not None:
             await self.nats_server.start()
         self.nc = await connect_nats(self.settings, "bourse[supervisor]")
@@ -445,7 +449,7 @@ class Supervisor:
             links["nats"] = self.nats_server.url
             links["nats monitoring"] = self.nats_server.monitor_url
         else:
-            links["nats"] = ", ".join(self.settings.nats_servers)
+            links["nats"] = ", ".join(mask_url(url) for url in self.settings.nats_servers)
         return links
 
 

@@ -117,7 +117,7 @@ class AmqpIngress(Service):
         settings = ctx.settings
         if not settings.rabbitmq_url:
             raise ValueError("amqp-ingress needs BOURSE_RABBITMQ_URL")
-        self.url = settings.rabbitmq_url
+        self.url = settings.rabbitmq_url.get_secret_value()
         self.topology = amqp.AmqpTopology.from_settings(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
         self.intake = OrderIntake(

@@ -137,7 +137,7 @@ class Cache(Service):
         url = self.ctx.settings.redis_url
         if not url:
             raise RuntimeError("the cache service needs BOURSE_REDIS_URL")
-        self._redis = redis_client(url)
+        self._redis = redis_client(url.get_secret_value())
         for feed in (self.events, self.accounts):
             info = await self.ctx.js.stream_info(feed.stream)
             feed.target = info.state.last_seq if info.state.messages else 0

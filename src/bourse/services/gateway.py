@@ -85,7 +85,7 @@ class Gateway(Service):
         ]
         if settings.redis_url:
             self._redis = read_client(
-                settings.redis_url,
+                settings.redis_url.get_secret_value(),
                 timeout_s=settings.gateway_redis_timeout_s,
                 max_connections=settings.gateway_redis_max_connections,
             )
