@@ -422,7 +422,6 @@ class Local:
             BOURSE_NAMESPACE=self.namespace,
             BOURSE_DATA_DIR=str(folder),  # the container's own file system
             BOURSE_HTTP_PORT=str(free_port()),
-            BOURSE_LOG_FORMAT="console",
         )
         return result
 
