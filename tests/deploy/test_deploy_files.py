@@ -6,14 +6,16 @@ whole shared settings map (a service's own `environment` merges it, never replac
 services need; accounts containers cover every member shard once and matching containers every
 market once, each as a single writer; gateway and query are scaled; health checks ask /healthz on
 the health port; only the gateway's HTTP port is published; persistence waits for `db upgrade`;
-every URL names a server of the file with its credentials. `deploy/k8s/` must have a workload per
+every URL names a server of the file with its credentials; every container's settings parse and
+pass the production guard (`BOURSE_ENVIRONMENT=production`). `deploy/k8s/` must have a workload per
 bourse container with the same command and settings keys, single writers with one replica and the
 Recreate strategy, probes on /healthz, a `db upgrade` Job and a three-node JetStream NATS.
 
 Then every bourse container is started as a local process, `python -m bourse run ...` (and
 `bourse db upgrade`), with that container's environment, the servers' URLs mapped to this
 machine's (NATS :4222, MariaDB :3306 in a fresh database, Redis :6379, RabbitMQ :5672), a fresh
-namespace, free ports and one stream replica (one local NATS server, not a cluster), in the order
+namespace, free ports, one stream replica (one local NATS server, not a cluster) and the guard off
+(these servers have default credentials), the auth server's public key in a folder, in the order
 the `depends_on` conditions give; every process must answer /healthz 200, then two funded members
 trade through one gateway, and the trade reaches SQL. Nothing else of the environment is changed:
 a setting missing from a container is missing from its process.
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,15 @@ import nats
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
 from bourse.adapters.amqp import AmqpTopology
 from bourse.adapters.amqp import delete as delete_amqp_topology
-from bourse.auth import TokenIssuer, issuer_for, key_ring_for
+from bourse.auth import SigningKey, TokenIssuer
 from bourse.catalog import load_catalog
 from bourse.contracts import AccountsBatch, Deposit, encode
+from bourse.production import production_problems
 from bourse.services import SERVICES
 from bourse.settings import Settings
 from bourse.topology import ORDERS, member_shard
@@ -357,6 +361,18 @@ def test_compose_file_is_complete_and_consistent() -> None:
     assert compose_problems(load_compose()) == []
 
 
+def test_every_container_passes_the_production_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each container's settings parse, are production's, and hold no development default."""
+    for name, spec in bourse_containers(load_compose()).items():
+        for key in [key for key in os.environ if key.startswith("BOURSE_")]:
+            monkeypatch.delenv(key)
+        for key, value in {**dockerfile_environment(), **environment(spec)}.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)
+        assert settings.production, name
+        assert production_problems(settings) == [], name
+
+
 def test_kubernetes_files_have_the_compose_layout() -> None:
     assert k8s_problems(load_compose(), load_k8s()) == []
 
@@ -412,6 +428,9 @@ class Local:
             "BOURSE_STREAM_REPLICAS": "1",  # one local server, not a cluster
             "BOURSE_JWT_KEYS_DIR": str(self.keys_dir),  # the mounted secret
             "BOURSE_HTTP_HOST": "127.0.0.1",
+            # This machine's servers use default credentials (MariaDB root, RabbitMQ guest), which
+            # the guard refuses; the compose values pass it (test_every_container_passes_...).
+            "BOURSE_ENVIRONMENT": "development",
         }
         merged = {**base, **env}
         result = {key: value for key, value in os.environ.items() if not key.startswith("BOURSE_")}
@@ -491,19 +510,15 @@ class Launch:
             proc.kill()
 
 
-@contextlib.contextmanager
-def token_issuer(folder: Path) -> Iterator[tuple[TokenIssuer, Path]]:
+def token_issuer(folder: Path) -> TokenIssuer:
     """The exchange's own auth server: a private key that signs, its public half in the folder
     mounted into the auth container."""
-    settings = Settings(data_dir=folder / "issuer", dev_tokens=True, _env_file=None)
-    ring = key_ring_for(settings)
-    keys = folder / "jwt-keys"
-    keys.mkdir(parents=True)
-    key = ring.signing_key
+    key = SigningKey("deploy-test-1", ec.generate_private_key(ec.SECP256R1()))
     public = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = key.public_key.public_bytes(serialization.Encoding.PEM, public)
-    (keys / f"{key.kid}.pem").write_bytes(pem)
-    yield issuer_for(settings, ring), keys
+    folder.mkdir(parents=True)
+    (folder / f"{key.kid}.pem").write_bytes(key.public_key.public_bytes(serialization.Encoding.PEM, public))
+    defaults = Settings(_env_file=None)
+    return TokenIssuer(key, issuer=defaults.jwt_issuer, audience=defaults.jwt_audience)
 
 
 @pytest.fixture
@@ -550,24 +565,23 @@ async def test_every_container_runs_as_a_local_process_and_trades(local: Local) 
     assert compose_problems(compose) == []
     shards = int(compose[SHARED]["BOURSE_ACCOUNTS_SHARDS"])
     seller, buyer = 2, 1  # on shards 0 and 1 of two
-    with token_issuer(local.workdir) as (issuer, keys_dir):
-        assert keys_dir == local.keys_dir
-        launch = Launch(compose, local)
-        try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
-                await launch.start_all(http)
-                await deposit(local.namespace, shards, seller, "btc", 1)
-                await deposit(local.namespace, shards, buyer, "usd", 1000)
-                gateway = launch.gateways()[-1]
-                api = f"http://127.0.0.1:{gateway.env['BOURSE_HTTP_PORT']}/api/v3"
-                order = {"market": "btc_usd", "type": "limit", "amount": "0.01", "price": "50000"}
-                sell = await place(http, api, issuer.issue(seller), {**order, "side": "sell"})
-                assert sell["status"] == "submitted", sell
-                buy = await place(http, api, issuer.issue(buyer), {**order, "side": "buy"})
-                assert buy["status"] == "executed", buy
-                await until_in_sql(local.sql_url, buy["id"])
-        finally:
-            launch.stop()
+    issuer = token_issuer(local.keys_dir)
+    launch = Launch(compose, local)
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            await launch.start_all(http)
+            await deposit(local.namespace, shards, seller, "btc", 1)
+            await deposit(local.namespace, shards, buyer, "usd", 1000)
+            gateway = launch.gateways()[-1]
+            api = f"http://127.0.0.1:{gateway.env['BOURSE_HTTP_PORT']}/api/v3"
+            order = {"market": "btc_usd", "type": "limit", "amount": "0.01", "price": "50000"}
+            sell = await place(http, api, issuer.issue(seller), {**order, "side": "sell"})
+            assert sell["status"] == "submitted", sell
+            buy = await place(http, api, issuer.issue(buyer), {**order, "side": "buy"})
+            assert buy["status"] == "executed", buy
+            await until_in_sql(local.sql_url, buy["id"])
+    finally:
+        launch.stop()
 
 
 async def place(http: httpx.AsyncClient, api: str, token: str, body: dict[str, str]) -> dict[str, Any]:
