@@ -67,25 +67,6 @@ def default_credentials(url: str) -> str | None:
     if user and password == user:
         return f"the password of user {user!r} is its name"
     return None
-    user = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if parts.scheme in ("amqp", "amqps") and not user:
-        return "no user: the client logs in as guest/guest"
-    if password is None:
-        if (
-            user is not None
-            and user.lower() in PASSWORDLESS_DEFAULT_USERS
-            and parts.scheme not in ("nats", "tls")
-        ):
-            return f"user {user!r} without a password"
-        return None
-    if password == "":
-        return f"user {user!r} with an empty password"
-    if password.lower() in DEFAULT_PASSWORDS:
-        return f"a default password for user {user!r}"
-    if user and password == user:
-        return f"the password of user {user!r} is its name"
-    return None
 
 
 def production_problems(settings: Settings) -> list[str]:
