@@ -22,6 +22,7 @@ from nats.micro.service import Service as MicroService
 
 from bourse import __version__
 from bourse.runtime.cancellation import cancel_and_wait
+from bourse.runtime.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ class ConsumerLoop:
     one request a second per consumer."""
     ACK_DELAY_S = 0.02
     RECONNECT_CHECK_S = 0.25
+    RECEIVE_BACKOFF_FIRST_S = 0.1
+    RECEIVE_BACKOFF_MAX_S = 1.0
+    """Pauses after a failed receive: growing, but capped low, since a stage should be back
+    within about two seconds of NATS."""
+    HANDLER_BACKOFF_FIRST_S = 0.1
+    HANDLER_BACKOFF_MAX_S = 5.0
+    """Pauses between attempts of a batch whose handler fails."""
 
     def __init__(self, ctx: ServiceContext, spec: StreamConsumer, owner: str) -> None:
         self.ctx = ctx
@@ -165,15 +173,8 @@ class ConsumerLoop:
             await msg.ack()
 
     async def _run(self) -> None:
-        backoff = 0.1
         while not self._stopping.is_set():
-            try:
-                messages = await self._receive()
-            except Exception as exc:  # connection trouble: the client reconnects; keep trying
-                self._record_failure(exc)
-                self._requested = 0
-                await asyncio.sleep(backoff)
-                continue
+            messages = await self._receive_retrying()
             if not messages:
                 continue
             self._idle.clear()
@@ -186,22 +187,48 @@ class ConsumerLoop:
             self.delivered += len(messages)
             self.batches += 1
 
+    async def _receive_retrying(self) -> list[Msg]:
+        """`_receive`, again after connection trouble (the client reconnects meanwhile), with a
+        growing pause: a connection that stays broken is not asked ten times a second."""
+        async for attempt in retrying(
+            first_s=self.RECEIVE_BACKOFF_FIRST_S,
+            max_s=self.RECEIVE_BACKOFF_MAX_S,
+            on_failure=self._receive_failed,
+        ):
+            with attempt:
+                return await self._receive()
+        return []  # not reached: the loop above retries until `_receive` returns
+
+    def _receive_failed(self, exc: BaseException, pause_s: float) -> None:
+        self._record_failure(exc)
+        self._requested = 0  # the pull request may be gone with the connection: ask again
+
     async def _deliver(self, messages: list[Msg]) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                await self._ack_pending()
-                await self.spec.handler(messages)
-                self._unacked = messages[-1]
-                self.last_error = None
-                return
-            except Exception as exc:
-                self._record_failure(exc)
-                log.exception("consumer handler failed", extra={"consumer": self.spec.durable})
-                if self._stopping.is_set():
-                    return  # not acked: JetStream redelivers it to the next run
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Hand the batch to the handler until it succeeds, or until we are stopping (then it is
+        left unacked: JetStream redelivers it to the next run)."""
+        try:
+            async for attempt in retrying(
+                first_s=self.HANDLER_BACKOFF_FIRST_S,
+                max_s=self.HANDLER_BACKOFF_MAX_S,
+                on_failure=self._handler_failed,
+                stop_when=self._stopping.is_set,
+            ):
+                with attempt:
+                    await self._ack_pending()
+                    await self.spec.handler(messages)
+        except Exception as exc:  # failed while stopping
+            self._handler_failed(exc, 0.0)
+            return
+        self._unacked = messages[-1]
+        self.last_error = None
+
+    def _handler_failed(self, exc: BaseException, pause_s: float) -> None:
+        self._record_failure(exc)
+        log.error(
+            "consumer handler failed",
+            exc_info=exc,
+            extra={"consumer": self.spec.durable, "pause_s": round(pause_s, 3)},
+        )
 
     def _record_failure(self, exc: BaseException) -> None:
         self.failures += 1
