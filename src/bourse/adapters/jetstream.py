@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
+from bourse.runtime.retry import retrying
 from bourse.topology import SNAPSHOTS
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ class Outgoing:
     """Deterministic Nats-Msg-Id: a retry or a replay is dropped by JetStream as a duplicate."""
 
 
+PUBLISH_BACKOFF_FIRST_S = 0.05
+PUBLISH_BACKOFF_MAX_S = 2.0
+"""Pauses between whole re-publishes of `publish_durably` (doubling, jittered, capped)."""
+
+
 async def publish_durably(
     js: JetStreamContext, messages: Sequence[Outgoing], *, ack_timeout: float = 5.0
 ) -> None:
@@ -137,9 +143,20 @@ async def publish_durably(
     On any failure (NATS down, timeout) everything is published again after a pause, until it
     succeeds: a stage that has already applied its input must not lose the outputs, and the
     message ids make the repeats harmless."""
-    pause = 0.05
-    while True:
-        try:
+
+    def publish_failed(exc: BaseException, pause_s: float) -> None:
+        log.warning(
+            "publish failed, retrying",
+            extra={"error": repr(exc), "messages": len(messages), "pause_s": round(pause_s, 3)},
+        )
+
+    async for attempt in retrying(
+        first_s=PUBLISH_BACKOFF_FIRST_S,
+        max_s=PUBLISH_BACKOFF_MAX_S,
+        on_failure=publish_failed,
+        retry_on=lambda exc: isinstance(exc, NatsError | TimeoutError | OSError),
+    ):
+        with attempt:
             futures = [
                 await js.publish_async(
                     message.subject, message.payload, headers={"Nats-Msg-Id": message.msg_id}
@@ -147,8 +164,3 @@ async def publish_durably(
                 for message in messages
             ]
             await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
-            return
-        except (NatsError, TimeoutError, OSError) as exc:
-            log.warning("publish failed, retrying", extra={"error": repr(exc), "messages": len(messages)})
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)

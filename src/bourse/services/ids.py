@@ -46,6 +46,7 @@ from nats.micro.request import Request
 
 from bourse.domain.order_ids import MAX_WORKER_ID, OrderIdGenerator
 from bourse.runtime.cancellation import cancel_and_wait
+from bourse.runtime.retry import retrying
 from bourse.runtime.service import Endpoint, Service, ServiceContext
 from bourse.topology import ID_LEASES, service_subject
 
@@ -54,6 +55,12 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "worker."
 MAX_IDS_PER_REQUEST = 10_000
 NATS_REQUEST_TIMEOUT_S = 2.0
+RENEW_BACKOFF_FIRST_S = 0.1
+RENEW_BACKOFF_MAX_S = 0.5
+"""Pauses between renewal attempts (at most `renew_every_s`): short, the lease is running out."""
+RELET_BACKOFF_FIRST_S = 0.2
+RELET_BACKOFF_MAX_S = 5.0
+"""Pauses between attempts to lease a new worker id after losing one."""
 
 
 class LeaseLost(RuntimeError):
@@ -257,23 +264,35 @@ class WorkerIdLease:
     async def _renew_loop(self) -> None:
         while not self.lost:
             await asyncio.sleep(self.renew_every_s)
-            pause = min(0.5, self.renew_every_s)
-            while not self.lost:
-                remaining = self._usable_until - self._monotonic()
-                if remaining <= 0:
-                    self._lose(f"could not renew within {self.usable_s:g} s")
-                    return
-                try:
+            if not await self._renew_retrying():
+                return
+
+    async def _renew_retrying(self) -> bool:
+        """One renewal, tried again while NATS is unreachable or slow until the lease runs out;
+        False once the lease is lost."""
+        try:
+            async for attempt in retrying(
+                first_s=min(RENEW_BACKOFF_FIRST_S, self.renew_every_s),
+                max_s=min(RENEW_BACKOFF_MAX_S, self.renew_every_s),
+                on_failure=self._renewal_failed,
+                retry_on=lambda exc: not isinstance(exc, LeaseLost),
+            ):
+                with attempt:
+                    remaining = self._usable_until - self._monotonic()
+                    if remaining <= 0:
+                        self._lose(f"could not renew within {self.usable_s:g} s")
+                        return False
                     await asyncio.wait_for(self.renew(), min(remaining, NATS_REQUEST_TIMEOUT_S))
-                    break
-                except LeaseLost:
-                    return
-                except Exception as exc:  # NATS unreachable or slow: retry until the lease runs out
-                    log.warning(
-                        "worker id lease renewal failed",
-                        extra={"worker_id": self.worker_id, "error": repr(exc)},
-                    )
-                    await asyncio.sleep(pause)
+                    return True
+        except LeaseLost:
+            return False
+        return False  # not reached: the loop above ends by a return or LeaseLost
+
+    def _renewal_failed(self, exc: BaseException, pause_s: float) -> None:
+        log.warning(
+            "worker id lease renewal failed",
+            extra={"worker_id": self.worker_id, "error": repr(exc), "pause_s": round(pause_s, 3)},
+        )
 
     def _lose(self, reason: str) -> None:
         if self._lost_reason is None:
@@ -365,17 +384,7 @@ class LeasedIdGenerator:
             await self.lease.wait_lost()
             if self._closing:
                 return
-            pause = 0.2
-            while True:
-                try:
-                    lease = await WorkerIdLease.acquire(
-                        self._js, self._namespace, owner=self.lease.owner, renew_every_s=self._renew_every_s
-                    )
-                    break
-                except Exception as exc:  # NATS down or every id taken: keep trying
-                    log.warning("worker id re-lease failed", extra={"error": repr(exc)})
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 5.0)
+            lease = await self._acquire_retrying()
             if self._closing:
                 await lease.release(self.generator.last_ms)
                 return
@@ -383,6 +392,21 @@ class LeasedIdGenerator:
             self.generator = OrderIdGenerator(lease.worker_id, self._clock_ms, last_ms=last_ms)
             self.lease = lease
             self.leases += 1
+
+    async def _acquire_retrying(self) -> WorkerIdLease:
+        """A new lease, tried again (NATS down, or every id taken) until one is granted."""
+        async for attempt in retrying(
+            first_s=RELET_BACKOFF_FIRST_S,
+            max_s=RELET_BACKOFF_MAX_S,
+            on_failure=lambda exc, pause_s: log.warning(
+                "worker id re-lease failed", extra={"error": repr(exc), "pause_s": round(pause_s, 3)}
+            ),
+        ):
+            with attempt:
+                return await WorkerIdLease.acquire(
+                    self._js, self._namespace, owner=self.lease.owner, renew_every_s=self._renew_every_s
+                )
+        raise AssertionError("not reached: the loop above retries until a lease is granted")
 
     async def close(self) -> None:
         self._closing = True
