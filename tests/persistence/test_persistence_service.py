@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from bourse.adapters.jetstream import stream_position
@@ -22,7 +23,7 @@ from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
 from bourse.settings import Settings
-from bourse.topology import EVENTS
+from bourse.topology import ACCOUNTS, EVENTS
 from tests.conftest import free_port
 from tests.persistence.helpers import Exchange, dump, fetch_all, stream_last, until
 
@@ -336,6 +337,45 @@ async def test_the_health_port_serves_the_lag_in_healthz_and_as_prometheus_metri
     assert f'bourse_persistence_lag_messages{{stream="{stream}"}} 0' in metrics.text
     subject = f"{sql_settings.namespace}.events.btc_usd"
     assert f'bourse_persistence_subject_lag{{stream="{stream}",subject="{subject}"}} 0' in metrics.text
+    # what a Prometheus server reads of it
+    families = {family.name: family for family in text_string_to_metric_families(metrics.text)}
+    assert families["bourse_persistence_lag_messages"].type == "gauge"
+    assert families["bourse_persistence_subject_lag"].type == "gauge"
+    for name in ("messages", "items", "rows", "duplicates", "transactions", "failures"):
+        assert families[f"bourse_persistence_{name}"].type == "counter"
+    samples = {
+        (sample.name, sample.labels["stream"]): sample.value
+        for family in families.values()
+        for sample in family.samples
+        if "subject" not in sample.labels
+    }
+    accounts_stream = ACCOUNTS.name(sql_settings.namespace)
+    assert samples[("bourse_persistence_lag_messages", stream)] == 0
+    assert samples[("bourse_persistence_transactions_total", stream)] >= 1
+    assert samples[("bourse_persistence_messages_total", accounts_stream)] >= 1
+    assert samples[("bourse_persistence_failures_total", stream)] == 0
+
+
+def test_each_persistence_instance_exposes_its_own_metrics(sql_settings: Settings) -> None:
+    """Two instances in one process (or one test run) keep separate registries."""
+    ctx = ServiceContext(sql_settings, None, None)  # type: ignore[arg-type]  # no I/O here
+    first, second = Persistence(ctx), Persistence(ctx)
+    first.events.transactions = 7
+    second.events.transactions = 3
+    stream = first.events.stream
+
+    def transactions(service: Persistence) -> float:
+        for family in text_string_to_metric_families(service.metrics()):
+            for sample in family.samples:
+                if sample.name == "bourse_persistence_transactions_total" and sample.labels == {
+                    "stream": stream
+                }:
+                    return sample.value
+        raise AssertionError("no bourse_persistence_transactions_total")
+
+    assert transactions(first) == 7
+    assert transactions(second) == 3
+    assert len(list(text_string_to_metric_families(first.metrics()))) == 8  # 2 gauges, 6 counters
 
 
 async def test_a_second_instance_on_the_same_database_refuses_to_start(

@@ -43,13 +43,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -61,6 +64,7 @@ from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledg
 from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.runtime.cancellation import cancel_and_wait
+from bourse.runtime.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
@@ -131,6 +135,44 @@ class Feed:
         }
 
 
+class PersistenceMetrics(Collector):
+    """`bourse_persistence_*`: the lag and the feeds' counters, read when scraped (the feeds keep
+    the counts for /healthz; this only exposes them)."""
+
+    COUNTERS = ("messages", "items", "rows", "duplicates", "transactions", "failures")
+
+    def __init__(self, service: Persistence) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        feeds = (service.events, service.accounts)
+        lag = GaugeMetricFamily(
+            "bourse_persistence_lag_messages",
+            "Stream messages stored after the last one applied.",
+            labels=["stream"],
+        )
+        subject_lag = GaugeMetricFamily(
+            "bourse_persistence_subject_lag",
+            "Stream sequences between the last message of a subject and the last one applied.",
+            labels=["stream", "subject"],
+        )
+        for feed in feeds:
+            feed_lag = feed.lag()
+            lag.add_metric([feed.stream], feed_lag["messages"])
+            for shard, value in feed_lag["subjects"].items():
+                subject_lag.add_metric([feed.stream, feed.spec.subject(service.ctx.namespace, shard)], value)
+        yield lag
+        yield subject_lag
+        for name in self.COUNTERS:
+            counter = CounterMetricFamily(
+                f"bourse_persistence_{name}", f"Persistence {name}, per stream.", labels=["stream"]
+            )
+            for feed in feeds:
+                counter.add_metric([feed.stream], getattr(feed, name))
+            yield counter
+
+
 class Persistence(Service):
     name = "persistence"
     description = "Orders, trades, balances and the ledger written to SQL (MariaDB/MySQL; SQLite embedded)"
@@ -157,6 +199,9 @@ class Persistence(Service):
         self._lock: PersistenceLock | None = None
         self._abandoned: set[asyncio.Future[Written]] = set()
         """Timed-out transactions still stuck on a dead connection (kept referenced)."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        """This instance's metrics only: several services (and tests) in one process do not collide."""
+        self.registry.register(PersistenceMetrics(self))
 
     @property
     def store(self) -> SqlStore:
@@ -349,36 +394,35 @@ class Persistence(Service):
         engine = self.engine
         assert engine is not None, "persistence is not started"
         deadline_s = self.ctx.settings.sql_transaction_timeout_s
-        pause = self.RETRY_PAUSE_S
-        while True:
-            started = time.perf_counter()
-            try:
+
+        def failed(exc: BaseException, pause_s: float) -> None:
+            feed.failures += 1
+            if isinstance(exc, TimeoutError):
+                feed.last_error = f"TimeoutError: no commit within {deadline_s} s"
+            else:
+                feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.log.warning(
+                "write failed, retrying",
+                extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": round(pause_s, 3)},
+            )
+
+        async for attempt in retrying(
+            first_s=self.RETRY_PAUSE_S, max_s=self.RETRY_PAUSE_MAX_S, on_failure=failed
+        ):
+            with attempt:
+                started = time.perf_counter()
                 # the deadline starts once this feed may write (SQLite: the other one is done)
                 async with self._serialized():
                     written = await self._attempt(engine, work, deadline_s)
-            except Exception as exc:
-                feed.failures += 1
-                if isinstance(exc, TimeoutError):
-                    feed.last_error = f"TimeoutError: no commit within {deadline_s} s"
-                else:
-                    feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                self.log.warning(
-                    "write failed, retrying",
-                    extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": pause},
-                )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self.RETRY_PAUSE_MAX_S)
-                continue
-            feed.write_s += time.perf_counter() - started
-            feed.positions = written.positions
-            feed.messages += messages
-            feed.items += written.items
-            feed.rows += written.rows
-            feed.duplicates += written.duplicates
-            feed.transactions += 1
-            feed.last_error = None
-            self._known_members.update(written.members)
-            return
+        feed.write_s += time.perf_counter() - started
+        feed.positions = written.positions
+        feed.messages += messages
+        feed.items += written.items
+        feed.rows += written.rows
+        feed.duplicates += written.duplicates
+        feed.transactions += 1
+        feed.last_error = None
+        self._known_members.update(written.members)
 
     ABANDON_AFTER_S = 1.0
     """How long a timed-out attempt may take to roll back before it is left behind."""
@@ -460,29 +504,5 @@ class Persistence(Service):
         }
 
     def metrics(self) -> str:
-        """The lag and counters in the Prometheus text format."""
-        lines = [
-            "# HELP bourse_persistence_lag_messages Stream messages stored after the last one applied.",
-            "# TYPE bourse_persistence_lag_messages gauge",
-        ]
-        for feed in (self.events, self.accounts):
-            lines.append(
-                f'bourse_persistence_lag_messages{{stream="{feed.stream}"}} {feed.lag()["messages"]}'
-            )
-        lines += [
-            "# HELP bourse_persistence_subject_lag Stream sequences between the last message of a subject "
-            "and the last one applied.",
-            "# TYPE bourse_persistence_subject_lag gauge",
-        ]
-        for feed in (self.events, self.accounts):
-            for shard, lag in feed.lag()["subjects"].items():
-                subject = feed.spec.subject(self.ctx.namespace, shard)
-                lines.append(
-                    f'bourse_persistence_subject_lag{{stream="{feed.stream}",subject="{subject}"}} {lag}'
-                )
-        for counter in ("messages", "items", "rows", "duplicates", "transactions", "failures"):
-            lines.append(f"# TYPE bourse_persistence_{counter}_total counter")
-            for feed in (self.events, self.accounts):
-                value = getattr(feed, counter)
-                lines.append(f'bourse_persistence_{counter}_total{{stream="{feed.stream}"}} {value}')
-        return "\n".join(lines) + "\n"
+        """The lag and counters in the Prometheus text format (read from the feeds at each scrape)."""
+        return generate_latest(self.registry).decode()
