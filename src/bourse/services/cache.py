@@ -64,6 +64,7 @@ from bourse.domain.order_views import (
 )
 from bourse.domain.orders import Side
 from bourse.runtime.cancellation import cancel_and_wait
+from bourse.runtime.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
@@ -266,25 +267,27 @@ class Cache(Service):
         await self._retrying(self.accounts, messages)
 
     async def _retrying(self, feed: Feed, messages: Sequence[Msg]) -> None:
-        pause = self.RETRY_PAUSE_S
-        while True:
-            try:
+        """Write until Redis takes it (never acked unwritten); after a failure the positions are
+        read again from Redis before the next attempt."""
+
+        def failed(exc: BaseException, pause_s: float) -> None:
+            self._stale = True
+            feed.failures += 1
+            feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.log.warning(
+                "write failed, retrying",
+                extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": round(pause_s, 3)},
+            )
+
+        async for attempt in retrying(
+            first_s=self.RETRY_PAUSE_S, max_s=self.RETRY_PAUSE_MAX_S, on_failure=failed
+        ):
+            with attempt:
                 async with self._lock:
                     if self._stale:
                         await self._sync()
                     await self._write(feed, messages)
-                feed.last_error = None
-                return
-            except Exception as exc:
-                self._stale = True
-                feed.failures += 1
-                feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                self.log.warning(
-                    "write failed, retrying",
-                    extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": pause},
-                )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self.RETRY_PAUSE_MAX_S)
+        feed.last_error = None
 
     async def _write(self, feed: Feed, messages: Sequence[Msg]) -> None:
         """One MULTI/EXEC for these messages of `feed` (positions in memory, read by the caller)."""
