@@ -122,7 +122,13 @@ def group_services(
 class RestartBackoff:
     """How long to wait before starting a crashed child again: `first_s` doubling with each
     crash in a row, at most `max_s`; a child that had been up `reset_after_s` before it crashed
-    starts the count again (its crash is not part of a crash loop)."""
+    starts the count again (its crash is not part of a crash loop).
+
+    Not `bourse.runtime.retry` (tenacity): a retry library counts the failed attempts of one
+    call that has not yet succeeded, and its backoff grows from the start of that call. A child
+    restart has no such call: each start succeeds, and what resets the count is how long the
+    child then stayed up, which only the supervisor sees. No jitter either: one supervisor
+    restarts its own children, nothing to spread."""
 
     first_s: float
     max_s: float
