@@ -104,6 +104,10 @@ class FaultProxy:
         self._pipes.add(pipe)
         try:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        except asyncio.CancelledError:
+            # the proxy is closing: end quietly (asyncio's stream callback would report the
+            # cancelled connection task as an error in the middle of the suite's output)
+            return
         finally:
             self._pipes.discard(pipe)
             for w in (writer, up_writer):
