@@ -31,6 +31,7 @@ from bourse.domain.orders import (
     PlaceOrder,
     Side,
     TimeInForce,
+    command_kind,
 )
 from bourse.order_requests import (
     OrderRequestError,
@@ -102,7 +103,7 @@ async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrd
         ) from exc
     except OutcomeUnknown as exc:
         wait_s = max(exc.decided_by_ns - time.time_ns(), 0) / 1e9
-        what = "order" if isinstance(command, PlaceOrder) else command_name(command)
+        what = "order" if isinstance(command, PlaceOrder) else command_kind(command)
         raise ApiError(
             504,
             "outcome_unknown",
@@ -112,12 +113,6 @@ async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrd
             order_id=str(command.order_id),
             decided_by=iso(exc.decided_by_ns),
         ) from exc
-
-
-def command_name(command: PlaceOrder | CancelOrder | AmendOrder) -> Literal["place", "cancel", "amend"]:
-    if isinstance(command, PlaceOrder):
-        return "place"
-    return "cancel" if isinstance(command, CancelOrder) else "amend"
 
 
 RETRY_AFTER: Final = {"Retry-After": "1"}
