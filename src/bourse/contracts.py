@@ -22,6 +22,8 @@ from bourse.domain.accounts import BalanceChanged
 from bourse.domain.ledger import LedgerEntry
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import (
+    CLIENT_ORDER_ID_MAX,
+    CLIENT_ORDER_ID_PATTERN,
     AmendOrder,
     CancelOrder,
     CloseReason,
@@ -309,7 +311,9 @@ QUERY_READY_DECODER = msgspec.json.Decoder(QueryReady)
 # body plus `command` and `member_id`; the AMQP `message_id` property is the idempotency key of a
 # create (see docs/architecture.md, "RabbitMQ ingress"). Money is decimal strings, as in the API.
 
-ClientOrderIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+ClientOrderIdText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=CLIENT_ORDER_ID_MAX, pattern=CLIENT_ORDER_ID_PATTERN)
+]
 """The REST API's `client_order_id` rule (`bourse.api.schemas.ClientOrderId`)."""
 DecimalText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 OrderIdText = str | int

@@ -8,7 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bourse.catalog import MarketFees
 from bourse.domain.money import Market, format_scaled
-from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
+from bourse.domain.orders import (
+    CLIENT_ORDER_ID_MAX,
+    CLIENT_ORDER_ID_PATTERN,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 
 class MarketOut(BaseModel):
@@ -51,7 +58,9 @@ class Problem(BaseModel):
     detail: str
 
 
-ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+ClientOrderId = Annotated[
+    str, StringConstraints(min_length=1, max_length=CLIENT_ORDER_ID_MAX, pattern=CLIENT_ORDER_ID_PATTERN)
+]
 DecimalString = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 

@@ -9,6 +9,7 @@ path and encodable as they are, so the engine's output is already the wire contr
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 import msgspec
@@ -46,6 +47,17 @@ class OrderStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({OrderStatus.EXECUTED, OrderStatus.CANCELLED, OrderStatus.CLOSED})
+
+
+CLIENT_ORDER_ID_MAX = 64
+CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_\-.:]+$"
+"""The client-order-id rule, the one place it is written: 1..64 of A-Z a-z 0-9 _ - . : (the
+REST schema, the wire contracts and the RabbitMQ message id all use it)."""
+_CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
+
+
+def is_client_order_id(text: str) -> bool:
+    return len(text) <= CLIENT_ORDER_ID_MAX and _CLIENT_ORDER_ID.match(text) is not None
 
 
 class RejectReason(StrEnum):

@@ -63,7 +63,7 @@ from bourse.contracts import (
     json_encode,
 )
 from bourse.domain.money import Market
-from bourse.domain.orders import PlaceOrder
+from bourse.domain.orders import CLIENT_ORDER_ID_MAX, PlaceOrder, is_client_order_id
 from bourse.order_requests import (
     OrderRequestError,
     amend_command,
@@ -84,8 +84,6 @@ REPLY_RETRY_PAUSE_S = 0.2
 STOP_RABBITMQ_S = 5.0
 """How long stopping waits for RabbitMQ (cancelling the consumer, closing the connections)."""
 STOP_DRAIN_S = 10.0
-MESSAGE_ID_MAX = 64
-MESSAGE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:")
 """A message id must be usable as a client order id (the REST API's rule)."""
 
 
@@ -270,9 +268,9 @@ class AmqpIngress(Service):
         message_id = message.message_id
         if not message_id:
             raise Refused("missing_message_id", "the message_id property is required (the idempotency key)")
-        if len(message_id) > MESSAGE_ID_MAX or not MESSAGE_ID_CHARS.issuperset(message_id):
+        if not is_client_order_id(message_id):  # it becomes the client order id of a create
             raise Refused(
-                "invalid_message_id", f"message_id must be 1..{MESSAGE_ID_MAX} of A-Z a-z 0-9 _ - . :"
+                "invalid_message_id", f"message_id must be 1..{CLIENT_ORDER_ID_MAX} of A-Z a-z 0-9 _ - . :"
             )
         try:
             body = AMQP_COMMAND_DECODER.decode(message.body)
