@@ -264,6 +264,14 @@ class Settings(BaseSettings):
     amqp_reply_timeout_s: float = Field(
         default=5.0, gt=0, description="How long a reply waits for the accounts decision and engine outcome."
     )
+    amqp_heartbeat_s: int = Field(
+        default=5,
+        ge=1,
+        le=600,
+        description="AMQP heartbeat the ingress asks for: a connection whose server stopped answering "
+        "(a black-holed route) is found dead after a few missed heartbeats (about 20 s at 5 s; the "
+        "server's default of 60 s made it minutes), then reconnected.",
+    )
     amqp_reconnect_interval_s: float = Field(
         default=1.0,
         gt=0,

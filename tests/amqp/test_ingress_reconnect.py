@@ -5,7 +5,9 @@
   back (`amqp_reconnect_interval_s`, 1 s; aio-pika's default of 5 s made it 6-12 s).
 - A message whose command became durable but whose ack was lost with the connection is
   redelivered; the publisher still gets the first delivery's reply (`accepted`), not only the
-  redelivery's `duplicate`, and the order exists once."""
+  redelivery's `duplicate`, and the order exists once.
+- A black-holed RabbitMQ (nothing refused) is noticed by the AMQP heartbeat in seconds, and the
+  ingress consumes again once it is back."""
 
 from __future__ import annotations
 
@@ -87,6 +89,41 @@ async def test_the_ingress_consumes_again_within_seconds_after_rabbitmq_returns(
     finally:
         await process.stop()
     accepted = (await engine_record(nc, proxied.namespace)).accepted_by_client_id()
+    assert (accepted[before], accepted[during]) == (1, 1)
+
+
+HEARTBEAT_S = 2
+NOTICED_WITHIN_S = 20.0
+"""aiormq calls a connection dead after about four missed heartbeats (9 s at 2 s, measured)."""
+
+
+async def test_a_black_holed_rabbitmq_is_noticed_by_heartbeats_and_consumed_again_once_back(
+    proxied: Settings, proxy: ThreadedProxy, publisher: Publisher, nc: Client
+) -> None:
+    """Packets dropped, nothing refused: only the heartbeat can tell (at the server's 60 s, the
+    ingress stayed "ok" and idle for minutes)."""
+    settings = proxied.model_copy(update={"amqp_heartbeat_s": HEARTBEAT_S})
+    process = BourseProcess(settings, [*PIPELINE, AmqpIngress], embedded_nats=False)
+    try:
+        await process.start()
+        before = mid()
+        await publisher.publish(order(), before)
+        assert (await publisher.reply(before)).status == "accepted"
+        ingress = ingress_of(process)
+
+        proxy.set_state("blackhole")
+        cut = time.monotonic()
+        while ingress.health()["ok"]:
+            assert time.monotonic() - cut < NOTICED_WITHIN_S, "a black-holed RabbitMQ went unnoticed"
+            await asyncio.sleep(0.2)
+        during = mid()
+        await publisher.publish(order(), during)  # waits in RabbitMQ's queue
+        proxy.set_state("up")
+        reply = await publisher.reply(during, timeout_s=30)
+        assert reply.status == "accepted", reply
+    finally:
+        await process.stop()
+    accepted = (await engine_record(nc, settings.namespace)).accepted_by_client_id()
     assert (accepted[before], accepted[during]) == (1, 1)
 
 

@@ -38,6 +38,7 @@ ERROR_MESSAGE_HEADER = "x-bourse-error-message"
 """Dead-lettered by the ingress: what was wrong, for a person."""
 CONNECT_TIMEOUT_S = 5.0
 """Deadline of one connection attempt (a black-holed broker must not hold a reconnect forever)."""
+HEARTBEAT_S = 5
 RECONNECT_INTERVAL_S = 1.0
 """Default pause between reconnection attempts (`Settings.amqp_reconnect_interval_s`)."""
 USER_HEADER = "x-bourse-user-id"
@@ -72,12 +73,15 @@ def url_user(url: str) -> str:
     return unquote(urlsplit(url).username or "guest")
 
 
-async def connect(url: str, reconnect_interval_s: float = RECONNECT_INTERVAL_S) -> AbstractRobustConnection:
+async def connect(
+    url: str, reconnect_interval_s: float = RECONNECT_INTERVAL_S, heartbeat_s: int = HEARTBEAT_S
+) -> AbstractRobustConnection:
     """A connection that reconnects by itself and restores its channels, queues and consumers.
     It tries again every `reconnect_interval_s` (aio-pika's default, 5 s, left the ingress idle
-    up to 5 s after RabbitMQ was back), each attempt bounded by `CONNECT_TIMEOUT_S`."""
+    up to 5 s after RabbitMQ was back), each attempt bounded by `CONNECT_TIMEOUT_S`; it asks for
+    a `heartbeat_s` heartbeat, so a server that stopped answering is noticed in seconds."""
     return await aio_pika.connect_robust(
-        url, timeout=CONNECT_TIMEOUT_S, reconnect_interval=reconnect_interval_s
+        url, timeout=CONNECT_TIMEOUT_S, reconnect_interval=reconnect_interval_s, heartbeat=heartbeat_s
     )
 
 

@@ -160,13 +160,13 @@ class AmqpIngress(Service):
         )
         await self.intake.start()
         reconnect_s = settings.amqp_reconnect_interval_s
-        self.connection = await amqp.connect(self.url, reconnect_s)
+        self.connection = await amqp.connect(self.url, reconnect_s, settings.amqp_heartbeat_s)
         consuming = await self.connection.channel(publisher_confirms=False)
         await consuming.set_qos(prefetch_count=settings.amqp_prefetch)
         self._queue = await amqp.declare(consuming, self.topology)
         # publishing on its own connection: RabbitMQ's flow control throttles a connection that
         # publishes faster than the queues take, and must not hold back the consumer's acks
-        self.publishing = await amqp.connect(self.url, reconnect_s)
+        self.publishing = await amqp.connect(self.url, reconnect_s, settings.amqp_heartbeat_s)
         confirming = await self.publishing.channel(publisher_confirms=True)
         self._dead_letters = await confirming.get_exchange(self.topology.dead_letter_exchange)
         self._replies = await self.publishing.channel(publisher_confirms=False)
