@@ -130,6 +130,11 @@ SCENARIOS: dict[str, Scenario] = {
             "rabbitmq-cut", "the ingress's RabbitMQ connection cut (refused)", proxy("rabbitmq", "refuse")
         ),
         Scenario(
+            "rabbitmq-blackhole",
+            "the ingress's RabbitMQ black-holed (packets dropped)",
+            proxy("rabbitmq", "blackhole"),
+        ),
+        Scenario(
             "persistence-paused",
             "persistence SIGSTOPped for the window (at least 30 s)",
             pause("persistence"),
