@@ -45,11 +45,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bourse.adapters.amqp import AmqpTopology, declare, delete, url_user
-from bourse.auth import key_ring_for
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER
+from bourse.config.amqp import amqp_topology
+from bourse.config.auth import key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts.subjects import ACCOUNTS
 from bourse.domain.orders import OrderAccepted, OrderRejected
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS
 from e2e_bench import (
     Server,
     base_env,
@@ -205,7 +206,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     own_nats, nats_url = start_own_nats(workdir)
     servers: list[Server] = []
     settings = Settings(namespace=namespace, rabbitmq_url=args.rabbitmq_url, _env_file=None)
-    topology = AmqpTopology.from_settings(settings)
+    topology = amqp_topology(settings)
     rabbit = await aio_pika.connect_robust(args.rabbitmq_url)
     channel = await rabbit.channel()
     publisher: aio_pika.abc.AbstractRobustConnection | None = None

@@ -72,14 +72,14 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from bourse.adapters.jetstream import stream_position
-from bourse.auth import issuer_for, key_ring_for
-from bourse.catalog import default_markets_file
-from bourse.contracts import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_BATCH_DECODER
+from bourse.adapters.jetstream import remove_topology, stream_position
+from bourse.application.catalog import default_markets_file
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODER, MATCH_BATCH_DECODER
+from bourse.contracts.subjects import EVENTS, MATCH, ORDERS, STREAMS
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.services import services_for
-from bourse.settings import Settings
-from bourse.topology import EVENTS, MATCH, ORDERS, STREAMS, remove_topology
 from lean_http import LeanHttpConnection, build_request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -704,10 +704,12 @@ def finish_profilers(running: dict[str, tuple[Path, Any]]) -> dict[str, Any]:
 
 PACKAGES = (
     ("bourse/domain", "bourse.domain"),
-    ("bourse/api", "bourse.api"),
+    ("bourse/application", "bourse.application"),
+    ("bourse/contracts", "bourse.contracts"),
+    ("bourse/entrypoints", "bourse.entrypoints"),
     ("bourse/services", "bourse.services"),
     ("bourse/adapters", "bourse.adapters"),
-    ("bourse/auth", "bourse.auth"),
+    ("bourse/runtime", "bourse.runtime"),
     ("bourse/", "bourse (other)"),
     ("nats/", "nats-py"),
     ("h11", "h11"),

@@ -43,9 +43,13 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bourse.adapters.jetstream import ensure_topology, remove_topology
 from bourse.adapters.sql.database import create_engine
-from bourse.catalog import Catalog, MarketFees
-from bourse.contracts import (
+from bourse.application.accounts_stage import AccountsShard
+from bourse.application.catalog import Catalog, MarketFees
+from bourse.application.matching_stage import MarketShard
+from bourse.config.settings import Settings
+from bourse.contracts.messages import (
     AccountsBatch,
     AccountsItem,
     AccountsReports,
@@ -54,14 +58,11 @@ from bourse.contracts import (
     MatchSegment,
     encode,
 )
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.matching import MatchingEngine
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
-from bourse.services.accounts import AccountsShard
-from bourse.services.matching import MarketShard
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, ensure_topology, remove_topology
 from workload import bench_market, generate
 
 MEMBERS = 1000

@@ -13,9 +13,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from bourse.adapters.jetstream import remove_topology
+from bourse.config.settings import Settings
 from bourse.runtime.nats_server import EmbeddedNatsServer
-from bourse.settings import Settings
-from bourse.topology import remove_topology
 
 SYSTEM_NATS_URL = os.environ.get("BOURSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 

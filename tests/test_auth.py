@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bourse.auth import (
+from bourse.adapters.auth import (
     InvalidToken,
     KeyFileError,
     KeyRing,
@@ -27,7 +27,7 @@ from bourse.auth import (
     load_or_create_key_ring,
     token_from_authorization,
 )
-from bourse.auth.keys import SigningKey, jwks_document, public_keys_from_jwks
+from bourse.adapters.auth.keys import SigningKey, jwks_document, public_keys_from_jwks
 from bourse.cli import main
 
 ISSUER = "bourse"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bourse.catalog import CatalogError, load_catalog, parse_catalog
-from bourse.settings import Settings
+from bourse.application.catalog import CatalogError, load_catalog, parse_catalog
+from bourse.config.settings import Settings
 
 
 def test_default_markets_file_has_consistent_markets_and_demo_members() -> None:

@@ -11,19 +11,19 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bourse.auth import generate_key, load_key_ring
+from bourse.adapters.auth import generate_key, load_key_ring
 from bourse.cli import SETTINGS_REFUSED, main
-from bourse.production import (
+from bourse.config.production import (
     ProductionSettingsRefused,
     check_production,
     default_credentials,
     production_problems,
 )
+from bourse.config.settings import SecretUrl, Settings, mask_url
 from bourse.runtime.logs import ConsoleFormatter, JsonFormatter
 from bourse.runtime.process import BourseProcess, print_links
 from bourse.runtime.supervisor import Supervisor
 from bourse.services.auth import Auth
-from bourse.settings import SecretUrl, Settings, mask_url
 from tests.conftest import free_port
 
 SECRETS = ("s3cret-nats", "s3cret-sql", "s3cret-redis", "s3cret-amqp")

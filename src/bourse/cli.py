@@ -10,10 +10,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bourse.production import ProductionSettingsRefused, check_production
+from bourse.config.production import ProductionSettingsRefused, check_production
+from bourse.config.settings import Settings
 from bourse.runtime.logs import configure_logging
 from bourse.runtime.process import BourseProcess, print_links
-from bourse.settings import Settings
 
 LOCK_HELD = 3
 """Exit code of `rebuild` and `db reset` when the persistence lock is held (nothing was changed)."""
@@ -102,7 +102,7 @@ def cmd_services(_args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from bourse.auth import issuer_for, key_ring_for, keys_dir
+    from bourse.config.auth import issuer_for, key_ring_for, keys_dir
 
     settings = Settings()
     try:

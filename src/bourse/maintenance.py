@@ -18,11 +18,11 @@ from bourse.adapters.sql.audit import AuditReport, audit_url
 from bourse.adapters.sql.database import revision_url
 from bourse.adapters.sql.lock import holding
 from bourse.adapters.sql.staging import create_staging, drop_staging, swap_in
+from bourse.config.settings import SecretUrl, Settings
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.process import connect_nats
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
-from bourse.settings import SecretUrl, Settings
 
 LOCK_WAIT_S = 1.0
 """How long the commands wait for the lock: long enough for a service just stopped to let it go."""

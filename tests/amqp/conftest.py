@@ -11,6 +11,8 @@ import pytest
 from nats.aio.client import Client
 
 from bourse.adapters.amqp import AmqpTopology, delete
+from bourse.config.amqp import amqp_topology
+from bourse.config.settings import Settings
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import Service
 from bourse.services.accounts import AccountsService
@@ -18,7 +20,6 @@ from bourse.services.amqp_ingress import AmqpIngress
 from bourse.services.auth import Auth
 from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
-from bourse.settings import Settings
 from tests.amqp.helpers import RABBITMQ_URL, Publisher
 from tests.conftest import SYSTEM_NATS_URL
 
@@ -39,7 +40,7 @@ def amqp_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def topology(amqp_settings: Settings) -> AmqpTopology:
-    return AmqpTopology.from_settings(amqp_settings)
+    return amqp_topology(amqp_settings)
 
 
 @pytest.fixture

@@ -21,9 +21,14 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from bourse.adapters.amqp import AmqpTopology, declare
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER, AmqpReply
+from bourse.contracts.messages import (
+    ACCOUNTS_REPORTS_DECODER,
+    AMQP_REPLY_DECODER,
+    EVENT_BATCH_DECODER,
+    AmqpReply,
+)
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.orders import OrderAccepted, OrderRejected, Trade
-from bourse.topology import ACCOUNTS, EVENTS
 
 RABBITMQ_URL = os.environ.get("BOURSE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -13,11 +13,11 @@ from aio_pika.abc import AbstractChannel
 from nats.aio.client import Client
 
 from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopology
-from bourse.auth import issuer_for, key_ring_for
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import ORDERS
 from bourse.domain.orders import OrderStatus
 from bourse.runtime.process import BourseProcess
-from bourse.settings import Settings
-from bourse.topology import ORDERS
 from tests.amqp.conftest import ingress_of
 from tests.amqp.helpers import RABBITMQ_URL, Publisher, dead_letters, engine_record, queue_depth, rabbitmqctl
 

@@ -18,10 +18,10 @@ from aio_pika.abc import AbstractChannel
 from nats.aio.client import Client
 
 from bourse.adapters.amqp import AmqpTopology
+from bourse.config.settings import Settings
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.runtime.process import BourseProcess
 from bourse.services.amqp_ingress import AmqpIngress
-from bourse.settings import Settings
 from tests.amqp.conftest import PIPELINE, ingress_of
 from tests.amqp.helpers import RABBITMQ_URL, Publisher, queue_depth, wait_accepted
 from tests.conftest import SYSTEM_NATS_URL, free_port

@@ -21,10 +21,11 @@ import pytest
 from nats.aio.client import Client
 from yarl import URL
 
-from bourse.adapters.order_intake import Command, Submission
+from bourse.adapters.order_intake import Submission
+from bourse.application.ports import Command
+from bourse.config.settings import Settings
 from bourse.runtime.process import BourseProcess
 from bourse.services.amqp_ingress import AmqpIngress
-from bourse.settings import Settings
 from tests.amqp.conftest import PIPELINE, ingress_of
 from tests.amqp.helpers import RABBITMQ_URL, Publisher, engine_record
 from tests.faults.proxy import ThreadedProxy

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bourse.config.settings import Settings
 from bourse.runtime.supervisor import group_services
 from bourse.services import services_for
-from bourse.settings import Settings
 
 
 def names(settings: Settings, chosen: list[str] | None = None) -> list[str]:

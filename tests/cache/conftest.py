@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bourse.settings import Settings
+from bourse.config.settings import Settings
 from tests.conftest import SYSTEM_NATS_URL, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.read_chain import ReadChain
 from bourse.adapters.redis_read_model import RedisReadModel
-from bourse.auth import issuer_for, key_ring_for
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import Service
 from bourse.services.accounts import AccountsService
@@ -22,8 +24,6 @@ from bourse.services.gateway import Gateway
 from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.query import Query
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS
 from tests.cache.conftest import RedisServer
 from tests.cache.test_cache_service import assert_same_answers
 from tests.conftest import free_port

@@ -10,13 +10,14 @@ import pytest
 from nats.aio.client import Client
 from redis.asyncio import Redis
 
-from bourse.adapters.query_client import QueryClient, QueryFailed
+from bourse.adapters.jetstream import ensure_topology
+from bourse.adapters.query_client import QueryClient
 from bourse.adapters.redis_read_model import RedisReadModel
+from bourse.application.ports import QueryFailed
+from bourse.config.settings import Settings
 from bourse.runtime.host import ServiceHost
 from bourse.services.cache import Cache
 from bourse.services.query import Query
-from bourse.settings import Settings
-from bourse.topology import ensure_topology
 from tests.cache.conftest import RedisServer, redis_url_of
 from tests.persistence.helpers import CATALOG, Exchange, fetch_all, stream_last, until
 

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-from bourse.adapters.query_client import QueryFailed
 from bourse.adapters.read_chain import (
     READ_NOTE,
     Positions,
@@ -16,6 +15,7 @@ from bourse.adapters.read_chain import (
     ReadWatch,
     StreamHistory,
 )
+from bourse.application.ports import QueryFailed
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
 

@@ -22,18 +22,18 @@ from nats.aio.client import Client
 from redis.asyncio import Redis
 from sqlalchemy import delete
 
+from bourse.adapters.jetstream import remove_topology
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.sql.database import create_engine
 from bourse.adapters.sql.models import applied_positions, balances, orders, trades
 from bourse.adapters.sql.read_model import SqlReadModel
-from bourse.auth import issuer_for, key_ring_for
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import Service
 from bourse.services.cache import Cache
 from bourse.services.gateway import Gateway
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
-from bourse.topology import remove_topology
 from tests.cache.conftest import RedisServer, redis_url_of
 from tests.conftest import free_port
 from tests.e2e.harness import DEMO_BALANCES, SERVICES, Exchange

@@ -49,15 +49,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
-from bourse.adapters.amqp import AmqpTopology
 from bourse.adapters.amqp import delete as delete_amqp_topology
-from bourse.auth import SigningKey, TokenIssuer
-from bourse.catalog import load_catalog
-from bourse.contracts import AccountsBatch, Deposit, encode
-from bourse.production import production_problems
+from bourse.adapters.auth import SigningKey, TokenIssuer
+from bourse.application.catalog import load_catalog
+from bourse.config.amqp import amqp_topology
+from bourse.config.production import production_problems
+from bourse.config.settings import Settings
+from bourse.contracts.messages import AccountsBatch, Deposit, encode
+from bourse.contracts.subjects import ORDERS, member_shard
 from bourse.services import SERVICES
-from bourse.settings import Settings
-from bourse.topology import ORDERS, member_shard
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.conftest import SYSTEM_NATS_URL, free_port
 from tests.e2e.harness import delete_namespace
@@ -541,7 +541,7 @@ async def local(tmp_path: Path) -> AsyncIterator[Local]:
     with contextlib.suppress(Exception):
         connection = await aio_pika.connect(RABBITMQ_URL)
         async with connection:
-            topology = AmqpTopology.from_settings(Settings(namespace=namespace, _env_file=None))
+            topology = amqp_topology(Settings(namespace=namespace, _env_file=None))
             await delete_amqp_topology(await connection.channel(), topology)
 
 

@@ -3,7 +3,7 @@ events and rejections fold into the loaded records."""
 
 from __future__ import annotations
 
-from bourse.contracts import EventBatch
+from bourse.contracts.messages import EventBatch
 from bourse.domain.order_records import OrderRecords, orders_to_load, rejected_record
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (

@@ -8,7 +8,7 @@ import random
 import msgspec
 import pytest
 
-from bourse.contracts import EVENT_BATCH_DECODER, AccountsReport, EventBatch, encode
+from bourse.contracts.messages import EVENT_BATCH_DECODER, AccountsReport, EventBatch, encode
 from bourse.domain.accounts import BalanceChanged
 from bourse.domain.matching import MatchingEngine
 from bourse.domain.order_views import BalanceView, MemberTrade, OrderViews, PublicTrade

@@ -13,8 +13,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from bourse.config.settings import Settings
 from bourse.runtime.nats_server import EmbeddedNatsServer
-from bourse.settings import Settings
 from tests.conftest import SYSTEM_NATS_URL, free_port
 from tests.e2e.harness import DEMO_BALANCES, Exchange, Member, delete_namespace
 

@@ -22,8 +22,12 @@ from typing import Any
 import httpx
 from nats.aio.client import Client
 
+from bourse.adapters.auth import TokenIssuer
+from bourse.adapters.jetstream import remove_topology
 from bourse.adapters.query_client import QueryClient
-from bourse.auth import TokenIssuer, issuer_for, key_ring_for
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, MATCH, ORDERS
 from bourse.runtime.process import BourseProcess
 from bourse.services.accounts import AccountsService
 from bourse.services.auth import Auth
@@ -32,8 +36,6 @@ from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, remove_topology
 
 PROBLEM_JSON = "application/problem+json"
 SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Persistence, Gateway]

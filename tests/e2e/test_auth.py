@@ -16,7 +16,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bourse.auth import SigningKey, TokenIssuer, key_ring_for
+from bourse.adapters.auth import SigningKey, TokenIssuer
+from bourse.config.auth import key_ring_for
 from tests.e2e.harness import Exchange, expect_problem
 
 

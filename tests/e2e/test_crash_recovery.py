@@ -46,14 +46,14 @@ import pytest
 from nats.aio.client import Client
 
 from bourse.adapters.query_client import QueryClient
-from bourse.auth import issuer_for, key_ring_for
-from bourse.catalog import load_catalog
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport
+from bourse.application.catalog import load_catalog
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
+from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, MATCH, ORDERS, STREAMS
 from bourse.domain.orders import OrderAccepted, OrderClosed, OrderRejected, OrderUpdated, Trade
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, STREAMS
 from tests.conftest import SYSTEM_NATS_URL, free_port
 from tests.e2e.harness import delete_namespace
 

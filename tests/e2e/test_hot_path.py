@@ -1,4 +1,4 @@
-"""The gateway's lean front (`bourse.api.hot_path`) answers POST /order and DELETE /order/{id}
+"""The gateway's lean front (`bourse.entrypoints.rest.hot_path`) answers POST /order and DELETE /order/{id}
 exactly as the FastAPI routes it stands in for: same statuses, same problem bodies."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from bourse.adapters.read_chain import ReadHeaders
-from bourse.api.hot_path import OrderHotPath
+from bourse.entrypoints.rest.hot_path import OrderHotPath
 from bourse.services.gateway import Gateway
 from tests.e2e.harness import Exchange, Member
 

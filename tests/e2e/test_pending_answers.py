@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 from nats.aio.client import Client
 
-from bourse.auth import issuer_for, key_ring_for
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
 from bourse.domain.order_ids import EPOCH_MS, TIMESTAMP_SHIFT
-from bourse.settings import Settings
 from tests.e2e.test_crash_recovery import System, processes, system_nc, wait_seeded
 
 __all__ = ["system_nc"]  # the fixture, used by name

@@ -38,11 +38,13 @@ from nats.aio.client import Client
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from bourse.adapters.query_client import QueryClient, QueryFailed
+from bourse.adapters.query_client import QueryClient
 from bourse.adapters.redis_read_model import ORDER_DECODER, RedisKeys
 from bourse.adapters.sql.database import create_engine
-from bourse.catalog import load_catalog
-from bourse.contracts import ACCOUNTS_BATCH_DECODER, ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.application.catalog import load_catalog
+from bourse.application.ports import QueryFailed
+from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER, ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, ORDERS, STREAMS
 from bourse.domain.orders import (
     OrderAccepted,
     OrderAmended,
@@ -52,7 +54,6 @@ from bourse.domain.orders import (
     PlaceOrder,
     Trade,
 )
-from bourse.topology import ACCOUNTS, EVENTS, ORDERS, STREAMS
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.e2e.test_crash_recovery import read_stream
 from tests.faults.load import OPEN_STATUSES, Attempt

@@ -36,12 +36,14 @@ from sqlalchemy import text
 
 from bourse.adapters.amqp import AmqpTopology
 from bourse.adapters.amqp import delete as delete_amqp_topology
+from bourse.adapters.auth import TokenIssuer
 from bourse.adapters.sql.database import create_engine
-from bourse.auth import TokenIssuer, issuer_for, key_ring_for
-from bourse.catalog import default_markets_file, load_catalog
+from bourse.application.catalog import default_markets_file, load_catalog
+from bourse.config.amqp import amqp_topology
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
 from bourse.runtime.nats_server import EmbeddedNatsServer, nats_server_binary
 from bourse.services import services_for
-from bourse.settings import Settings
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.conftest import free_port
 from tests.e2e.test_crash_recovery import Proc
@@ -193,7 +195,7 @@ class FaultSystem:
 
     @property
     def amqp_topology(self) -> AmqpTopology:
-        return AmqpTopology.from_settings(Settings(namespace=self.namespace, _env_file=None))
+        return amqp_topology(Settings(namespace=self.namespace, _env_file=None))
 
     def token(self, member: int) -> str:
         assert self.issuer is not None

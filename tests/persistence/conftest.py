@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from bourse.settings import Settings
+from bourse.config.settings import Settings
 from tests.conftest import SYSTEM_NATS_URL
 from tests.persistence.helpers import Exchange, fresh_database
 

@@ -15,17 +15,18 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from sqlalchemy import select, text
 
+from bourse.adapters.jetstream import ensure_topology
 from bourse.adapters.sql.database import create_engine
 from bourse.adapters.sql.models import Base
-from bourse.catalog import load_catalog
-from bourse.contracts import AccountsBatch, AccountsItem, Deposit, encode
+from bourse.application.catalog import load_catalog
+from bourse.config.settings import Settings
+from bourse.contracts.messages import AccountsBatch, AccountsItem, Deposit, encode
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, MATCH, ORDERS, StreamSpec, member_shard
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, MATCH, ORDERS, StreamSpec, ensure_topology, member_shard
 
 MARIADB_URL = os.environ.get("BOURSE_TEST_MARIADB_URL", "mysql+asyncmy://root@127.0.0.1:3306")
 """Server URL without a database: each test creates its own database and drops it."""

@@ -16,10 +16,10 @@ import pytest
 from nats.aio.client import Client
 
 from bourse.cli import main
+from bourse.config.settings import Settings
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
 from tests.persistence.helpers import Exchange, dump, fresh_database, scalar, stream_last
 from tests.persistence.test_persistence_service import busy_streams, caught_up, persistence_of
 

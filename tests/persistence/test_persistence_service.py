@@ -14,16 +14,16 @@ from sqlalchemy import text
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.sql.database import create_engine
 from bourse.adapters.sql.store import order_view
-from bourse.catalog import load_catalog
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.application.catalog import load_catalog
+from bourse.config.settings import Settings
+from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import BalanceView, OrderViews
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS
 from tests.conftest import free_port
 from tests.persistence.helpers import Exchange, dump, fetch_all, stream_last, until
 

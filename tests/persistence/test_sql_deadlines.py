@@ -18,14 +18,14 @@ from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from bourse.adapters.query_client import QueryFailed
 from bourse.adapters.redis_read_model import FallbackReadModel
 from bourse.adapters.sql.audit import audit_url
 from bourse.adapters.sql.database import create_engine, upgrade_url
 from bourse.adapters.sql.read_model import SqlReadModel
+from bourse.application.ports import QueryFailed
+from bourse.config.settings import Settings
 from bourse.domain.orders import Side
 from bourse.services.persistence import Persistence
-from bourse.settings import Settings
 from tests.faults.proxy import ThreadedProxy
 from tests.persistence.helpers import MARIADB_URL, Exchange, fresh_database, until
 from tests.persistence.test_persistence_service import caught_up, limit, persistence_of, rows

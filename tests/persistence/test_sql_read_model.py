@@ -12,16 +12,17 @@ import pytest
 from nats.aio.client import Client
 from sqlalchemy import text
 
-from bourse.adapters.query_client import QueryClient, QueryFailed
+from bourse.adapters.query_client import QueryClient
 from bourse.adapters.read_chain import ReadChain
 from bourse.adapters.sql.database import create_engine, is_sqlite, sqlite_file, upgrade_url
 from bourse.adapters.sql.read_model import SqlReadModel
-from bourse.auth import issuer_for, key_ring_for
+from bourse.application.ports import QueryFailed
+from bourse.config.auth import issuer_for, key_ring_for
+from bourse.config.settings import Settings
 from bourse.runtime.process import BourseProcess
 from bourse.services.gateway import Gateway
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
-from bourse.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.harness import SERVICES
 from tests.e2e.harness import Exchange as HttpExchange

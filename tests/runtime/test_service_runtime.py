@@ -13,11 +13,12 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType
 from nats.micro.request import Request
 
+from bourse.adapters.jetstream import ensure_topology
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import BUCKETS, ORDERS, STREAMS
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer
-from bourse.settings import Settings
-from bourse.topology import BUCKETS, ORDERS, STREAMS, ensure_topology
 from tests.conftest import free_port
 
 

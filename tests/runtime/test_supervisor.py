@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bourse.cli import build_parser
+from bourse.config.settings import Settings
 from bourse.runtime.supervisor import (
     BACKOFF_FIRST_S,
     BANNER_END,
@@ -20,7 +21,6 @@ from bourse.runtime.supervisor import (
     group_services,
 )
 from bourse.services import SERVICES, services_for
-from bourse.settings import Settings
 
 START_ORDER = [service.name for service in services_for(Settings(redis_url=None, _env_file=None))]
 """`bourse up` without Redis: no cache service."""

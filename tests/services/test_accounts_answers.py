@@ -4,11 +4,11 @@ visibly, so the second order id reads as refused rather than unknown."""
 
 from __future__ import annotations
 
-from bourse.catalog import default_markets_file, load_catalog
-from bourse.contracts import AccountsBatch, Deposit
+from bourse.application.accounts_stage import AccountsShard
+from bourse.application.catalog import default_markets_file, load_catalog
+from bourse.contracts.messages import AccountsBatch, Deposit
 from bourse.domain.order_views import rejected_view
 from bourse.domain.orders import CancelOrder, OrderType, PlaceOrder, RejectReason, Side
-from bourse.services.accounts import AccountsShard
 
 CATALOG = load_catalog(default_markets_file())
 SECOND = 1_000_000_000

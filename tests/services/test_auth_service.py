@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from bourse.auth import (
+from bourse.adapters.auth import (
     AuthRequestFailed,
     InvalidToken,
     TokenIssuer,
@@ -20,12 +20,12 @@ from bourse.auth import (
     generate_key,
     load_key_ring,
     request_dev_token,
-    verifier_for,
 )
+from bourse.config.auth import verifier_for
+from bourse.config.settings import Settings
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.auth import Auth
-from bourse.settings import Settings
 
 
 async def started(nc: Client, settings: Settings) -> ServiceHost:

@@ -16,13 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyWrongLastSequenceError
 
-from bourse.domain.order_ids import id_timestamp_ms, id_worker_id
-from bourse.runtime.host import ServiceHost
-from bourse.runtime.nats_server import EmbeddedNatsServer
-from bourse.runtime.service import ServiceContext
-from bourse.services.ids import (
+from bourse.adapters.id_leases import (
     MAX_IDS_PER_REQUEST,
-    Ids,
     IdsRequestFailed,
     LeasedIdGenerator,
     LeaseLost,
@@ -34,8 +29,14 @@ from bourse.services.ids import (
     request_ids,
     wall_clock_ms,
 )
-from bourse.settings import Settings
-from bourse.topology import ID_LEASES, ensure_topology
+from bourse.adapters.jetstream import ensure_topology
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import ID_LEASES
+from bourse.domain.order_ids import id_timestamp_ms, id_worker_id
+from bourse.runtime.host import ServiceHost
+from bourse.runtime.nats_server import EmbeddedNatsServer
+from bourse.runtime.service import ServiceContext
+from bourse.services.ids import Ids
 from tests.conftest import free_port
 from tests.runtime.test_service_runtime import wait_for
 

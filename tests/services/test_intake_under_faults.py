@@ -20,13 +20,15 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from bourse.adapters.order_intake import NotSent, OrderIntake, OutcomeUnknown
-from bourse.catalog import default_markets_file, load_catalog
-from bourse.contracts import ACCOUNTS_BATCH_DECODER
+from bourse.adapters.jetstream import ensure_topology
+from bourse.adapters.order_intake import OrderIntake
+from bourse.application.accounts_stage import AccountsShard
+from bourse.application.catalog import default_markets_file, load_catalog
+from bourse.application.ports import NotSent, OutcomeUnknown
+from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER
+from bourse.contracts.subjects import ORDERS
 from bourse.domain.orders import OrderType, PlaceOrder, RejectReason, Side
 from bourse.runtime.nats_server import EmbeddedNatsServer
-from bourse.services.accounts import AccountsShard
-from bourse.topology import ORDERS, ensure_topology
 from tests.conftest import free_port
 
 NS = "faults"

@@ -3,11 +3,11 @@ accounts shard that cuts its batches differently must not match any command twic
 
 from __future__ import annotations
 
-from bourse.catalog import default_markets_file, load_catalog
-from bourse.contracts import MATCH_BATCH_DECODER, MatchBatch, MatchSegment, encode
+from bourse.application.catalog import default_markets_file, load_catalog
+from bourse.application.matching_stage import MarketShard
+from bourse.contracts.messages import MATCH_BATCH_DECODER, MatchBatch, MatchSegment, encode
 from bourse.domain.matching import MatchingEngine
 from bourse.domain.orders import CancelOrder, OrderType, PlaceOrder, Side
-from bourse.services.matching import MarketShard
 
 MARKET = load_catalog(default_markets_file()).markets["btc_usd"]
 SECOND = 1_000_000_000

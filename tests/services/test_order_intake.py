@@ -7,7 +7,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bourse.adapters.order_intake import OrderIntake, Submission
-from bourse.contracts import Decision, Decisions, Outcome, Outcomes, encode
+from bourse.contracts.messages import Decision, Decisions, Outcome, Outcomes, encode
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
 
 

@@ -10,8 +10,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bourse.catalog import load_catalog
-from bourse.contracts import (
+from bourse.adapters.jetstream import ensure_topology
+from bourse.application.catalog import load_catalog
+from bourse.config.settings import Settings
+from bourse.contracts.messages import (
     ACCOUNTS_REPORTS_DECODER,
     EVENT_BATCH_DECODER,
     REPLY_DECODER,
@@ -21,14 +23,13 @@ from bourse.contracts import (
     Outcome,
     encode,
 )
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, ORDERS
 from bourse.domain.accounts import BalanceChanged
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side, Trade
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
-from bourse.settings import Settings
-from bourse.topology import ACCOUNTS, EVENTS, ORDERS, ensure_topology
 
 BTC_USD = load_catalog().markets["btc_usd"]
 

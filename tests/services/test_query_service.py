@@ -12,9 +12,13 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bourse.adapters.query_client import QueryClient, QueryFailed
-from bourse.catalog import load_catalog
-from bourse.contracts import REPLY_DECODER, AccountsBatch, Decisions, Outcome, encode, json_encode
+from bourse.adapters.jetstream import ensure_topology
+from bourse.adapters.query_client import QueryClient
+from bourse.application.catalog import load_catalog
+from bourse.application.ports import QueryFailed
+from bourse.config.settings import Settings
+from bourse.contracts.messages import REPLY_DECODER, AccountsBatch, Decisions, Outcome, encode, json_encode
+from bourse.contracts.subjects import ORDERS
 from bourse.domain.order_views import BalanceView, OrderView
 from bourse.domain.orders import (
     CancelOrder,
@@ -30,8 +34,6 @@ from bourse.runtime.service import ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
 from bourse.services.query import Query
-from bourse.settings import Settings
-from bourse.topology import ORDERS, ensure_topology
 
 BTC_USD = load_catalog().markets["btc_usd"]
 T = TypeVar("T")

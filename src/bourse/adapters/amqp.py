@@ -30,8 +30,6 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from bourse.settings import Settings
-
 ERROR_HEADER = "x-bourse-error"
 """Dead-lettered by the ingress: the stable code of the refusal (`unknown_market`, ...)."""
 ERROR_MESSAGE_HEADER = "x-bourse-error-message"
@@ -54,18 +52,6 @@ class AmqpTopology:
     dead_letter_exchange: str
     dead_letter_queue: str
     delivery_limit: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AmqpTopology:
-        base = f"{settings.namespace}.orders"
-        return cls(
-            exchange=settings.amqp_exchange or base,
-            routing_key=settings.amqp_routing_key,
-            queue=settings.amqp_queue or f"{base}.in",
-            dead_letter_exchange=settings.amqp_dead_letter_exchange or f"{base}.dlx",
-            dead_letter_queue=settings.amqp_dead_letter_queue or f"{base}.dead",
-            delivery_limit=settings.amqp_delivery_limit,
-        )
 
 
 def url_user(url: str) -> str:

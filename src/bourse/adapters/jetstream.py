@@ -1,8 +1,13 @@
-"""Small JetStream helpers: where a message sits in its stream, and the snapshot store."""
+"""The JetStream adapter: creating the topology, where a message sits in its stream, durable
+publishing, and the snapshot store.
+
+`ensure_topology` is idempotent: every service calls it at start, and whichever starts first
+creates what is missing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -12,10 +17,25 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 
-from bourse.runtime.retry import retrying
-from bourse.topology import SNAPSHOTS
+from bourse.adapters.retry import retrying
+from bourse.contracts.subjects import (
+    BUCKETS,
+    DUPLICATE_WINDOW_S,
+    OBJECT_STORES,
+    SNAPSHOTS,
+    STREAMS,
+    StreamSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +184,72 @@ async def publish_durably(
                 for message in messages
             ]
             await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
+
+
+def stream_config(spec: StreamSpec, namespace: str, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name(namespace),
+        description=spec.description,
+        subjects=[spec.wildcard(namespace)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=spec.max_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_topology(js: JetStreamContext, namespace: str, replicas: int = 1) -> None:
+    """Create or update every stream and bucket; safe to call from many processes at once."""
+    for spec in STREAMS:
+        config = stream_config(spec, namespace, replicas)
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except BadRequestError:  # created by a concurrent caller: fall through to update
+                pass
+        await js.update_stream(config)
+    for store in OBJECT_STORES:
+        try:
+            await js.object_store(store.name(namespace))
+        except (NotFoundError, BadRequestError):
+            await js.create_object_store(
+                store.name(namespace),
+                ObjectStoreConfig(
+                    description=store.description,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                ),
+            )
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket.name(namespace))
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket.name(namespace),
+                    description=bucket.description,
+                    history=bucket.history,
+                    ttl=bucket.ttl_s or None,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
+            )
+
+
+async def remove_topology(js: JetStreamContext, namespace: str) -> None:
+    """Delete every stream and bucket of a namespace (test runs, benchmarks); what is already
+    gone is skipped."""
+    for spec in STREAMS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(spec.name(namespace))
+    for bucket in BUCKETS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_key_value(bucket.name(namespace))
+    for store in OBJECT_STORES:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_object_store(store.name(namespace))

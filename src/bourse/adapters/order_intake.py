@@ -36,28 +36,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bourse.contracts import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
-from bourse.domain.orders import AmendOrder, CancelOrder, PlaceOrder, command_kind
-from bourse.runtime.cancellation import cancel_and_wait
-from bourse.topology import ORDERS, member_shard
+from bourse.adapters.cancellation import cancel_and_wait
+from bourse.application.ports import Command, NotSent, OutcomeUnknown
+from bourse.contracts.messages import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
+from bourse.contracts.subjects import ORDERS, member_shard
+from bourse.domain.orders import command_kind
 
 log = logging.getLogger(__name__)
-
-Command = PlaceOrder | CancelOrder | AmendOrder
-
-
-class NotSent(Exception):
-    """The command was never handed to NATS: it is not stored and never will be."""
-
-
-class OutcomeUnknown(Exception):
-    """The command was published but not acknowledged in time: it may or may not be stored.
-    Either way it is settled by `decided_by_ns`: stored after its deadline, accounts refuses it."""
-
-    def __init__(self, order_id: int, decided_by_ns: int) -> None:
-        super().__init__(f"no acknowledgement for order {order_id} before its deadline")
-        self.order_id = order_id
-        self.decided_by_ns = decided_by_ns
 
 
 @dataclass(slots=True)

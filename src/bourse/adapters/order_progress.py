@@ -33,8 +33,15 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from bourse.contracts.subjects import (
+    MATCH,
+    ORDERS,
+    StreamSpec,
+    accounts_consumer,
+    matching_consumer,
+    member_shard,
+)
 from bourse.domain.order_ids import id_timestamp_ms
-from bourse.topology import MATCH, ORDERS, StreamSpec, accounts_consumer, matching_consumer, member_shard
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from bourse.contracts import (
+from bourse.application.ports import QueryFailed
+from bourse.contracts.messages import (
     BALANCES_REPLY_DECODER,
     DEPTH_REPLY_DECODER,
     MEMBER_TRADES_REPLY_DECODER,
@@ -29,25 +30,13 @@ from bourse.contracts import (
     TradesQuery,
     json_encode,
 )
+from bourse.contracts.subjects import service_subject
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
-from bourse.topology import service_subject
 
 R = TypeVar("R")
 
 QUERY_TIMEOUT_S = 2.0
-
-
-class QueryFailed(Exception):
-    """A query answered with an error (or not answered). `status` is HTTP-like, `code` stable:
-    400 invalid_request, 404 order_not_found / unknown_market, 503 not_ready / unavailable
-    (no instance answers), 504 timeout."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class QueryClient:

@@ -48,14 +48,14 @@ from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bourse.adapters.query_client import QueryClient, QueryFailed
+from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.query_client import QueryClient
 from bourse.adapters.sql.database import sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions
-from bourse.api.deps import ReadModel
+from bourse.application.ports import QueryFailed, ReadModel
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
-from bourse.runtime.cancellation import cancel_and_wait
-from bourse.topology import ACCOUNTS, EVENTS
 
 log = logging.getLogger(__name__)
 

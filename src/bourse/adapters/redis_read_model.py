@@ -35,10 +35,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from bourse.adapters.query_client import QueryFailed
 from bourse.adapters.read_chain import Positions
-from bourse.api.deps import ReadModel
-from bourse.contracts import QUERY_MAX_LIMIT
+from bourse.application.ports import QueryFailed, ReadModel
+from bourse.contracts.messages import QUERY_MAX_LIMIT
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import (
     BalanceView,
     DepthView,
@@ -48,7 +48,6 @@ from bourse.domain.order_views import (
     wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus
-from bourse.topology import ACCOUNTS, EVENTS
 
 T = TypeVar("T")
 

@@ -60,7 +60,7 @@ from bourse.domain.orders import (
 
 
 class EventBatch(Protocol):
-    """What the projection needs of a matching output message (`bourse.contracts.EventBatch`
+    """What the projection needs of a matching output message (`bourse.contracts.messages.EventBatch`
     is one): the domain names the shape, not the wire envelope."""
 
     @property
@@ -74,7 +74,8 @@ class EventBatch(Protocol):
 
 
 class AccountsReport(Protocol):
-    """What the projection needs of an accounts output message (`bourse.contracts.AccountsReport`)."""
+    """What the projection needs of an accounts output message
+    (`bourse.contracts.messages.AccountsReport`)."""
 
     @property
     def shard(self) -> int: ...

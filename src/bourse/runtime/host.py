@@ -21,8 +21,8 @@ from nats.micro.service import EndpointConfig, ServiceConfig
 from nats.micro.service import Service as MicroService
 
 from bourse import __version__
-from bourse.runtime.cancellation import cancel_and_wait
-from bourse.runtime.retry import retrying
+from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ import nats
 from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
-from bourse.production import check_production
+from bourse.adapters.jetstream import ensure_topology
+from bourse.config.production import check_production
+from bourse.config.settings import Settings, mask_url
 from bourse.runtime.health import HealthApp
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.runtime.service import Service, ServiceContext
-from bourse.settings import Settings, mask_url
-from bourse.topology import ensure_topology
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from bourse.catalog import Catalog
-from bourse.settings import Settings
-from bourse.topology import StreamSpec, service_subject
+from bourse.application.catalog import Catalog
+from bourse.config.settings import Settings
+from bourse.contracts.subjects import StreamSpec, service_subject
 
 RequestHandler = Callable[[Request], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]

@@ -39,12 +39,12 @@ import msgspec
 from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
-from bourse.production import check_production
+from bourse.adapters.jetstream import ensure_topology
+from bourse.config.production import check_production
+from bourse.config.settings import Settings, mask_url
 from bourse.runtime.health import HealthApp
 from bourse.runtime.nats_server import EmbeddedNatsServer, die_with_parent
 from bourse.runtime.process import close_nats, connect_nats
-from bourse.settings import Settings, mask_url
-from bourse.topology import ensure_topology
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class RestartBackoff:
     crash in a row, at most `max_s`; a child that had been up `reset_after_s` before it crashed
     starts the count again (its crash is not part of a crash loop).
 
-    Not `bourse.runtime.retry` (tenacity): a retry library counts the failed attempts of one
+    Not `bourse.adapters.retry` (tenacity): a retry library counts the failed attempts of one
     call that has not yet succeeded, and its backoff grows from the start of that call. A child
     restart has no such call: each start succeeds, and what resets the count is how long the
     child then stayed up, which only the supervisor sees. No jitter either: one supervisor

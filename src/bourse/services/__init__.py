@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from bourse.config.settings import Settings
 from bourse.runtime.service import Service
 from bourse.services.accounts import AccountsService
 from bourse.services.amqp_ingress import AmqpIngress
@@ -15,7 +16,6 @@ from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
-from bourse.settings import Settings
 
 SERVICES: dict[str, type[Service]] = {
     service.name: service

@@ -42,16 +42,28 @@ from aio_pika.abc import (
 )
 
 from bourse.adapters import amqp
-from bourse.adapters.order_intake import Command, OrderIntake, Submission
-from bourse.auth import (
+from bourse.adapters.auth import (
     InvalidToken,
     TokenVerifier,
     fetch_jwks,
     keep_keys_fresh,
     token_from_authorization,
-    verifier_for,
 )
-from bourse.contracts import (
+from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.id_leases import LeasedIdGenerator
+from bourse.adapters.order_intake import OrderIntake, Submission
+from bourse.application.order_requests import (
+    OrderRequestError,
+    amend_command,
+    cancel_command,
+    market_of,
+    parse_order_id,
+    place_command,
+)
+from bourse.application.ports import Command
+from bourse.config.amqp import amqp_topology
+from bourse.config.auth import verifier_for
+from bourse.contracts.messages import (
     AMQP_COMMAND_DECODER,
     AmqpAmend,
     AmqpCancel,
@@ -62,20 +74,10 @@ from bourse.contracts import (
     Outcome,
     json_encode,
 )
+from bourse.contracts.subjects import ORDERS
 from bourse.domain.money import Market
 from bourse.domain.orders import CLIENT_ORDER_ID_MAX, PlaceOrder, is_client_order_id
-from bourse.order_requests import (
-    OrderRequestError,
-    amend_command,
-    cancel_command,
-    market_of,
-    parse_order_id,
-    place_command,
-)
-from bourse.runtime.cancellation import cancel_and_wait
 from bourse.runtime.service import Service, ServiceContext
-from bourse.services.ids import LeasedIdGenerator
-from bourse.topology import ORDERS
 
 RESUME_PROBE_S = 0.5
 REPLY_RETRY_S = 30.0
@@ -116,7 +118,7 @@ class AmqpIngress(Service):
         if not settings.rabbitmq_url:
             raise ValueError("amqp-ingress needs BOURSE_RABBITMQ_URL")
         self.url = settings.rabbitmq_url.get_secret_value()
-        self.topology = amqp.AmqpTopology.from_settings(settings)
+        self.topology = amqp_topology(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
         self.intake = OrderIntake(
             ctx.nc,

@@ -3,7 +3,7 @@
 Endpoints (core NATS request/reply, `bourse.svc.auth.<endpoint>`):
 
 - `jwks`: the JWKS of every key in the key ring (`{"keys": [...]}`); gateways and pushers fetch
-  it at start (`bourse.auth.fetch_jwks`) and verify tokens locally, with no call per request.
+  it at start (`bourse.adapters.auth.fetch_jwks`) and verify tokens locally, with no call per request.
 - `issue` (only with `BOURSE_DEV_TOKENS=true`, the embedded default): `{"member_id": 1,
   "email"?: ..., "ttl_s"?: ...}` -> `{"token": ..., "expires_at": ...}`, signed with the newest
   private key. Production turns dev tokens off: members get tokens from the exchange's own auth
@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 from nats.micro.request import Request
 
-from bourse.auth import KeyRing, TokenIssuer, issuer_for, key_ring_for, keys_dir
-from bourse.auth.client import ISSUE_ENDPOINT, JWKS_ENDPOINT, IssueReply, IssueRequest
+from bourse.adapters.auth import KeyRing, TokenIssuer
+from bourse.adapters.auth.client import ISSUE_ENDPOINT, JWKS_ENDPOINT, IssueReply, IssueRequest
+from bourse.config.auth import issuer_for, key_ring_for, keys_dir
 from bourse.runtime.service import Endpoint, Service, ServiceContext
 
 MAX_DEV_TTL_S = 30 * 24 * 3600

@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from redis.asyncio import Redis
 
+from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.redis_read_model import (
     ORDER_DECODER,
@@ -51,7 +52,9 @@ from bourse.adapters.redis_read_model import (
     id_member,
     redis_client,
 )
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.adapters.retry import retrying
+from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.domain.order_views import (
     TRADES_PER_MARKET,
@@ -63,10 +66,7 @@ from bourse.domain.order_views import (
     listed,
 )
 from bourse.domain.orders import Side
-from bourse.runtime.cancellation import cancel_and_wait
-from bourse.runtime.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
 EVENTS_DURABLE = "cache-events"
 ACCOUNTS_DURABLE = "cache-accounts"

@@ -17,7 +17,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bourse.adapters.auth import TokenVerifier, fetch_jwks, keep_keys_fresh
+from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.http_server import HttpServer
+from bourse.adapters.id_leases import LeasedIdGenerator
 from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.order_progress import OrderProgress
 from bourse.adapters.query_client import QueryClient
@@ -32,13 +35,11 @@ from bourse.adapters.read_chain import (
 )
 from bourse.adapters.redis_read_model import RedisReadModel, read_client
 from bourse.adapters.sql.read_model import SqlReadModel
-from bourse.api.app import create_app
-from bourse.api.deps import GatewayDeps
-from bourse.api.hot_path import OrderHotPath
-from bourse.auth import TokenVerifier, fetch_jwks, keep_keys_fresh, verifier_for
-from bourse.runtime.cancellation import cancel_and_wait
+from bourse.config.auth import verifier_for
+from bourse.entrypoints.rest.app import create_app
+from bourse.entrypoints.rest.deps import GatewayDeps
+from bourse.entrypoints.rest.hot_path import OrderHotPath
 from bourse.runtime.service import Service, ServiceContext
-from bourse.services.ids import LeasedIdGenerator
 
 
 class Gateway(Service):

@@ -56,17 +56,22 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.jetstream import stream_position
+from bourse.adapters.retry import retrying
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.lock import PersistenceLock
 from bourse.adapters.sql.models import WATERMARK
 from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
-from bourse.contracts import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER, AccountsReport, EventBatch
+from bourse.contracts.messages import (
+    ACCOUNTS_REPORTS_DECODER,
+    EVENT_BATCH_DECODER,
+    AccountsReport,
+    EventBatch,
+)
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
 from bourse.domain.order_records import OrderRecords, orders_to_load
-from bourse.runtime.cancellation import cancel_and_wait
-from bourse.runtime.retry import retrying
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
 EVENTS_DURABLE = "persistence-events"
 ACCOUNTS_DURABLE = "persistence-accounts"

@@ -7,7 +7,7 @@ starts. Each instance reads through its own ordered consumers (ephemeral, in mem
 server, recreated by the client after a gap or a reconnect), since each must see everything;
 instances share the load through the queue group of their endpoints.
 
-Endpoints, `<ns>.svc.query.<name>`, JSON bodies from `bourse.contracts` (section "queries"):
+Endpoints, `<ns>.svc.query.<name>`, JSON bodies from `bourse.contracts.messages` (section "queries"):
 `order`, `orders`, `balances`, `depth`, `trades`, `member_trades`, `ready`. A failed query is
 answered with the nats.micro error headers (`Nats-Service-Error-Code`: "400", "404" or "503";
 `Nats-Service-Error`: a message) and a `QueryError` body with a stable `code`.
@@ -36,8 +36,8 @@ from nats.js.api import DeliverPolicy
 from nats.micro.request import Request
 
 from bourse.adapters.jetstream import stream_position
-from bourse.adapters.query_client import QueryFailed
-from bourse.contracts import (
+from bourse.application.ports import QueryFailed
+from bourse.contracts.messages import (
     ACCOUNTS_REPORTS_DECODER,
     BALANCES_QUERY_DECODER,
     DEPTH_QUERY_DECODER,
@@ -60,13 +60,13 @@ from bourse.contracts import (
     TradesReply,
     json_encode,
 )
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
 from bourse.domain.order_views import (
     DepthView,
     OrderView,
     OrderViews,
 )
 from bourse.runtime.service import Endpoint, RequestHandler, Service, ServiceContext
-from bourse.topology import ACCOUNTS, EVENTS, StreamSpec
 
 Q = TypeVar("Q")
 R = TypeVar("R")

@@ -26,11 +26,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bourse.adapters.query_client import QueryFailed
 from bourse.adapters.sql.database import create_engine, sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
 from bourse.adapters.sql.store import order_view
-from bourse.contracts import QUERY_MAX_LIMIT
+from bourse.application.ports import QueryFailed
+from bourse.contracts.messages import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
     UNLISTED_REASON,
     BalanceView,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from bourse import __version__
-from bourse.api import market_data, orders
-from bourse.api.deps import GatewayDeps
-from bourse.api.errors import ApiError, install_error_handlers
-from bourse.api.schemas import MarketOut, Problem
+from bourse.entrypoints.rest import market_data, orders
+from bourse.entrypoints.rest.deps import GatewayDeps
+from bourse.entrypoints.rest.errors import ApiError, install_error_handlers
+from bourse.entrypoints.rest.schemas import MarketOut, Problem
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "content": {"application/problem+json": {}}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from bourse.catalog import Catalog
+from bourse.application.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
 

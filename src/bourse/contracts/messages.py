@@ -314,14 +314,14 @@ QUERY_READY_DECODER = msgspec.json.Decoder(QueryReady)
 ClientOrderIdText = Annotated[
     str, msgspec.Meta(min_length=1, max_length=CLIENT_ORDER_ID_MAX, pattern=CLIENT_ORDER_ID_PATTERN)
 ]
-"""The REST API's `client_order_id` rule (`bourse.api.schemas.ClientOrderId`)."""
+"""The REST API's `client_order_id` rule (`bourse.entrypoints.rest.schemas.ClientOrderId`)."""
 DecimalText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 OrderIdText = str | int
 """An order id as the API writes it (a string of digits), or as an integer."""
 
 
 class AmqpCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="create"):
-    """`POST /order`'s body (`bourse.api.schemas.OrderIn`) for member `member_id`."""
+    """`POST /order`'s body (`bourse.entrypoints.rest.schemas.OrderIn`) for member `member_id`."""
 
     member_id: MemberId
     market: str

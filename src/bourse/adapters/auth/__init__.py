@@ -10,10 +10,8 @@ What the gateway (and any service that authenticates members) uses:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bourse.auth.client import AuthRequestFailed, fetch_jwks, keep_keys_fresh, request_dev_token
-from bourse.auth.keys import (
+from bourse.adapters.auth.client import AuthRequestFailed, fetch_jwks, keep_keys_fresh, request_dev_token
+from bourse.adapters.auth.keys import (
     DEV_KID_SUFFIX,
     KeyFileError,
     KeyRing,
@@ -24,7 +22,7 @@ from bourse.auth.keys import (
     load_key_ring,
     load_or_create_key_ring,
 )
-from bourse.auth.tokens import (
+from bourse.adapters.auth.tokens import (
     InvalidToken,
     InvalidTokenCode,
     Principal,
@@ -32,7 +30,6 @@ from bourse.auth.tokens import (
     TokenVerifier,
     token_from_authorization,
 )
-from bourse.settings import Settings
 
 __all__ = [
     "DEV_KID_SUFFIX",
@@ -49,32 +46,9 @@ __all__ = [
     "fetch_jwks",
     "generate_key",
     "is_dev_kid",
-    "issuer_for",
     "keep_keys_fresh",
-    "key_ring_for",
-    "keys_dir",
     "load_key_ring",
     "load_or_create_key_ring",
     "request_dev_token",
     "token_from_authorization",
-    "verifier_for",
 ]
-
-
-def keys_dir(settings: Settings) -> Path:
-    return settings.jwt_keys_dir or settings.data_dir / "keys"
-
-
-def key_ring_for(settings: Settings) -> KeyRing:
-    """The key ring of the settings' folder; with dev tokens on, a key is made on first use."""
-    return load_or_create_key_ring(keys_dir(settings), create=settings.dev_tokens)
-
-
-def issuer_for(settings: Settings, ring: KeyRing) -> TokenIssuer:
-    return TokenIssuer(
-        ring.signing_key, issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl_s=settings.jwt_ttl_s
-    )
-
-
-def verifier_for(settings: Settings, public_keys: PublicKeys) -> TokenVerifier:
-    return TokenVerifier(public_keys, settings.jwt_issuer, settings.jwt_audience)

@@ -12,9 +12,9 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from bourse.auth.keys import PublicKeys, public_keys_from_jwks
-from bourse.auth.tokens import TokenVerifier
-from bourse.topology import service_subject
+from bourse.adapters.auth.keys import PublicKeys, public_keys_from_jwks
+from bourse.adapters.auth.tokens import TokenVerifier
+from bourse.contracts.subjects import service_subject
 
 log = logging.getLogger(__name__)
 

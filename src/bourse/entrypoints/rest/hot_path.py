@@ -3,7 +3,7 @@ carry the load.
 
 Measured per request on the reference box, FastAPI's routing, dependency solving and response
 validation cost about three times the work the route itself does. This ASGI front serves those
-two routes with the very same code (`bourse.api.orders.place_order` and `cancel_order`, the same
+two routes with the very same code (`bourse.entrypoints.rest.orders.place_order` and `cancel_order`, the same
 pydantic schemas, the same problem+json errors) and hands every other request to FastAPI, which
 also keeps documenting them. `BOURSE_GATEWAY_HOT_PATH=false` turns it off, to compare.
 """
@@ -16,10 +16,16 @@ from typing import Any
 import msgspec
 from pydantic import ValidationError
 
-from bourse.api.deps import GatewayDeps, member_of_token
-from bourse.api.errors import INVALID_REQUEST, PROBLEM_JSON, ApiError, problem_body, schema_errors
-from bourse.api.orders import RETRY_AFTER, cancel, place_order
-from bourse.api.schemas import OrderIn
+from bourse.entrypoints.rest.deps import GatewayDeps, member_of_token
+from bourse.entrypoints.rest.errors import (
+    INVALID_REQUEST,
+    PROBLEM_JSON,
+    ApiError,
+    problem_body,
+    schema_errors,
+)
+from bourse.entrypoints.rest.orders import RETRY_AFTER, cancel, place_order
+from bourse.entrypoints.rest.schemas import OrderIn
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -15,12 +15,15 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from bourse.adapters.order_intake import NotSent, OutcomeUnknown, Submission
-from bourse.adapters.query_client import QueryFailed
-from bourse.api.deps import Deps, GatewayDeps, Member
-from bourse.api.errors import ApiError
-from bourse.api.schemas import AmendIn, OrderIn, OrderOut, PendingOut, Problem
-from bourse.contracts import QUERY_MAX_LIMIT, Outcome
+from bourse.application.order_requests import (
+    OrderRequestError,
+    amend_command,
+    market_of,
+    parse_order_id,
+    place_command,
+)
+from bourse.application.ports import NotSent, OutcomeUnknown, QueryFailed, Submitted
+from bourse.contracts.messages import QUERY_MAX_LIMIT, Outcome
 from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (
@@ -33,13 +36,9 @@ from bourse.domain.orders import (
     TimeInForce,
     command_kind,
 )
-from bourse.order_requests import (
-    OrderRequestError,
-    amend_command,
-    market_of,
-    parse_order_id,
-    place_command,
-)
+from bourse.entrypoints.rest.deps import Deps, GatewayDeps, Member
+from bourse.entrypoints.rest.errors import ApiError
+from bourse.entrypoints.rest.schemas import AmendIn, OrderIn, OrderOut, PendingOut, Problem
 
 T = TypeVar("T")
 
@@ -91,12 +90,12 @@ def place_order_out(market: Market, command: PlaceOrder, outcome: Outcome | None
     )
 
 
-async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrder) -> Submission:
+async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrder) -> Submitted:
     """The command made durable, or the true reason it is not: 503 when it was never sent (it
     cannot be stored later), 504 `outcome_unknown` when it was sent but not acknowledged (it is
     settled by `decided_by`, when GET /order/{id} tells; see `bourse.adapters.order_intake`)."""
     try:
-        return await deps.intake.submit(command)
+        submission: Submitted = await deps.intake.submit(command)
     except NotSent as exc:
         raise ApiError(
             503, "unavailable", "the order could not be made durable; nothing was accepted"
@@ -113,6 +112,7 @@ async def submit(deps: GatewayDeps, command: PlaceOrder | CancelOrder | AmendOrd
             order_id=str(command.order_id),
             decided_by=iso(exc.decided_by_ns),
         ) from exc
+    return submission
 
 
 RETRY_AFTER: Final = {"Retry-After": "1"}
@@ -144,7 +144,7 @@ async def create_order(body: OrderIn, member: Member, deps: Deps) -> Response:
 
 async def place_order(deps: GatewayDeps, member: int, body: OrderIn) -> tuple[int, OrderOut]:
     """The whole of POST /order once the member is known: shared by the FastAPI route and the
-    gateway's lean hot path (`bourse.api.hot_path`). Raises `ApiError` for every refusal."""
+    gateway's lean hot path (`bourse.entrypoints.rest.hot_path`). Raises `ApiError` for every refusal."""
     market = market_or_422(deps, body.market)
     try:
         order_id = deps.ids.next_id()

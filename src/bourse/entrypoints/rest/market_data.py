@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from bourse.api.deps import Deps, GatewayDeps, Member
-from bourse.api.errors import ApiError
-from bourse.api.orders import PROBLEMS, iso, market_or_422, query
-from bourse.api.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
-from bourse.contracts import QUERY_MAX_LIMIT
+from bourse.contracts.messages import QUERY_MAX_LIMIT
 from bourse.domain.money import Market
+from bourse.entrypoints.rest.deps import Deps, GatewayDeps, Member
+from bourse.entrypoints.rest.errors import ApiError
+from bourse.entrypoints.rest.orders import PROBLEMS, iso, market_or_422, query
+from bourse.entrypoints.rest.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
 
 router = APIRouter(prefix="/api/v3")
 

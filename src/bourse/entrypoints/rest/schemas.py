@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from bourse.catalog import MarketFees
+from bourse.application.catalog import MarketFees
 from bourse.domain.money import Market, format_scaled
 from bourse.domain.orders import (
     CLIENT_ORDER_ID_MAX,

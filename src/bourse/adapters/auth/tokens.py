@@ -26,7 +26,7 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bourse.auth.keys import ALGORITHM, PublicKeys, SigningKey
+from bourse.adapters.auth.keys import ALGORITHM, PublicKeys, SigningKey
 
 InvalidTokenCode = Literal[
     "missing_token",

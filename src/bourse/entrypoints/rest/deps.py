@@ -3,70 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bourse.adapters.order_intake import OrderIntake
-from bourse.api.errors import ApiError
-from bourse.catalog import Catalog
-from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
-from bourse.domain.orders import OrderStatus
-
-
-class MemberPrincipal(Protocol):
-    @property
-    def member_id(self) -> int: ...
-
-
-class TokenVerifier(Protocol):
-    def verify(self, token: str) -> MemberPrincipal: ...
-
-
-class IdSource(Protocol):
-    def next_id(self) -> int: ...
-
-
-class ReadModel(Protocol):
-    """The reads the gateway makes: `QueryClient` (the query service), `RedisReadModel` (the
-    cache), `SqlReadModel` (the persistence tables), `FallbackReadModel` (one, then another on
-    a 503)."""
-
-    async def order(self, member_id: int, order_id: int) -> OrderView: ...
-
-    async def orders(
-        self,
-        member_id: int,
-        *,
-        market: str | None = None,
-        state: str | None = None,
-        status: OrderStatus | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[OrderView]: ...
-
-    async def balances(self, member_id: int) -> list[BalanceView]: ...
-
-    async def depth(self, market: str, limit: int = 50) -> DepthView: ...
-
-    async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]: ...
-
-    async def member_trades(
-        self, member_id: int, market: str | None = None, limit: int = 100
-    ) -> list[MemberTrade]: ...
-
-
-class OrderProgress(Protocol):
-    """Whether an order no read model knows may still appear (`bourse.adapters.order_progress`)."""
-
-    async def may_be_pending(self, member_id: int, order_id: int) -> bool: ...
+from bourse.application.catalog import Catalog
+from bourse.application.ports import IdSource, OrderProgress, OrderSubmitter, ReadModel, TokenVerifier
+from bourse.entrypoints.rest.errors import ApiError
 
 
 @dataclass(slots=True)
 class GatewayDeps:
     catalog: Catalog
-    intake: OrderIntake
+    intake: OrderSubmitter[Any]
     ids: IdSource
     verifier: TokenVerifier
     queries: ReadModel

@@ -11,7 +11,7 @@ Every key verifies; the private key with the greatest kid signs. Generated kids 
 timestamps marked as development keys (`20260101T120000123456Z-dev`), so "greatest" is
 "newest": rotate by adding a key, and drop the old one once the tokens it signed have expired.
 bourse generates keys only for dev tokens; the `-dev` mark lets the production guard
-(`bourse.production`) refuse a key ring that still holds one, and it travels with the key (file
+(`bourse.config.production`) refuse a key ring that still holds one, and it travels with the key (file
 name, JWKS, token header), so a dev key copied elsewhere is still recognised.
 """
 

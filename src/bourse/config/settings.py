@@ -3,7 +3,7 @@
 Defaults are the embedded setup: NATS started from the bundled binary, SQLite in the data
 folder, no Redis and no RabbitMQ (the services that need them are then not started).
 `BOURSE_ENVIRONMENT=production` makes the services refuse development defaults
-(`bourse.production`). Server URLs are `SecretUrl`s: they print with their password masked, and
+(`bourse.config.production`). Server URLs are `SecretUrl`s: they print with their password masked, and
 `get_secret_value()` is called only where a connection is made.
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bourse.catalog import Catalog, default_markets_file, load_catalog
+from bourse.application.catalog import Catalog, default_markets_file, load_catalog
 
 MASK = "***"
 _SECRET_QUERY_KEYS = ("pass", "token", "secret", "key")
@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         default="development",
         description="`production`: every process refuses to start with development defaults (dev "
-        "tokens, demo seed, a generated dev key, default credentials in a URL); see bourse.production.",
+        "tokens, demo seed, a generated dev key, default credentials in a URL); "
+        "see bourse.config.production.",
     )
     nats_url: SecretUrl | None = Field(
         default=None,

@@ -6,7 +6,7 @@ laptop and a hole in production:
 
 - `BOURSE_DEV_TOKENS` on: the auth service issues a token for any member to whoever asks;
 - `BOURSE_DEMO_SEED` on: the demo members of the markets file are credited money from nowhere;
-- a generated dev key in the keys folder (kid ending `-dev`, `bourse.auth.DEV_KID_SUFFIX`):
+- a generated dev key in the keys folder (kid ending `-dev`, `bourse.adapters.auth.DEV_KID_SUFFIX`):
   a key written to disk by a development run, that anyone with that disk can sign with;
 - default credentials in a server URL: a password that is empty, equal to its user, or a
   well-known default (`guest`, `password`, ...), and a RabbitMQ URL without a user (the client
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from bourse.auth import KeyFileError, keys_dir, load_key_ring
-from bourse.settings import Settings, mask_url
+from bourse.adapters.auth import KeyFileError, load_key_ring
+from bourse.config.auth import keys_dir
+from bourse.config.settings import Settings, mask_url
 
 DEFAULT_PASSWORDS = frozenset(
     {"guest", "password", "secret", "changeme", "change-me", "admin", "root", "bourse", "test", "default"}

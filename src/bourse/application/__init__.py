@@ -1,0 +1,2 @@
+"""Application: the pure stage state machines, the order request rules, and the ports
+(Protocols and their errors) that adapters implement."""

@@ -1,0 +1,1 @@
+"""Process configuration: settings from the environment, the production guard, the key ring they name."""

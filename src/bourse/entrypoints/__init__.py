@@ -1,0 +1,1 @@
+"""Entry points: the protocols through which clients reach bourse (REST)."""
