@@ -22,14 +22,15 @@ from typing import Any
 
 import aio_pika
 
-from bourse.adapters.amqp import AmqpTopology, url_user
-from bourse.settings import Settings
+from bourse.adapters.amqp import url_user
+from bourse.config.amqp import amqp_topology
+from bourse.config.settings import Settings
 
 
 async def send(args: argparse.Namespace) -> int:
     settings = Settings()
     url = args.url or settings.rabbitmq_url or "amqp://guest:guest@127.0.0.1:5672/"
-    topology = AmqpTopology.from_settings(settings)
+    topology = amqp_topology(settings)
     connection = await aio_pika.connect_robust(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
