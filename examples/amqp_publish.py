@@ -29,7 +29,8 @@ from bourse.config.settings import Settings
 
 async def send(args: argparse.Namespace) -> int:
     settings = Settings()
-    url = args.url or settings.rabbitmq_url or "amqp://guest:guest@127.0.0.1:5672/"
+    configured = settings.rabbitmq_url.get_secret_value() if settings.rabbitmq_url else None
+    url: str = args.url or configured or "amqp://guest:guest@127.0.0.1:5672/"
     topology = amqp_topology(settings)
     connection = await aio_pika.connect_robust(url)
     async with connection:
