@@ -47,7 +47,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, generate_latest
@@ -57,24 +56,23 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bourse.adapters.cancellation import cancel_and_wait
-from bourse.adapters.jetstream import stream_position
-from bourse.adapters.retry import retrying
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.lock import PersistenceLock
 from bourse.adapters.sql.models import WATERMARK
 from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
-from bourse.contracts.messages import (
-    ACCOUNTS_REPORTS_DECODER,
-    EVENT_BATCH_DECODER,
-    AccountsReport,
-    EventBatch,
-)
-from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
+from bourse.application.projection import Envelope, fresh
+from bourse.contracts.messages import AccountsReport, EventBatch
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_records import OrderRecords, orders_to_load
+from bourse.runtime.projection import (
+    ACCOUNTS_FEED,
+    EVENTS_FEED,
+    Applied,
+    Feed,
+    Projection,
+    RetryPolicy,
+)
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
-
-EVENTS_DURABLE = "persistence-events"
-ACCOUNTS_DURABLE = "persistence-accounts"
 
 
 @dataclass(slots=True)
@@ -89,55 +87,20 @@ class Written:
 
 
 @dataclass(slots=True)
-class Feed:
-    """One consumer: its stream, what is committed, and its counters."""
+class StreamLag:
+    """How far a feed is behind its stream, refreshed every `LAG_INTERVAL_S`."""
 
-    spec: StreamSpec
-    durable: str
-    stream: str
-    positions: dict[str, Position] = field(default_factory=dict)
-    """Per market or shard (and the watermark `*`), as committed."""
     stream_last: int = 0
     subject_last: dict[str, int] = field(default_factory=dict)
-    messages: int = 0
-    items: int = 0
-    """Engine events (EVENTS); rejections, balance changes and ledger entries (ACCOUNTS)."""
-    rows: int = 0
-    duplicates: int = 0
-    undecodable: int = 0
-    transactions: int = 0
-    failures: int = 0
-    last_error: str | None = None
-    write_s: float = 0.0
 
-    @property
-    def watermark(self) -> int:
-        position = self.positions.get(WATERMARK)
-        return 0 if position is None else position.stream_seq
-
-    def lag(self) -> dict[str, Any]:
-        watermark = self.watermark
+    def of(self, feed: Feed) -> dict[str, Any]:
+        watermark = feed.watermark
         subjects = {}
         for shard, last in sorted(self.subject_last.items()):
-            applied = self.positions.get(shard)
+            applied = feed.positions.get(shard)
             done = max(watermark, 0 if applied is None else applied.stream_seq)
             subjects[shard] = max(0, last - done)
         return {"messages": max(0, self.stream_last - watermark), "subjects": subjects}
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "watermark": self.watermark,
-            "positions": {shard: p.seq for shard, p in sorted(self.positions.items()) if shard != WATERMARK},
-            "messages": self.messages,
-            "items": self.items,
-            "rows": self.rows,
-            "duplicates": self.duplicates,
-            "undecodable": self.undecodable,
-            "transactions": self.transactions,
-            "failures": self.failures,
-            "last_error": self.last_error,
-            "write_s": round(self.write_s, 3),
-        }
 
 
 class PersistenceMetrics(Collector):
@@ -163,10 +126,11 @@ class PersistenceMetrics(Collector):
             labels=["stream", "subject"],
         )
         for feed in feeds:
-            feed_lag = feed.lag()
+            feed_lag = service.lag[feed.kind].of(feed)
             lag.add_metric([feed.stream], feed_lag["messages"])
             for shard, value in feed_lag["subjects"].items():
-                subject_lag.add_metric([feed.stream, feed.spec.subject(service.ctx.namespace, shard)], value)
+                subject = feed.spec.stream.subject(service.ctx.namespace, shard)
+                subject_lag.add_metric([feed.stream, subject], value)
         yield lag
         yield subject_lag
         for name in self.COUNTERS:
@@ -185,8 +149,7 @@ class Persistence(Service):
     BATCH = 512
     """Stream messages per fetch, and so per transaction."""
     LAG_INTERVAL_S = 2.0
-    RETRY_PAUSE_S = 0.1
-    RETRY_PAUSE_MAX_S = 5.0
+    RETRY = RetryPolicy(first_s=0.1, max_s=5.0)
     LOCK_WAIT_S = 10.0
 
     def __init__(self, ctx: ServiceContext) -> None:
@@ -194,9 +157,18 @@ class Persistence(Service):
         self.url = ctx.settings.effective_sql_url
         self.engine: AsyncEngine | None = None
         self._store: SqlStore | None = None
-        ns = ctx.namespace
-        self.events = Feed(EVENTS, EVENTS_DURABLE, EVENTS.name(ns))
-        self.accounts = Feed(ACCOUNTS, ACCOUNTS_DURABLE, ACCOUNTS.name(ns))
+        self.projection = Projection.over(
+            self,
+            self,
+            [EVENTS_FEED, ACCOUNTS_FEED],
+            batch=self.BATCH,
+            linger_s=ctx.settings.persistence_linger_s,
+            retry=self.RETRY,
+        )
+        self.events = self.projection.feed(EVENTS.kind)
+        self.accounts = self.projection.feed(ACCOUNTS.kind)
+        self.lag = {kind: StreamLag() for kind in self.projection.feeds}
+        self.write_s = {kind: 0.0 for kind in self.projection.feeds}
         self._serial: asyncio.Lock | None = None
         self._known_members: set[int] = set()
         self._lag_task: asyncio.Task[None] | None = None
@@ -225,7 +197,7 @@ class Persistence(Service):
             self._serial = asyncio.Lock()  # one writer at a time: SQLite has one write lock anyway
         async with engine.begin() as conn:
             for feed in (self.events, self.accounts):
-                feed.positions = await store.positions(conn, feed.durable, feed.stream)
+                self._stored(feed, await store.positions(conn, feed.durable, feed.stream))
             if self.ctx.settings.demo_seed:
                 await store.upsert_member_emails(
                     conn,
@@ -254,180 +226,103 @@ class Persistence(Service):
             self._lock = None
 
     def consumers(self) -> Sequence[StreamConsumer]:
-        ns = self.ctx.namespace
-        linger_s = self.ctx.settings.persistence_linger_s
-        return [
-            StreamConsumer(
-                EVENTS,
-                EVENTS_DURABLE,
-                EVENTS.wildcard(ns),
-                self.write_events,
-                batch=self.BATCH,
-                resume_after=lambda: self.events.watermark,
-                linger_s=linger_s,
-            ),
-            StreamConsumer(
-                ACCOUNTS,
-                ACCOUNTS_DURABLE,
-                ACCOUNTS.wildcard(ns),
-                self.write_reports,
-                batch=self.BATCH,
-                resume_after=lambda: self.accounts.watermark,
-                linger_s=linger_s,
-            ),
-        ]
+        return self.projection.consumers()
+
+    @staticmethod
+    def _stored(feed: Feed, positions: dict[str, Position]) -> None:
+        feed.positions = positions
+        watermark = positions.get(WATERMARK)
+        feed.watermark = 0 if watermark is None else watermark.stream_seq
 
     # ------------------------------------------------------------------ stream input
 
     async def write_events(self, messages: Sequence[Msg]) -> None:
-        """One transaction for a fetched batch of EVENTS messages."""
-        feed = self.events
-        items: list[tuple[int, EventBatch]] = []
-        for msg in messages:
-            seq = stream_position(msg).seq
-            try:
-                items.append((seq, EVENT_BATCH_DECODER.decode(msg.data)))
-            except msgspec.DecodeError as exc:
-                self._undecodable(feed, msg, seq, exc)
-        watermark = stream_position(messages[-1]).seq
-
-        async def work(conn: AsyncConnection) -> Written:
-            store = self.store
-            positions = await store.positions(conn, feed.durable, feed.stream)
-            written = Written(positions)
-            changed: dict[str, Position] = {}
-            fresh: list[EventBatch] = []
-            for stream_seq, batch in items:
-                applied = changed.get(batch.market) or positions.get(batch.market)
-                if applied is not None and batch.seq <= applied.seq:
-                    written.duplicates += 1
-                    continue
-                changed[batch.market] = Position(batch.seq, stream_seq)
-                fresh.append(batch)
-            records = OrderRecords(await store.load_orders(conn, orders_to_load(fresh)) if fresh else {})
-            for batch in fresh:
-                records.apply_events(batch)
-            await store.insert_orders_if_absent(conn, records.rejected.values())
-            await store.upsert_orders(conn, records.changed.values())
-            await store.insert_trades(conn, records.trades)
-            self._advance(positions, changed, watermark)
-            await store.save_positions(conn, feed.durable, feed.stream, changed, time.time_ns())
-            positions.update(changed)
-            written.items = records.events
-            written.rows = len(records.rejected) + len(records.changed) + len(records.trades) + len(changed)
-            return written
-
-        await self._commit(feed, len(messages), work)
+        """One transaction for a fetched batch of EVENTS messages (retried until it commits)."""
+        await self.projection.apply(self.events, messages)
 
     async def write_reports(self, messages: Sequence[Msg]) -> None:
-        """One transaction for a fetched batch of ACCOUNTS messages."""
-        feed = self.accounts
-        items: list[tuple[int, int, AccountsReport]] = []
-        for msg in messages:
-            position = stream_position(msg)
-            try:
-                reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
-                items.extend((position.seq, position.timestamp_ns, report) for report in reports)
-            except msgspec.DecodeError as exc:
-                self._undecodable(feed, msg, position.seq, exc)
-        watermark = stream_position(messages[-1]).seq
+        """One transaction for a fetched batch of ACCOUNTS messages (retried until it commits)."""
+        await self.projection.apply(self.accounts, messages)
 
-        async def work(conn: AsyncConnection) -> Written:
-            store = self.store
-            positions = await store.positions(conn, feed.durable, feed.stream)
-            written = Written(positions)
-            changed: dict[str, Position] = {}
-            records = OrderRecords({})
-            balances: dict[tuple[int, str, int], Row] = {}
-            entries: list[Row] = []
-            members: dict[int, Row] = {}
-            known = self._known_members
-            for stream_seq, ts, report in items:
-                shard = str(report.shard)
-                applied = changed.get(shard) or positions.get(shard)
-                if applied is not None and report.seq <= applied.seq:
-                    written.duplicates += 1
-                    continue
-                changed[shard] = Position(report.seq, stream_seq)
-                for rejected in report.rejected:
-                    records.apply_rejection(rejected, ts)
-                for change in report.balances:
-                    member = change.member_id
-                    balances[(member, change.currency, report.shard)] = balance_row(
-                        change, report.shard, report.seq, ts
-                    )
-                    if member not in known and member not in members:
-                        members[member] = member_row(member, None, ts)
-                entries.extend(
-                    ledger_row(entry, report.shard, report.seq, n, ts)
-                    for n, entry in enumerate(report.entries)
-                )
-                written.items += len(report.rejected) + len(report.balances) + len(report.entries)
-            await store.insert_members(conn, list(members.values()))
-            await store.insert_orders_if_absent(conn, records.rejected.values())
-            await store.upsert_balances(conn, list(balances.values()))
-            await store.insert_ledger(conn, entries)
-            self._advance(positions, changed, watermark)
-            await store.save_positions(conn, feed.durable, feed.stream, changed, time.time_ns())
-            positions.update(changed)
-            written.members = set(members)
-            written.rows = len(members) + len(records.rejected) + len(balances) + len(entries) + len(changed)
-            return written
-
-        await self._commit(feed, len(messages), work)
-
-    @staticmethod
-    def _advance(positions: Mapping[str, Position], changed: dict[str, Position], watermark: int) -> None:
-        current = positions.get(WATERMARK)
-        if current is None or watermark > current.stream_seq:
-            changed[WATERMARK] = Position(watermark, watermark)
-
-    def _undecodable(self, feed: Feed, msg: Msg, seq: int, exc: Exception) -> None:
-        # only our own services write these streams: a bad message is a bug, not a reason to stop
-        feed.undecodable += 1
-        self.log.error(
-            "undecodable message skipped", extra={"subject": msg.subject, "seq": seq, "error": str(exc)}
-        )
-
-    async def _commit(
-        self, feed: Feed, messages: int, work: Callable[[AsyncConnection], Awaitable[Written]]
-    ) -> None:
-        """Run `work` in one transaction until it commits (retrying after any failure, or an
-        attempt past its deadline: the positions are read again inside each attempt, so an
-        attempt that did commit before its connection broke or its answer came is not applied
-        twice)."""
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """One transaction, whose positions are read inside it: an attempt that did commit before
+        its connection broke (or its answer came) is not applied twice by the next."""
+        work = self._events_work if feed is self.events else self._reports_work
         engine = self.engine
         assert engine is not None, "persistence is not started"
-        deadline_s = self.ctx.settings.sql_transaction_timeout_s
 
-        def failed(exc: BaseException, pause_s: float) -> None:
-            feed.failures += 1
-            if isinstance(exc, TimeoutError):
-                feed.last_error = f"TimeoutError: no commit within {deadline_s} s"
-            else:
-                feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            self.log.warning(
-                "write failed, retrying",
-                extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": round(pause_s, 3)},
-            )
+        async def transaction(conn: AsyncConnection) -> Written:
+            positions = await self.store.positions(conn, feed.durable, feed.stream)
+            batch = fresh(envelopes, lambda key: positions[key].seq if key in positions else 0)
+            written = await work(conn, batch.envelopes)
+            changed = {key: Position(e.seq, e.stream_seq) for key, e in batch.latest.items()}
+            current = positions.get(WATERMARK)
+            if current is None or watermark > current.stream_seq:
+                changed[WATERMARK] = Position(watermark, watermark)
+            await self.store.save_positions(conn, feed.durable, feed.stream, changed, time.time_ns())
+            positions.update(changed)
+            written.positions = positions
+            written.duplicates = batch.duplicates
+            written.rows += len(changed)
+            return written
 
-        async for attempt in retrying(
-            first_s=self.RETRY_PAUSE_S, max_s=self.RETRY_PAUSE_MAX_S, on_failure=failed
-        ):
-            with attempt:
-                started = time.perf_counter()
-                # the deadline starts once this feed may write (SQLite: the other one is done)
-                async with self._serialized():
-                    written = await self._attempt(engine, work, deadline_s)
-        feed.write_s += time.perf_counter() - started
-        feed.positions = written.positions
-        feed.messages += messages
-        feed.items += written.items
-        feed.rows += written.rows
-        feed.duplicates += written.duplicates
-        feed.transactions += 1
-        feed.last_error = None
+        started = time.perf_counter()
+        # the deadline starts once this feed may write (SQLite: the other one is done)
+        async with self._serialized():
+            written = await self._attempt(engine, transaction, self.ctx.settings.sql_transaction_timeout_s)
+        self.write_s[feed.kind] += time.perf_counter() - started
+        self._stored(feed, written.positions)
         self._known_members.update(written.members)
+        return Applied(items=written.items, rows=written.rows, duplicates=written.duplicates)
+
+    def failed(self, feed: Feed, exc: BaseException) -> None:
+        """Nothing to forget: the positions are read again inside the next attempt."""
+
+    async def _events_work(self, conn: AsyncConnection, envelopes: Sequence[Envelope[EventBatch]]) -> Written:
+        store = self.store
+        batches = [e.body for e in envelopes]
+        records = OrderRecords(await store.load_orders(conn, orders_to_load(batches)) if batches else {})
+        for batch in batches:
+            records.apply_events(batch)
+        await store.insert_orders_if_absent(conn, records.rejected.values())
+        await store.upsert_orders(conn, records.changed.values())
+        await store.insert_trades(conn, records.trades)
+        written = Written({}, items=records.events)
+        written.rows = len(records.rejected) + len(records.changed) + len(records.trades)
+        return written
+
+    async def _reports_work(
+        self, conn: AsyncConnection, envelopes: Sequence[Envelope[AccountsReport]]
+    ) -> Written:
+        store = self.store
+        records = OrderRecords({})
+        balances: dict[tuple[int, str, int], Row] = {}
+        entries: list[Row] = []
+        members: dict[int, Row] = {}
+        known = self._known_members
+        items = 0
+        for envelope in envelopes:
+            report, ts = envelope.body, envelope.timestamp_ns
+            for rejected in report.rejected:
+                records.apply_rejection(rejected, ts)
+            for change in report.balances:
+                member = change.member_id
+                balances[(member, change.currency, report.shard)] = balance_row(
+                    change, report.shard, report.seq, ts
+                )
+                if member not in known and member not in members:
+                    members[member] = member_row(member, None, ts)
+            entries.extend(
+                ledger_row(entry, report.shard, report.seq, n, ts) for n, entry in enumerate(report.entries)
+            )
+            items += len(report.rejected) + len(report.balances) + len(report.entries)
+        await store.insert_members(conn, list(members.values()))
+        await store.insert_orders_if_absent(conn, records.rejected.values())
+        await store.upsert_balances(conn, list(balances.values()))
+        await store.insert_ledger(conn, entries)
+        written = Written({}, items=items, members=set(members))
+        written.rows = len(members) + len(records.rejected) + len(balances) + len(entries)
+        return written
 
     ABANDON_AFTER_S = 1.0
     """How long a timed-out attempt may take to roll back before it is left behind."""
@@ -456,7 +351,7 @@ class Persistence(Service):
                 self._abandoned.add(attempt)
                 attempt.add_done_callback(self._abandoned.discard)
                 await engine.dispose(close=False)
-            raise
+            raise TimeoutError(f"no commit within {deadline_s} s") from None
 
     @contextlib.asynccontextmanager
     async def _serialized(self) -> AsyncIterator[None]:
@@ -485,27 +380,33 @@ class Persistence(Service):
             ACCOUNTS.kind: {str(shard) for shard in range(settings.accounts_shards)},
         }
         for feed in (self.events, self.accounts):
+            lag = self.lag[feed.kind]
             info = await js.stream_info(feed.stream)
-            feed.stream_last = info.state.last_seq if info.state.messages else 0
-            for shard in sorted(expected[feed.spec.kind] | (set(feed.positions) - {WATERMARK})):
+            lag.stream_last = info.state.last_seq if info.state.messages else 0
+            for shard in sorted(expected[feed.kind] | (set(feed.positions) - {WATERMARK})):
                 try:
-                    last = await js.get_last_msg(feed.stream, feed.spec.subject(ns, shard))
+                    last = await js.get_last_msg(feed.stream, feed.spec.stream.subject(ns, shard))
                 except NotFoundError:
                     continue
-                feed.subject_last[shard] = last.seq or 0
+                lag.subject_last[shard] = last.seq or 0
 
     # ------------------------------------------------------------------ health
 
     def health(self) -> Mapping[str, Any]:
-        failing = [feed.durable for feed in (self.events, self.accounts) if feed.last_error is not None]
+        failing = self.projection.failing()
+        feeds = self.projection.health()
+        for kind, feed in self.projection.feeds.items():
+            feeds[kind]["positions"] = {
+                key: p.seq for key, p in sorted(feed.positions.items()) if key != WATERMARK
+            }
+            feeds[kind]["write_s"] = round(self.write_s[kind], 3)
         return {
             "ok": self._store is not None and not failing,
             "database": self._store.dialect if self._store is not None else None,
             "failing": failing,
-            "lag": {EVENTS.kind: self.events.lag(), ACCOUNTS.kind: self.accounts.lag()},
+            "lag": {kind: lag.of(self.projection.feeds[kind]) for kind, lag in self.lag.items()},
             "lag_error": self._lag_error,
-            EVENTS.kind: self.events.stats(),
-            ACCOUNTS.kind: self.accounts.stats(),
+            **feeds,
         }
 
     def metrics(self) -> str:

@@ -1,0 +1,238 @@
+"""The projection shell: consume a stage's output stream, apply it idempotently by position,
+retry until it is written, and say how far it is.
+
+A projection is a writer (`ProjectionWriter`: the SQL tables, the Redis read models) plus this
+shell, the part that is the same for all of them:
+
+- per feed (`EVENTS_FEED`, `ACCOUNTS_FEED`) a durable pull consumer that resumes after the
+  writer's stored watermark, so the store, not the consumer's acks, says what is done;
+- decode or skip: a message that cannot be decoded is logged and counted, never a reason to
+  stop (only our own services write these streams);
+- the writer gets the batch's envelopes (`bourse.application.projection.Envelope`) and the
+  stream watermark they reach; it applies what is fresh (`application.projection.fresh`) and
+  stores the positions with the data, in one transaction;
+- a failed write is retried with backoff until it succeeds (the batch is acked only after);
+- counters per feed, and `caught_up` once each feed reaches the stream's last sequence noted
+  at start (`note_targets`), for readiness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+from nats.aio.msg import Msg
+
+from bourse.adapters.jetstream import stream_position
+from bourse.adapters.retry import retrying
+from bourse.application.projection import Envelope, Unpack, unpack_events, unpack_reports
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
+from bourse.runtime.service import Service, StreamConsumer
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSpec:
+    """A stream a projection follows, and how its messages open into envelopes."""
+
+    stream: StreamSpec
+    unpack: Unpack[Any]
+
+
+EVENTS_FEED = FeedSpec(EVENTS, unpack_events)
+ACCOUNTS_FEED = FeedSpec(ACCOUNTS, unpack_reports)
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one write did, for the counters."""
+
+    items: int = 0
+    rows: int = 0
+    duplicates: int = 0
+
+
+@dataclass(slots=True)
+class Feed:
+    """One consumer of a projection: its stream, its durable name and its counters."""
+
+    spec: FeedSpec
+    durable: str
+    stream: str
+    """The stream's name in this namespace."""
+    positions: dict[str, Any] = field(default_factory=dict)
+    """Per producer key, the position applied, as the writer stores it (kept by the writer)."""
+    watermark: int = 0
+    """Every stream message up to this sequence is applied (kept by the writer, with the
+    positions): the durable consumer resumes after it."""
+    target: int = 0
+    """The stream's last sequence when the service started: reached, the feed is caught up."""
+    messages: int = 0
+    items: int = 0
+    rows: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    transactions: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.spec.stream.kind
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "watermark": self.watermark,
+            "target": self.target,
+            "messages": self.messages,
+            "items": self.items,
+            "rows": self.rows,
+            "duplicates": self.duplicates,
+            "undecodable": self.undecodable,
+            "transactions": self.transactions,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+class ProjectionWriter(Protocol):
+    """What a projection does with its input; the shell does the rest."""
+
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """Apply what is fresh and store the positions with it, all or nothing, then update
+        `feed.positions` and `feed.watermark`; raise to have it retried."""
+        ...
+
+    def failed(self, feed: Feed, exc: BaseException) -> None:
+        """A write failed (it will be retried): e.g. mark cached positions for a re-read."""
+        ...
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    first_s: float = 0.1
+    max_s: float = 5.0
+
+
+@dataclass(slots=True)
+class Projection:
+    """The shell around one writer, for `service`, over `feeds`."""
+
+    service: Service
+    writer: ProjectionWriter
+    feeds: dict[str, Feed]
+    batch: int = 512
+    linger_s: float = 0.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def over(
+        cls,
+        service: Service,
+        writer: ProjectionWriter,
+        specs: Sequence[FeedSpec],
+        *,
+        batch: int = 512,
+        linger_s: float = 0.0,
+        retry: RetryPolicy | None = None,
+    ) -> Projection:
+        """Feeds named `<service>-<stream kind>` (the durable consumers' names)."""
+        ns = service.ctx.namespace
+        feeds = {
+            spec.stream.kind: Feed(spec, f"{service.name}-{spec.stream.kind}", spec.stream.name(ns))
+            for spec in specs
+        }
+        return cls(service, writer, feeds, batch, linger_s, retry or RetryPolicy())
+
+    def feed(self, kind: str) -> Feed:
+        return self.feeds[kind]
+
+    async def note_targets(self) -> None:
+        """Note each stream's last sequence now: readiness is reaching them."""
+        for feed in self.feeds.values():
+            info = await self.service.ctx.js.stream_info(feed.stream)
+            feed.target = info.state.last_seq if info.state.messages else 0
+
+    def caught_up(self, reached: Callable[[Feed], int] | None = None) -> bool:
+        """Every feed at or past its target (`reached(feed)`: the watermark it has, or would have
+        after the write in progress)."""
+        return all(
+            (feed.watermark if reached is None else reached(feed)) >= feed.target
+            for feed in self.feeds.values()
+        )
+
+    def consumers(self) -> Sequence[StreamConsumer]:
+        ns = self.service.ctx.namespace
+        return [
+            StreamConsumer(
+                feed.spec.stream,
+                feed.durable,
+                feed.spec.stream.wildcard(ns),
+                self._handler(feed),
+                batch=self.batch,
+                resume_after=self._resume_after(feed),
+                linger_s=self.linger_s,
+            )
+            for feed in self.feeds.values()
+        ]
+
+    def _resume_after(self, feed: Feed) -> Callable[[], int]:
+        return lambda: feed.watermark
+
+    def _handler(self, feed: Feed) -> Callable[[Sequence[Msg]], Any]:
+        async def handle(messages: Sequence[Msg]) -> None:
+            await self.apply(feed, messages)
+
+        return handle
+
+    def unpack(self, feed: Feed, messages: Sequence[Msg]) -> list[Envelope[Any]]:
+        """The envelopes of `messages`, in stream order; undecodable messages logged and skipped."""
+        envelopes: list[Envelope[Any]] = []
+        for msg in messages:
+            position = stream_position(msg)
+            try:
+                envelopes.extend(feed.spec.unpack(position.seq, position.timestamp_ns, msg.data))
+            except msgspec.DecodeError as exc:
+                feed.undecodable += 1
+                self.service.log.error(
+                    "undecodable message skipped",
+                    extra={"subject": msg.subject, "seq": position.seq, "error": str(exc)},
+                )
+        return envelopes
+
+    async def apply(self, feed: Feed, messages: Sequence[Msg]) -> None:
+        """Write `messages` until the writer takes them (never acked unwritten)."""
+        envelopes = self.unpack(feed, messages)
+        watermark = stream_position(messages[-1]).seq
+        applied = await self.write(feed, envelopes, watermark)
+        feed.messages += len(messages)
+        feed.items += applied.items
+        feed.rows += applied.rows
+        feed.duplicates += applied.duplicates
+        feed.transactions += 1
+
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """`writer.write` retried with backoff until it succeeds."""
+
+        def failed(exc: BaseException, pause_s: float) -> None:
+            feed.failures += 1
+            feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.writer.failed(feed, exc)
+            self.service.log.warning(
+                "write failed, retrying",
+                extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": round(pause_s, 3)},
+            )
+
+        async for attempt in retrying(first_s=self.retry.first_s, max_s=self.retry.max_s, on_failure=failed):
+            with attempt:
+                applied = await self.writer.write(feed, envelopes, watermark)
+        feed.last_error = None
+        return applied
+
+    def failing(self) -> list[str]:
+        return [feed.durable for feed in self.feeds.values() if feed.last_error is not None]
+
+    def health(self) -> dict[str, Any]:
+        """Per feed its counters, keyed by stream kind."""
+        return {kind: feed.stats() for kind, feed in self.feeds.items()}
