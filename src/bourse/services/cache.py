@@ -34,10 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from redis.asyncio import Redis
@@ -52,9 +50,9 @@ from bourse.adapters.redis_read_model import (
     id_member,
     redis_client,
 )
-from bourse.adapters.retry import retrying
-from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
-from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
+from bourse.application.projection import Envelope, fresh
+from bourse.contracts.messages import AccountsReport, EventBatch
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.domain.order_views import (
     TRADES_PER_MARKET,
@@ -66,41 +64,17 @@ from bourse.domain.order_views import (
     listed,
 )
 from bourse.domain.orders import Side
+from bourse.runtime.projection import (
+    ACCOUNTS_FEED,
+    EVENTS_FEED,
+    Applied,
+    Feed,
+    Projection,
+    RetryPolicy,
+)
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 
-EVENTS_DURABLE = "cache-events"
-ACCOUNTS_DURABLE = "cache-accounts"
 WATERMARK = "*"
-
-
-@dataclass(slots=True)
-class Feed:
-    spec: StreamSpec
-    durable: str
-    stream: str
-    positions: dict[str, int] = field(default_factory=dict)
-    """Per market or shard, the envelope seq applied; `*` the stream watermark."""
-    target: int = 0
-    messages: int = 0
-    duplicates: int = 0
-    transactions: int = 0
-    failures: int = 0
-    last_error: str | None = None
-
-    @property
-    def watermark(self) -> int:
-        return self.positions.get(WATERMARK, 0)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "watermark": self.watermark,
-            "target": self.target,
-            "messages": self.messages,
-            "duplicates": self.duplicates,
-            "transactions": self.transactions,
-            "failures": self.failures,
-            "last_error": self.last_error,
-        }
 
 
 class Cache(Service):
@@ -108,16 +82,17 @@ class Cache(Service):
     description = "Read models in Redis (orders, balances, depth, trades), one MULTI/EXEC per batch"
 
     BATCH = 512
-    RETRY_PAUSE_S = 0.1
-    RETRY_PAUSE_MAX_S = 2.0
+    RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
     PING_INTERVAL_S = 0.5
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        ns = ctx.namespace
-        self.keys = RedisKeys(ns)
-        self.events = Feed(EVENTS, EVENTS_DURABLE, EVENTS.name(ns))
-        self.accounts = Feed(ACCOUNTS, ACCOUNTS_DURABLE, ACCOUNTS.name(ns))
+        self.keys = RedisKeys(ctx.namespace)
+        self.projection = Projection.over(
+            self, self, [EVENTS_FEED, ACCOUNTS_FEED], batch=self.BATCH, retry=self.RETRY
+        )
+        self.events = self.projection.feed(EVENTS.kind)
+        self.accounts = self.projection.feed(ACCOUNTS.kind)
         self._redis: Redis | None = None
         self._lock = asyncio.Lock()
         self._stale = False
@@ -139,9 +114,7 @@ class Cache(Service):
         if not url:
             raise RuntimeError("the cache service needs BOURSE_REDIS_URL")
         self._redis = redis_client(url.get_secret_value())
-        for feed in (self.events, self.accounts):
-            info = await self.ctx.js.stream_info(feed.stream)
-            feed.target = info.state.last_seq if info.state.messages else 0
+        await self.projection.note_targets()
         try:
             await self._load_positions()
             if not self._ready:
@@ -161,25 +134,7 @@ class Cache(Service):
             await self._redis.aclose()
 
     def consumers(self) -> Sequence[StreamConsumer]:
-        ns = self.ctx.namespace
-        return [
-            StreamConsumer(
-                EVENTS,
-                EVENTS_DURABLE,
-                EVENTS.wildcard(ns),
-                self.write_events,
-                batch=self.BATCH,
-                resume_after=lambda: self.events.watermark,
-            ),
-            StreamConsumer(
-                ACCOUNTS,
-                ACCOUNTS_DURABLE,
-                ACCOUNTS.wildcard(ns),
-                self.write_reports,
-                batch=self.BATCH,
-                resume_after=lambda: self.accounts.watermark,
-            ),
-        ]
+        return self.projection.consumers()
 
     async def _load_positions(self) -> None:
         raw = await self.redis.hgetall(self.keys.positions)
@@ -193,8 +148,9 @@ class Cache(Service):
                 continue
             kind, _, shard = name.partition(":")
             (events if kind == EVENTS.kind else accounts)[shard] = int(value)
-        self.events.positions = events
-        self.accounts.positions = accounts
+        for feed, positions in ((self.events, events), (self.accounts, accounts)):
+            feed.positions = positions
+            feed.watermark = positions.get(WATERMARK, 0)
         self._ready = ready
 
     async def _sync(self) -> None:
@@ -222,7 +178,7 @@ class Cache(Service):
                 deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=60.0
             )
             sub = await self.ctx.js.pull_subscribe(
-                feed.spec.wildcard(self.ctx.namespace), stream=feed.stream, config=config
+                feed.spec.stream.wildcard(self.ctx.namespace), stream=feed.stream, config=config
             )
             try:
                 done = 0
@@ -232,15 +188,15 @@ class Cache(Service):
                     ]
                     if not messages:
                         break
-                    await self._write(feed, messages)
                     done = stream_position(messages[-1]).seq
+                    await self._write(feed, self.projection.unpack(feed, messages), done)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         await self._mark_ready_if_caught_up()
 
     async def _mark_ready_if_caught_up(self) -> None:
-        if all(feed.watermark >= feed.target for feed in (self.events, self.accounts)):
+        if self.projection.caught_up():
             await self.redis.hset(self.keys.positions, READY, 1)
             self._ready = True
 
@@ -261,97 +217,34 @@ class Cache(Service):
     # ------------------------------------------------------------------ stream input
 
     async def write_events(self, messages: Sequence[Msg]) -> None:
-        await self._retrying(self.events, messages)
+        await self.projection.apply(self.events, messages)
 
     async def write_reports(self, messages: Sequence[Msg]) -> None:
-        await self._retrying(self.accounts, messages)
+        await self.projection.apply(self.accounts, messages)
 
-    async def _retrying(self, feed: Feed, messages: Sequence[Msg]) -> None:
-        """Write until Redis takes it (never acked unwritten); after a failure the positions are
-        read again from Redis before the next attempt."""
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """After a failure the positions are read again from Redis before this write."""
+        async with self._lock:
+            if self._stale:
+                await self._sync()
+            return await self._write(feed, envelopes, watermark)
 
-        def failed(exc: BaseException, pause_s: float) -> None:
-            self._stale = True
-            feed.failures += 1
-            feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            self.log.warning(
-                "write failed, retrying",
-                extra={"consumer": feed.durable, "error": feed.last_error, "pause_s": round(pause_s, 3)},
-            )
+    def failed(self, feed: Feed, exc: BaseException) -> None:
+        self._stale = True
 
-        async for attempt in retrying(
-            first_s=self.RETRY_PAUSE_S, max_s=self.RETRY_PAUSE_MAX_S, on_failure=failed
-        ):
-            with attempt:
-                async with self._lock:
-                    if self._stale:
-                        await self._sync()
-                    await self._write(feed, messages)
-        feed.last_error = None
-
-    async def _write(self, feed: Feed, messages: Sequence[Msg]) -> None:
-        """One MULTI/EXEC for these messages of `feed` (positions in memory, read by the caller)."""
-        watermark = stream_position(messages[-1]).seq
+    async def _write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """One MULTI/EXEC for these envelopes of `feed` (positions in memory, read by the caller)."""
         if watermark <= feed.watermark:
-            feed.duplicates += len(messages)
-            return
-        changed: dict[str, int] = {}
-        records = OrderRecords({})
-        pipe_ops: list[Any] = []
+            return Applied(duplicates=len(envelopes))
+        batch = fresh(envelopes, lambda key: int(feed.positions.get(key, 0)), feed.watermark)
+        changed: dict[str, int] = {key: envelope.seq for key, envelope in batch.latest.items()}
         if feed is self.events:
-            fresh = []
-            for msg in messages:
-                if stream_position(msg).seq <= feed.watermark:
-                    feed.duplicates += 1
-                    continue
-                try:
-                    batch = EVENT_BATCH_DECODER.decode(msg.data)
-                except msgspec.DecodeError:
-                    self.log.error("undecodable message skipped", extra={"subject": msg.subject})
-                    continue
-                applied = changed.get(batch.market, feed.positions.get(batch.market, 0))
-                if batch.seq <= applied:
-                    feed.duplicates += 1
-                    continue
-                changed[batch.market] = batch.seq
-                fresh.append(batch)
-            known = await self._load(orders_to_load(fresh)) if fresh else {}
-            before = {
-                oid: (view.side, view.price, view.remaining) for oid, view in known.items() if _rests(view)
-            }
-            records = OrderRecords(known)
-            for batch in fresh:
-                records.apply_events(batch)
-            pipe_ops = await self._event_ops(records, before)
+            pipe_ops = await self._events_written(batch.envelopes)
         else:
-            balances: dict[tuple[int, str], tuple[int, int]] = {}
-            for msg in messages:
-                position = stream_position(msg)
-                if position.seq <= feed.watermark:
-                    feed.duplicates += 1
-                    continue
-                try:
-                    reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
-                except msgspec.DecodeError:
-                    self.log.error("undecodable message skipped", extra={"subject": msg.subject})
-                    continue
-                for report in reports:
-                    shard = str(report.shard)
-                    applied = changed.get(shard, feed.positions.get(shard, 0))
-                    if report.seq <= applied:
-                        feed.duplicates += 1
-                        continue
-                    changed[shard] = report.seq
-                    for rejected in report.rejected:
-                        records.apply_rejection(rejected, position.timestamp_ns)
-                    for change in report.balances:
-                        balances[(change.member_id, change.currency)] = (change.available, change.locked)
-            pipe_ops = self._report_ops(records, balances)
+            pipe_ops = self._reports_written(batch.envelopes)
         changed[WATERMARK] = watermark
-        kind = feed.spec.kind
-        target_met = all(
-            (watermark if f is feed else f.watermark) >= f.target for f in (self.events, self.accounts)
-        )
+        kind = feed.kind
+        target_met = self.projection.caught_up(lambda f: watermark if f is feed else f.watermark)
         async with self.redis.pipeline(transaction=True) as pipe:
             for op in pipe_ops:
                 op(pipe)
@@ -360,10 +253,29 @@ class Cache(Service):
                 pipe.hset(self.keys.positions, READY, 1)
             await pipe.execute()
         feed.positions.update(changed)
+        feed.watermark = watermark
         if target_met:
             self._ready = True
-        feed.messages += len(messages)
-        feed.transactions += 1
+        return Applied(items=len(batch.envelopes), duplicates=batch.duplicates)
+
+    async def _events_written(self, envelopes: Sequence[Envelope[EventBatch]]) -> list[Any]:
+        batches = [envelope.body for envelope in envelopes]
+        known = await self._load(orders_to_load(batches)) if batches else {}
+        before = {oid: (view.side, view.price, view.remaining) for oid, view in known.items() if _rests(view)}
+        records = OrderRecords(known)
+        for batch in batches:
+            records.apply_events(batch)
+        return await self._event_ops(records, before)
+
+    def _reports_written(self, envelopes: Sequence[Envelope[AccountsReport]]) -> list[Any]:
+        records = OrderRecords({})
+        balances: dict[tuple[int, str], tuple[int, int]] = {}
+        for envelope in envelopes:
+            for rejected in envelope.body.rejected:
+                records.apply_rejection(rejected, envelope.timestamp_ns)
+            for change in envelope.body.balances:
+                balances[(change.member_id, change.currency)] = (change.available, change.locked)
+        return self._report_ops(records, balances)
 
     async def _load(self, ids: set[int]) -> dict[int, OrderView]:
         if not ids:
@@ -462,13 +374,12 @@ class Cache(Service):
     # ------------------------------------------------------------------ health
 
     def health(self) -> Mapping[str, Any]:
-        failing = [feed.durable for feed in (self.events, self.accounts) if feed.last_error is not None]
+        failing = self.projection.failing()
         return {
             "ok": self._redis is not None and not failing and self.redis_error is None,
             "ready": self._ready,
             "redis_error": self.redis_error,
             "failing": failing,
             "rebuilds": self.rebuilds,
-            EVENTS.kind: self.events.stats(),
-            ACCOUNTS.kind: self.accounts.stats(),
+            **self.projection.health(),
         }
