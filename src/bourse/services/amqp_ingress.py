@@ -51,7 +51,7 @@ from bourse.adapters.auth import (
 )
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.id_leases import LeasedIdGenerator
-from bourse.adapters.order_intake import OrderIntake, Submission
+from bourse.adapters.order_intake import Submission
 from bourse.application.order_requests import (
     OrderRequestError,
     amend_command,
@@ -63,6 +63,7 @@ from bourse.application.order_requests import (
 from bourse.application.ports import Command
 from bourse.config.amqp import amqp_topology
 from bourse.config.auth import verifier_for
+from bourse.config.intake import order_intake
 from bourse.contracts.messages import (
     AMQP_COMMAND_DECODER,
     AmqpAmend,
@@ -120,14 +121,7 @@ class AmqpIngress(Service):
         self.url = settings.rabbitmq_url.get_secret_value()
         self.topology = amqp_topology(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
-        self.intake = OrderIntake(
-            ctx.nc,
-            ctx.namespace,
-            settings.accounts_shards,
-            linger_s=settings.order_intake_linger_s,
-            submit_timeout_s=settings.order_submit_timeout_s,
-            clock_skew_s=settings.clock_skew_max_s,
-        )
+        self.intake = order_intake(ctx.nc, settings)
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.connection: AbstractRobustConnection | None = None

@@ -21,7 +21,6 @@ from bourse.adapters.auth import TokenVerifier, fetch_jwks, keep_keys_fresh
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.id_leases import LeasedIdGenerator
-from bourse.adapters.order_intake import OrderIntake
 from bourse.adapters.order_progress import OrderProgress
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.read_chain import (
@@ -36,6 +35,7 @@ from bourse.adapters.read_chain import (
 from bourse.adapters.redis_read_model import RedisReadModel, read_client
 from bourse.adapters.sql.read_model import SqlReadModel
 from bourse.config.auth import verifier_for
+from bourse.config.intake import order_intake
 from bourse.entrypoints.rest.app import create_app
 from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.hot_path import OrderHotPath
@@ -49,14 +49,7 @@ class Gateway(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
         settings = ctx.settings
-        self.intake = OrderIntake(
-            ctx.nc,
-            ctx.namespace,
-            settings.accounts_shards,
-            linger_s=settings.order_intake_linger_s,
-            submit_timeout_s=settings.order_submit_timeout_s,
-            clock_skew_s=settings.clock_skew_max_s,
-        )
+        self.intake = order_intake(ctx.nc, settings)
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.server: HttpServer | None = None
