@@ -2,8 +2,9 @@
 into the engine command (integers on the market's grid), by the rules every way in shares.
 
 The REST API and the RabbitMQ ingress both take the same body and must refuse the same things
-with the same stable codes (`unknown_market`, `price_required`, `price_not_allowed`,
-`invalid_order`, the `MoneyError` codes, `amend_invalid`). No framework here: callers map an
+with the same stable codes (`unknown_market`, the `MoneyError` codes, the shape codes of
+`bourse.domain.order_shape`: `price_required`, `price_not_allowed`, `invalid_order`;
+`amend_invalid`). No framework here: callers map an
 `OrderRequestError` to their own refusal (a 422 problem, a dead-lettered message).
 """
 
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from bourse.application.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
+from bourse.domain.order_shape import place_shape_error
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
 
 MAX_ORDER_ID = 2**63 - 1
@@ -86,22 +88,20 @@ def place_command(
     created_at: int,
     client_order_id: str | None,
 ) -> PlaceOrder:
-    """The PlaceOrder for a checked request; the same checks and codes as `POST /order`."""
+    """The PlaceOrder for a checked request; the same checks and codes as `POST /order`: the
+    market, the amount, the price on the market's grid, then the order's shape
+    (`bourse.domain.order_shape`)."""
     book = market_of(catalog, request.market)
     scaled_amount = parse_money(book.parse_amount, request.amount)
-    scaled_price: int | None = None
     price, post_only = request.price, request.post_only
-    if request.type is OrderType.LIMIT:
-        if price is None:
-            raise OrderRequestError("price_required", "a limit order needs a price", "price")
+    scaled_price: int | None = None
+    if request.type is OrderType.LIMIT and price is not None:
         scaled_price = parse_money(book.parse_price, price)
-    else:
-        if price is not None:
-            raise OrderRequestError("price_not_allowed", "a market order takes no price", "price")
-        if post_only:
-            raise OrderRequestError("invalid_order", "post_only applies to limit orders", "post_only")
-    if post_only and request.time_in_force is not TimeInForce.GTC:
-        raise OrderRequestError("invalid_order", "post_only requires time_in_force gtc", "post_only")
+    shape = place_shape_error(
+        request.side, request.type, request.time_in_force, priced=price is not None, post_only=post_only
+    )
+    if shape is not None:
+        raise OrderRequestError(shape.code, shape.message, shape.field)
     return PlaceOrder(
         order_id=order_id,
         member_id=member_id,

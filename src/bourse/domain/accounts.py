@@ -66,6 +66,7 @@ from bourse.domain.ledger import (
     LedgerState,
 )
 from bourse.domain.money import Market
+from bourse.domain.order_shape import place_shape_error
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
@@ -80,7 +81,6 @@ from bourse.domain.orders import (
     PlaceOrder,
     RejectReason,
     Side,
-    TimeInForce,
     Trade,
 )
 
@@ -177,10 +177,7 @@ class UnknownCurrencyError(LedgerError, ValueError):
 _SNAPSHOT_VERSION = 1
 _BUY = Side.BUY
 _SELL = Side.SELL
-_GTC = TimeInForce.GTC
-_TIFS = frozenset(TimeInForce)
 _LIMIT = OrderType.LIMIT
-_MARKET = OrderType.MARKET
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AccountsSnapshot)
 
@@ -400,8 +397,9 @@ class Accounts:
 
     def place(self, cmd: PlaceOrder) -> PlaceOrder | OrderRejected:
         """Lock the funds of a new order and return it with `locked` set, to forward to matching;
-        or an `OrderRejected` (UNKNOWN_MARKET, DUPLICATE_ORDER, INVALID_ORDER, INSUFFICIENT_FUNDS)
-        and nothing changed."""
+        or an `OrderRejected` (UNKNOWN_MARKET, DUPLICATE_ORDER, INSUFFICIENT_FUNDS; INVALID_ORDER for
+        a member id below 1, an amount or price outside the market's limits or a shape
+        `bourse.domain.order_shape` refuses) and nothing changed."""
         market = self._markets.get(cmd.market)
         if market is None:
             return _reject(cmd, RejectReason.UNKNOWN_MARKET, "place")
@@ -410,25 +408,26 @@ class Accounts:
             return _reject(cmd, RejectReason.DUPLICATE_ORDER, "place")
         member = cmd.member_id
         amount = cmd.amount
-        if member <= 0 or not market.min_amount <= amount <= market.max_amount:
+        price = cmd.price
+        shape = place_shape_error(
+            cmd.side, cmd.type, cmd.tif, priced=price is not None, post_only=cmd.post_only
+        )
+        if (
+            member <= 0
+            or not market.min_amount <= amount <= market.max_amount
+            or shape is not None
+            or (price is not None and not 0 < price <= market.max_price)
+        ):
             return _reject(cmd, RejectReason.INVALID_ORDER, "place")
         is_buy = cmd.side == _BUY
-        if (not is_buy and cmd.side != _SELL) or cmd.tif not in _TIFS:
-            return _reject(cmd, RejectReason.INVALID_ORDER, "place")
-        if cmd.type == _LIMIT:
-            price = cmd.price
-            if price is None or not 0 < price <= market.max_price or (cmd.post_only and cmd.tif != _GTC):
-                return _reject(cmd, RejectReason.INVALID_ORDER, "place")
+        if price is not None:  # a limit order: the shape rule holds
             if is_buy:
                 currency = market.quote.code
                 lock = market.funds(price, amount)
             else:
                 currency = market.base.code
                 lock = market.base_units(amount)
-        elif cmd.type == _MARKET:
-            if cmd.price is not None or cmd.post_only:
-                return _reject(cmd, RejectReason.INVALID_ORDER, "place")
-            price = None
+        else:  # a market order
             if is_buy:
                 currency = market.quote.code
                 lock = min(self._ledger.available(member, currency), market.funds(market.max_price, amount))
@@ -440,8 +439,6 @@ class Accounts:
             else:
                 currency = market.base.code
                 lock = market.base_units(amount)
-        else:
-            return _reject(cmd, RejectReason.INVALID_ORDER, "place")
         try:
             self._ledger.lock(member, currency, lock, order_id, self._entries)
         except InsufficientFundsError:

@@ -28,9 +28,10 @@ Rules
   above the executed amount and within the market limits (else AMEND_INVALID); amending a
   post-only order to a crossing price is rejected (POST_ONLY_WOULD_TRADE); an amend with
   neither price nor amount is AMEND_INVALID. An amend that changes nothing keeps priority.
-- Validation on place: amount within the market's min/max; a limit order needs
-  `0 < price <= market.max_price`, a market order no price and no post_only; post_only only
-  with GTC; otherwise INVALID_ORDER. A command for another market is UNKNOWN_MARKET. An order id
+- Validation on place: amount within the market's min/max; the order's shape
+  (`bourse.domain.order_shape`: a limit order needs a price, a market order has none and is
+  not post_only; post_only only with GTC); a price `0 < price <= market.max_price`; otherwise
+  INVALID_ORDER. A command for another market is UNKNOWN_MARKET. An order id
   that is open, or was closed recently (the last `recent_ids` closed ids, default 100,000,
   kept in the state and the snapshot), is DUPLICATE_ORDER. The accounts stage stays the first
   line of defence against duplicates; this window only makes the engine safe on its own.
@@ -84,6 +85,7 @@ import msgspec
 
 from bourse.domain.money import Market
 from bourse.domain.order_book import BookSide, OrderBook, RestingOrder
+from bourse.domain.order_shape import place_shape_error
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
@@ -115,12 +117,10 @@ _NO_FUNDS_CAP: Final = -1
 
 _BUY = Side.BUY
 _SELL = Side.SELL
-_LIMIT = OrderType.LIMIT
 _MARKET = OrderType.MARKET
 _GTC = TimeInForce.GTC
 _IOC = TimeInForce.IOC
 _FOK = TimeInForce.FOK
-_TIFS = frozenset(TimeInForce)
 _PARTIAL = OrderStatus.PARTIALLY_FILLED
 _EXECUTED = OrderStatus.EXECUTED
 _CANCELLED = OrderStatus.CANCELLED
@@ -241,24 +241,16 @@ class MatchingEngine:
         tif = c.tif
         price = c.price
         post_only = c.post_only
+        kind = c.type
         if (
             not self._min_amount <= amount <= self._max_amount
-            or (side != _BUY and side != _SELL)
-            or tif not in _TIFS
+            or place_shape_error(side, kind, tif, priced=price is not None, post_only=post_only) is not None
+            or (price is not None and not 0 < price <= self._max_price)
         ):
             return [self._reject(c, RejectReason.INVALID_ORDER, "place")]
         is_buy = side == _BUY
-        kind = c.type
-        if kind == _LIMIT:
-            if price is None or not 0 < price <= self._max_price or (post_only and tif != _GTC):
-                return [self._reject(c, RejectReason.INVALID_ORDER, "place")]
-        elif kind == _MARKET:
-            if price is not None or post_only:
-                return [self._reject(c, RejectReason.INVALID_ORDER, "place")]
-            if is_buy and c.locked <= 0:
-                return [self._reject(c, RejectReason.INSUFFICIENT_FUNDS, "place")]
-        else:
-            return [self._reject(c, RejectReason.INVALID_ORDER, "place")]
+        if kind == _MARKET and is_buy and c.locked <= 0:
+            return [self._reject(c, RejectReason.INSUFFICIENT_FUNDS, "place")]
 
         events: list[EngineEvent] = [
             OrderAccepted(
