@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.api import StorageType
 from nats.micro.request import Request
 
 from bourse.adapters.jetstream import ensure_topology
 from bourse.config.settings import Settings
 from bourse.contracts.subjects import BUCKETS, ORDERS, STREAMS
-from bourse.runtime.host import ServiceHost
+from bourse.runtime.host import HEALTH_ENDPOINT, INSTANCE_KEY, ServiceHost
 from bourse.runtime.process import BourseProcess
 from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer
 from tests.conftest import free_port
@@ -105,6 +109,56 @@ async def test_endpoint_answers_and_is_discoverable_through_micro(nc: Client, se
     finally:
         await host.stop()
     assert host.health()["echo"]["state"] == "stopped"
+
+
+async def test_every_service_answers_on_micro_once_it_runs_with_its_instance_links_and_health(
+    nc: Client, settings: Settings
+) -> None:
+    """Even one without endpoints: `$SRV.PING` has no responder while it starts; then its
+    metadata say which process it is and where it serves, and its `health` endpoint answers."""
+    js = nc.jetstream()
+    await ensure_topology(js, settings.namespace)
+    go = asyncio.Event()
+
+    class Gated(Service):
+        name = "gated"
+        description = "starts when told to"
+
+        async def start(self) -> None:
+            await go.wait()
+
+        def links(self) -> Mapping[str, str]:
+            return {"api docs": "http://gated.invalid/docs"}
+
+        def health(self) -> Mapping[str, Any]:
+            return {"gated": "fine"}
+
+    host = ServiceHost(ServiceContext(settings.model_copy(update={"instance": "here"}), nc, js))
+    starting = asyncio.create_task(host.start([Gated]))
+    ping = f"$SRV.PING.{settings.namespace}-gated"
+    try:
+        await asyncio.sleep(0.2)
+        with pytest.raises(NoRespondersError):
+            await nc.request(ping, b"", timeout=2)
+        go.set()
+        await starting
+        answer = json.loads((await nc.request(ping, b"", timeout=2)).data)
+        assert answer["metadata"] == {
+            INSTANCE_KEY: "here",
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "link:api docs": "http://gated.invalid/docs",
+        }
+        health = json.loads((await nc.request(f"{settings.namespace}.svc.gated.health", b"", timeout=2)).data)
+        assert health == {"state": "running", "gated": "fine", "ok": True}
+        stats = await nc.request(f"$SRV.STATS.{settings.namespace}-gated.{answer['id']}", b"", timeout=2)
+        (endpoint,) = json.loads(stats.data)["endpoints"]
+        assert (endpoint["name"], endpoint["num_requests"]) == (HEALTH_ENDPOINT, 1)
+        assert endpoint["data"] == health
+    finally:
+        go.set()
+        await starting
+        await host.stop()
 
 
 async def test_stream_consumer_receives_every_message_once_in_order(nc: Client, settings: Settings) -> None:

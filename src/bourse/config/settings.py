@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     health_port: int = Field(default=8001, description="Per-process health endpoint; 0 turns it off.")
+    instance: str | None = Field(
+        default=None,
+        description="This process's label in the nats.micro metadata of its services (`instance`, next to "
+        "`host` and `pid`); `bourse up` gives each child its own, and knows the child is up when its "
+        "services answer `$SRV.PING` with it. Unset: `<host>:<pid>`.",
+    )
 
     embedded_nats_port: int = 14222
     embedded_nats_monitor_port: int = 18222

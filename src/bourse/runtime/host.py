@@ -1,11 +1,19 @@
-"""Runs services inside one process: registers their endpoints with `nats.micro`, drives their
-stream consumers, and stops everything in reverse order."""
+"""Runs services inside one process: registers each with `nats.micro` (its endpoints and a
+`health` one), drives their stream consumers, and stops everything in reverse order.
+
+A service's micro instance answers `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` only once the service
+is running (started, endpoints subscribed, consumers started): an instance that answers is up. Its
+metadata say which process it is (`instance`, `host`, `pid`) and carry its links (`link:<label>`),
+so whoever started the process (the `bourse up` supervisor) learns from NATS alone that it is up,
+where it serves, and, from `$SRV.STATS`, how it is."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,16 +24,34 @@ from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from nats.micro import add_service
+from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, ServiceConfig
 from nats.micro.service import Service as MicroService
 
 from bourse import __version__
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.retry import retrying
-from bourse.runtime.service import Service, ServiceContext, StreamConsumer
+from bourse.config.settings import Settings
+from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer
 
 log = logging.getLogger(__name__)
+
+HEALTH_ENDPOINT = "health"
+"""Every service's own endpoint (`<namespace>.svc.<service>.health`): its health facts, which are
+also the `data` of each of its endpoints in `$SRV.STATS`."""
+INSTANCE_KEY = "instance"
+"""Metadata key of the process's label (`Settings.instance`, else `<host>:<pid>`)."""
+LINK_PREFIX = "link:"
+"""Metadata keys `link:<label>`: the service's links (`Service.links`), e.g. `link:api`."""
+
+
+def micro_name(namespace: str, service: str) -> str:
+    """The nats.micro name of a service: `$SRV.PING.<micro_name>` finds its instances."""
+    return f"{namespace}-{service}"
+
+
+def instance_label(settings: Settings) -> str:
+    return settings.instance or f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ConsumerLoop:
@@ -299,6 +325,7 @@ class ServiceHost:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.running: list[RunningService] = []
+        self.instance = instance_label(ctx.settings)
 
     async def start(self, services: Sequence[type[Service]]) -> None:
         for service_class in services:
@@ -308,28 +335,40 @@ class ServiceHost:
         running = RunningService(service)
         self.running.append(running)
         await service.start()
-        endpoints = list(service.endpoints())
-        if endpoints:
-            running.micro = await add_service(
-                self.ctx.nc,
-                ServiceConfig(
-                    name=f"{self.ctx.namespace}-{service.name}",
-                    version=__version__,
-                    description=service.description,
-                    queue_group=f"{self.ctx.namespace}.{service.name}",
-                    stats_handler=lambda _endpoint: msgspec.to_builtins(running.health()),
-                ),
+
+        async def answer_health(request: Request) -> None:
+            await request.respond(msgspec.json.encode(running.health()))
+
+        running.micro = micro = MicroService(
+            self.ctx.nc,
+            ServiceConfig(
+                name=micro_name(self.ctx.namespace, service.name),
+                version=__version__,
+                description=service.description,
+                metadata=self.metadata(service),
+                queue_group=f"{self.ctx.namespace}.{service.name}",
+                stats_handler=lambda _endpoint: msgspec.to_builtins(running.health()),
+            ),
+        )
+        health = Endpoint(HEALTH_ENDPOINT, service.subject(HEALTH_ENDPOINT), answer_health)
+        for endpoint in [*service.endpoints(), health]:
+            await micro.add_endpoint(
+                EndpointConfig(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
             )
-            for endpoint in endpoints:
-                await running.micro.add_endpoint(
-                    EndpointConfig(name=endpoint.name, subject=endpoint.subject, handler=endpoint.handler)
-                )
         for spec in service.consumers():
             loop = ConsumerLoop(self.ctx, spec, service.name)
             await loop.start()
             running.loops.append(loop)
         running.state = "running"
-        log.info("service started", extra={"service": service.name})
+        await micro.start()  # $SRV.PING, INFO and STATS answer from here on: this instance is up
+        log.info("service started", extra={"service": service.name, "micro_id": micro.id})
+
+    def metadata(self, service: Service) -> dict[str, str]:
+        """What the service's micro instance publishes besides its name: which process it is and
+        its links (read after `start`, when a server knows its port)."""
+        metadata = {INSTANCE_KEY: self.instance, "host": socket.gethostname(), "pid": str(os.getpid())}
+        metadata.update((f"{LINK_PREFIX}{label}", url) for label, url in service.links().items())
+        return metadata
 
     async def stop(self) -> None:
         for running in reversed(self.running):
