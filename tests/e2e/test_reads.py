@@ -8,6 +8,11 @@ import statistics
 import time
 from typing import Any
 
+import pytest
+
+from bourse.application.catalog import load_catalog
+from bourse.application.order_queries import InvalidOrdersQuery, check_orders_query
+from tests.application.test_order_queries import BAD_ORDERS_QUERIES
 from tests.e2e.harness import Exchange, Member, expect_problem
 
 
@@ -62,6 +67,22 @@ async def test_orders_with_bad_filters_are_problems(shared_exchange: Exchange) -
     for limit in ("0", "1001", "ten"):
         response = await get("/orders", params={"limit": limit}, headers=alice.headers)
         expect_problem(response, 422, "invalid_request")
+
+
+async def test_a_bad_orders_query_is_the_problem_every_reader_names(shared_exchange: Exchange) -> None:
+    """The REST API says what the orders-query rule says (the query service and the SQL and Redis
+    read models too, by the same table): its code, message and field; the status is 400 for an
+    unknown state and 422 otherwise, as clients always had them."""
+    alice = shared_exchange.member(1)
+    markets = load_catalog().markets
+    for case, bad in BAD_ORDERS_QUERIES.items():
+        params = {name: str(value) for name, value in bad.args.items()}
+        as_the_gateway_has_them = {**bad.args, **{k: v for k, v in params.items() if k == "before_id"}}
+        with pytest.raises(InvalidOrdersQuery) as rule:
+            check_orders_query(1, markets=markets, **as_the_gateway_has_them)
+        response = await alice.http.get("/orders", params=params, headers=alice.headers)
+        body = expect_problem(response, 400 if bad.field == "state" else 422, bad.code)
+        assert (body["detail"], body["field"]) == (rule.value.message, bad.field), case
 
 
 async def test_depth_sums_each_price_level_best_first(

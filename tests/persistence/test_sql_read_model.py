@@ -23,6 +23,7 @@ from bourse.runtime.process import BourseProcess
 from bourse.services.gateway import Gateway
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
+from tests.application.test_order_queries import BAD_ORDERS_QUERIES
 from tests.conftest import free_port
 from tests.e2e.harness import SERVICES
 from tests.e2e.harness import Exchange as HttpExchange
@@ -96,10 +97,14 @@ async def test_sql_reads_equal_the_query_service(exchange: Exchange, nc: Client,
             with pytest.raises(QueryFailed) as failed:
                 await reads.order(member, order_id)
             assert (failed.value.status, failed.value.code) == (404, "order_not_found")
-        for bad in ({"limit": 0}, {"state": "sideways"}, {"market": "doge_usd"}):
+        for case, bad in BAD_ORDERS_QUERIES.items():  # the orders-query rule, as every reader says it
             with pytest.raises(QueryFailed) as failed:
-                await reads.orders(10, **bad)
-            assert failed.value.status in (400, 404), bad
+                await reads.orders(10, **bad.args)
+            assert (failed.value.status, failed.value.code, failed.value.message) == (
+                bad.status,
+                bad.code,
+                bad.message,
+            ), case
         # the exchange (member 0) earns fees in several shards: its balance is their sum
         engine = create_engine(sql_url)
         try:

@@ -36,8 +36,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from bourse.adapters.read_chain import Positions
+from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed, ReadModel
-from bourse.contracts.messages import QUERY_MAX_LIMIT
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import (
     BalanceView,
@@ -45,7 +45,6 @@ from bourse.domain.order_views import (
     MemberTrade,
     OrderView,
     PublicTrade,
-    wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus
 
@@ -145,12 +144,9 @@ class RedisReadModel:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[OrderView]:
-        if not 1 <= limit <= QUERY_MAX_LIMIT:
-            raise QueryFailed(400, "invalid_request", f"limit must be 1..{QUERY_MAX_LIMIT}")
-        try:
-            statuses = wanted_statuses(state, status)
-        except ValueError:
-            raise QueryFailed(400, "invalid_request", f"unknown state {state!r}") from None
+        statuses = check_orders_query(
+            member_id, market=market, state=state, status=status, limit=limit, before_id=before_id
+        ).statuses
         open_only = statuses is not None and statuses <= {OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED}
         index = (self.keys.member_open if open_only else self.keys.member_orders)(member_id)
         upper = "+" if before_id is None else f"({id_member(before_id)}"

@@ -215,7 +215,9 @@ class OrdersQuery(msgspec.Struct, frozen=True):
     """"open", "closed" (every final status) or one status name."""
     status: OrderStatus | None = None
     """Exactly this status (the way to ask for `closed` alone)."""
-    limit: Limit = 100
+    limit: int = 100
+    """1..`QUERY_MAX_LIMIT`: the query service checks it, with the other arguments, by the rule
+    every reader shares (`bourse.application.order_queries`), so every reader says the same."""
     before_id: int | None = None
     """Only orders with a lower id: pass the last id of the previous page."""
 

@@ -36,6 +36,7 @@ from nats.js.api import DeliverPolicy
 from nats.micro.request import Request
 
 from bourse.adapters.jetstream import stream_position
+from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed
 from bourse.contracts.messages import (
     ACCOUNTS_REPORTS_DECODER,
@@ -244,20 +245,23 @@ class Query(Service):
         return view
 
     def answer_orders(self, query: OrdersQuery) -> OrdersReply:
-        self._known_market(query.market)
-        try:
-            orders = self.views.orders(
-                query.member_id,
-                market=query.market,
-                state=query.state,
-                limit=query.limit,
-                before_id=query.before_id,
-                status=query.status,
-            )
-        except ValueError:
-            raise QueryFailed(
-                400, "invalid_request", f"state: {query.state!r} is not open, closed or a status"
-            ) from None
+        check_orders_query(
+            query.member_id,
+            market=query.market,
+            state=query.state,
+            status=query.status,
+            limit=query.limit,
+            before_id=query.before_id,
+            markets=self._markets,
+        )
+        orders = self.views.orders(
+            query.member_id,
+            market=query.market,
+            state=query.state,
+            limit=query.limit,
+            before_id=query.before_id,
+            status=query.status,
+        )
         return OrdersReply(orders)
 
     def answer_balances(self, query: BalancesQuery) -> BalancesReply:

@@ -2,7 +2,8 @@
 the methods of `QueryClient`, with the same return types and errors.
 
 - 404 `order_not_found`: no such order, or another member's;
-- 400 `invalid_request`: a limit out of 1..1000 or an unknown state (orders);
+- 400 `invalid_request`, 404 `unknown_market`: an orders query `bourse.application.order_queries`
+  refuses (a limit out of 1..1000, an unknown state, a before_id that is no order id);
 - 404 `unknown_market`: a market not in `markets`, when given;
 - 503 `unavailable`: the database cannot be reached or read (server down, database dropped,
   SQLite file removed, tables missing), or did not answer within the read's deadline
@@ -29,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bourse.adapters.sql.database import create_engine, sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
 from bourse.adapters.sql.store import order_view
+from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed
-from bourse.contracts.messages import QUERY_MAX_LIMIT
 from bourse.domain.order_views import (
     UNLISTED_REASON,
     BalanceView,
@@ -38,7 +39,6 @@ from bourse.domain.order_views import (
     MemberTrade,
     OrderView,
     PublicTrade,
-    wanted_statuses,
 )
 from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
 
@@ -135,15 +135,15 @@ class SqlReadModel:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[OrderView]:
-        if not 1 <= limit <= QUERY_MAX_LIMIT:
-            raise QueryFailed(400, "invalid_request", f"limit must be 1..{QUERY_MAX_LIMIT}")
-        self._known_market(market)
-        try:
-            statuses = wanted_statuses(state, status)
-        except ValueError:
-            raise QueryFailed(
-                400, "invalid_request", f"state: {state!r} is not open, closed or a status"
-            ) from None
+        statuses = check_orders_query(
+            member_id,
+            market=market,
+            state=state,
+            status=status,
+            limit=limit,
+            before_id=before_id,
+            markets=self.markets,
+        ).statuses
         if statuses is not None and not statuses:
             return []
         query = select(orders).where(orders.c.member_id == member_id)

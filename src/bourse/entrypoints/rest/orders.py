@@ -15,6 +15,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from bourse.application.order_queries import (
+    ORDERS_DEFAULT_LIMIT,
+    ORDERS_MAX_LIMIT,
+    InvalidOrdersQuery,
+    check_orders_query,
+)
 from bourse.application.order_requests import (
     OrderRequestError,
     amend_command,
@@ -23,7 +29,7 @@ from bourse.application.order_requests import (
     place_command,
 )
 from bourse.application.ports import NotSent, OutcomeUnknown, QueryFailed, Submitted
-from bourse.contracts.messages import QUERY_MAX_LIMIT, Outcome
+from bourse.contracts.messages import Outcome
 from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import (
@@ -297,30 +303,40 @@ def pending(order_id: str, command: Literal["place", "cancel", "amend"], detail:
     return PendingOut(id=order_id, command=command, detail=detail)
 
 
-@router.get("/orders", responses=PROBLEMS)
+ORDERS_QUERY_STATUS: Final = {"state": 400}
+"""The status of an orders query refused for this argument (`InvalidOrdersQuery.field`); 422 for
+the others, as for every argument the gateway checks. An unknown state stays a 400: clients
+have always had that for it (the read models answered it before the gateway checked it)."""
+
+
+@router.get("/orders", responses={**PROBLEMS, 400: PROBLEMS[422]})
 async def list_orders(
     member: Member,
     deps: Deps,
     market: str | None = None,
     state: Annotated[str | None, Query(description='"open", "closed" or one status')] = None,
-    limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100,
+    limit: Annotated[
+        int,
+        Query(
+            description=f"1..{ORDERS_MAX_LIMIT}",
+            json_schema_extra={"minimum": 1, "maximum": ORDERS_MAX_LIMIT},
+        ),
+    ] = ORDERS_DEFAULT_LIMIT,
     before_id: Annotated[str | None, Query(description="Paging: the last id of the previous page")] = None,
 ) -> list[OrderOut]:
-    """The member's orders, most recent first."""
-    if market is not None:
-        market_or_422(deps, market)
-    before: int | None = None
-    if before_id is not None:
-        try:
-            before = parse_order_id(before_id)
-        except OrderRequestError as exc:
-            raise ApiError(
-                422, "invalid_request", f"before_id {before_id!r} is not an order id", field="before_id"
-            ) from exc
-    views = await query(
-        deps, deps.queries.orders(member, market=market, state=state, limit=limit, before_id=before)
+    """The member's orders, most recent first. The arguments are checked by the rule every reader
+    shares (`bourse.application.order_queries`)."""
+    try:
+        wanted = check_orders_query(
+            member, market=market, state=state, limit=limit, before_id=before_id, markets=deps.catalog.markets
+        )
+    except InvalidOrdersQuery as exc:
+        status = ORDERS_QUERY_STATUS.get(exc.field, 422)
+        raise ApiError(status, exc.code, exc.message, field=exc.field) from exc
+    reads = deps.queries.orders(
+        member, market=wanted.market, state=wanted.state, limit=wanted.limit, before_id=wanted.before_id
     )
-    return [view_out(deps, view) for view in views]
+    return [view_out(deps, view) for view in await query(deps, reads)]
 
 
 async def send_and_wait(deps: GatewayDeps, command: CancelOrder | AmendOrder) -> tuple[bool, Outcome | None]:
@@ -446,7 +462,7 @@ async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> l
     if market is not None:
         market_or_422(deps, market)
     reads = deps.live_queries or deps.queries  # the freshest: an order placed just now is listed
-    views = await query(deps, reads.orders(member, market=market, state="open", limit=QUERY_MAX_LIMIT))
+    views = await query(deps, reads.orders(member, market=market, state="open", limit=ORDERS_MAX_LIMIT))
     commands = [CancelOrder(view.id, member, view.market) for view in views]
     submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
     for submission in submissions:
