@@ -65,7 +65,12 @@ DecimalString = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 
 class OrderIn(BaseModel):
-    """A new order. `price` is required for limit orders and refused for market orders."""
+    """A new order. `price` is required for limit orders and refused for market orders;
+    `post_only` is for gtc limit orders only."""
+
+    # That shape is `bourse.domain.order_shape`'s rule, checked by `place_command` with its codes
+    # (price_required, price_not_allowed, invalid_order), as for the RabbitMQ ingress: not here,
+    # where a refusal would be a plain schema error.
 
     model_config = ConfigDict(extra="forbid")
 
