@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     restart_reset_after_s: float = Field(
         default=10.0,
         gt=0,
-        description="`bourse up`: a child up (past its banner) this long has its restart backoff reset.",
+        description="`bourse up`: a child up (its services answering on NATS) this long has its restart "
+        "backoff reset.",
     )
 
     # --- the gateway's reads (docs/architecture.md: Reading state, "Which source the gateway reads") ---

@@ -57,5 +57,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "uvicorn.error", "nats"):
+    for noisy in ("uvicorn.access", "uvicorn.error", "nats", "httpx"):  # httpx: a line per request
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

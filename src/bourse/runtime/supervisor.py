@@ -3,21 +3,31 @@ processes `python -m bourse run <group>`, supervised.
 
 - The services are split into contiguous groups of the start order by `group_services` (the one
   place that says which service runs with which).
-- Children are started one after the other, each once the previous one has printed its banner
-  (so the gateway finds auth's keys, as in one process). Each child runs in its own session, so a
-  Ctrl-C in the terminal reaches only this supervisor, which then stops the children in reverse
-  order (the gateway's group first) with SIGTERM, and the NATS server last. Each child gets
-  PDEATHSIG=SIGTERM: if the supervisor is killed, its children stop too.
+- Children are started one after the other, each once the previous one is up (so the gateway
+  finds auth's keys, as in one process). A child is up when every one of its services answers
+  `$SRV.PING.<namespace>-<service>` with the instance label the supervisor gave that run of the
+  child (`BOURSE_INSTANCE`, published in the nats.micro metadata by `bourse.runtime.host`), so
+  another instance of the same service elsewhere on the NATS does not count. The answers also
+  give each instance's micro id (for `$SRV.STATS`) and the links the banner prints
+  (`link:<label>` metadata, e.g. the gateway's API). The supervisor connects to the NATS its
+  children are given (the embedded server by default) before it starts any. A child's stdout
+  (its own banner) is discarded; its logs go to stderr, which it shares with the supervisor.
+- Each child runs in its own session, so a Ctrl-C in the terminal reaches only this supervisor,
+  which then stops the children in reverse order (the gateway's group first) with SIGTERM, and the
+  NATS server last. Each child gets PDEATHSIG=SIGTERM: if the supervisor is killed, its children
+  stop too.
 - A child that exits while we are not stopping is logged and started again after a backoff
   (`RestartBackoff`: 0.5 s doubling up to `restart_backoff_max_s`, 4 s; back to 0.5 s once the
-  child had been up, past its banner, for `restart_reset_after_s`, 10 s). The cap is low on
-  purpose: a stage killed again and again (accounts and matching, which every order waits for)
-  is never kept down longer than that by the supervisor itself. Stateful stages recover from
-  their snapshots and the streams, as after any crash.
-- Each child serves its own health endpoint on a free loopback port the supervisor picks once
-  (kept across restarts); only the supervisor's `BOURSE_HEALTH_PORT` is the public one, and its
-  `/healthz` merges the children's services with their liveness and the supervisor's NATS
-  connection (`/metrics` concatenates theirs).
+  child had been up for `restart_reset_after_s`, 10 s). The cap is low on purpose: a stage killed
+  again and again (accounts and matching, which every order waits for) is never kept down longer
+  than that by the supervisor itself. Stateful stages recover from their snapshots and the
+  streams, as after any crash.
+- Once a second, each service instance of each child is asked `$SRV.STATS.<name>.<id>`: the
+  `data` of its `health` endpoint is the service's health (what its `/healthz` says of it). Each
+  child also serves its own health endpoint on a free loopback port the supervisor picks once
+  (kept across restarts), read (with httpx) for its `/metrics` only. The supervisor's
+  `BOURSE_HEALTH_PORT` is the public one: its `/healthz` merges the children's services with
+  their liveness and the supervisor's NATS connection (`/metrics` concatenates theirs).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -35,14 +46,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import httpx
 import msgspec
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.jetstream import ensure_topology
 from bourse.config.production import check_production
 from bourse.config.settings import Settings, mask_url
 from bourse.runtime.health import HealthApp
+from bourse.runtime.host import HEALTH_ENDPOINT, INSTANCE_KEY, LINK_PREFIX, micro_name
 from bourse.runtime.nats_server import EmbeddedNatsServer, die_with_parent
 from bourse.runtime.process import close_nats, connect_nats
 
@@ -70,7 +85,32 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 BACKOFF_FIRST_S = 0.5
 POLL_INTERVAL_S = 1.0
+PING_ROUND_S = 0.025
+"""While a child starts: each round asks `$SRV.PING.<name>` of each of its services not found yet
+and waits this long for the answers."""
+STATS_TIMEOUT_S = 2.0
+METRICS_TIMEOUT_S = 2.0
 BANNER_END = "Press Ctrl-C to stop."
+
+
+class Ping(msgspec.Struct):
+    """What a nats.micro instance answers to `$SRV.PING` (the fields used here)."""
+
+    id: str
+    name: str
+    metadata: dict[str, str] = {}
+
+
+class EndpointStats(msgspec.Struct):
+    name: str
+    data: Any = None
+
+
+class Stats(msgspec.Struct):
+    """What a nats.micro instance answers to `$SRV.STATS` (the fields used here)."""
+
+    id: str
+    endpoints: list[EndpointStats] = []
 
 
 class SupervisorError(RuntimeError):
@@ -137,7 +177,7 @@ class RestartBackoff:
     """Crashes in a row, the last one included."""
 
     def next_delay(self, up_s: float) -> float:
-        """The pause after a crash of a child that had been up (past its banner) for `up_s`."""
+        """The pause after a crash of a child that had been up (ready) for `up_s`."""
         self.crashes = 1 if up_s >= self.reset_after_s else self.crashes + 1
         return min(self.first_s * 2.0 ** (self.crashes - 1), self.max_s)
 
@@ -157,11 +197,16 @@ class Child:
     services: list[str]
     health_port: int
     process: asyncio.subprocess.Process | None = None
+    instance: str = ""
+    """The label of this run of the child (`BOURSE_INSTANCE`): its services publish it in their
+    nats.micro metadata."""
+    instances: dict[str, str] = field(default_factory=dict)
+    """Service name -> the micro id of its instance in this run (from `$SRV.PING`)."""
     links: dict[str, str] = field(default_factory=dict)
     restarts: int = 0
     started_at: float = 0.0
     ready_at: float | None = None
-    """When the child printed its banner (monotonic); None until it has."""
+    """When all its services had answered on NATS (monotonic); None until they have."""
     restart_delay_s: float = 0.0
     """The pause before its last restart."""
     ready: bool = False
@@ -195,7 +240,11 @@ class Supervisor:
             Child(index, list(group), free_port(settings.http_host)) for index, group in enumerate(groups)
         ]
         self.nc: Client | None = None
+        self.http: httpx.AsyncClient | None = None
         self.health_server: HttpServer | None = None
+        self.ready_timeout_s = READY_TIMEOUT_S
+        self._token = secrets.token_hex(4)
+        """Part of every instance label this supervisor gives: no other process's services carry it."""
         self._watchers: list[asyncio.Task[None]] = []
         self._poller: asyncio.Task[None] | None = None
         self._stopping = False
@@ -215,7 +264,11 @@ class Supervisor:
         check_production(self.settings)
         if self.nats_server is not None:
             await self.nats_server.start()
-        self.nc = await connect_nats(self.settings, "bourse[supervisor]")
+        # the servers (and credentials) the children are given: their services answer there
+        self.nc = await connect_nats(
+            self.settings.model_copy(update={"nats_url": self.nats_url}), "bourse[supervisor]"
+        )
+        self.http = httpx.AsyncClient(timeout=METRICS_TIMEOUT_S, trust_env=False)
         # once, before the children: they would otherwise all create the streams at the same time
         await ensure_topology(self.nc.jetstream(), self.settings.namespace, self.settings.stream_replicas)
         for child in self.children:
@@ -250,6 +303,9 @@ class Supervisor:
             self.health_server = None
         for child in reversed(self.children):
             await self._terminate(child)
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
         if self.nc is not None:
             await close_nats(self.nc)
         if self.nats_server is not None:
@@ -283,7 +339,9 @@ class Supervisor:
     def child_env(self, child: Child) -> dict[str, str]:
         env = dict(os.environ)
         env["BOURSE_NATS_URL"] = self.nats_url
+        env["BOURSE_NAMESPACE"] = self.settings.namespace  # where the supervisor looks for its services
         env["BOURSE_HEALTH_PORT"] = str(child.health_port)
+        env["BOURSE_INSTANCE"] = child.instance
         return env
 
     def child_command(self, child: Child) -> list[str]:
@@ -292,41 +350,78 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         child.ready = False
         child.ready_at = None
+        child.instance = f"up-{self._token}-{child.index}-{child.restarts}"
+        child.instances = {}
         child.links = {}
+        child.health = {}
+        child.metrics = ""
         child.started_at = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
             *self.child_command(child),
             env=self.child_env(child),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,  # the banner: ready, and its links (logs go to stderr)
+            stdout=asyncio.subprocess.DEVNULL,  # its own banner; what we print is ours (logs: stderr)
             stderr=None,
             preexec_fn=die_with_parent if os.name == "posix" else None,
             start_new_session=True,  # Ctrl-C reaches us only: we stop the children in order
         )
-        log.info("child started", extra={"services": child.label, "pid": child.process.pid})
+        log.info(
+            "child started",
+            extra={"services": child.label, "pid": child.process.pid, "instance": child.instance},
+        )
 
     async def _wait_ready(self, child: Child) -> None:
-        """Read the child's banner; its links lines are `  <label>  <url>`."""
-        process = child.process
+        """Wait until each of the child's services answers `$SRV.PING.<name>` with this run's
+        instance label; keep each instance's micro id and the links in its metadata."""
+        process, nc = child.process, self.nc
         assert process is not None
-        assert process.stdout is not None
+        assert nc is not None
+        names = {micro_name(self.settings.namespace, service): service for service in child.services}
+        found: dict[str, Ping] = {}
+        give_up = asyncio.get_running_loop().time() + self.ready_timeout_s
+        inbox = await nc.subscribe(nc.new_inbox())
         try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                while True:
-                    line = (await process.stdout.readline()).decode(errors="replace")
-                    if not line:
-                        rc = await process.wait()
-                        raise SupervisorError(f"{child.label} exited with {rc} before it was up")
-                    text = line.strip()
-                    if text == BANNER_END:
-                        break
-                    if line.startswith("  ") and " " in text:
-                        label, url = text.rsplit(None, 1)
-                        child.links[label] = url
-        except TimeoutError:
-            raise SupervisorError(f"{child.label} was not up within {READY_TIMEOUT_S}s") from None
+            while len(found) < len(names):
+                if (rc := process.returncode) is not None:
+                    raise SupervisorError(f"{child.label} exited with {rc} before it was up")
+                if asyncio.get_running_loop().time() >= give_up:
+                    raise SupervisorError(f"{child.label} was not up within {self.ready_timeout_s}s")
+                for name, service in names.items():
+                    if service not in found:
+                        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox.subject)
+                await self._collect_pings(inbox, child, names, found)
+        finally:
+            with contextlib.suppress(Exception):
+                await inbox.unsubscribe()
+        child.instances = {service: found[service].id for service in child.services}
+        child.links = {
+            key.removeprefix(LINK_PREFIX): url
+            for service in child.services
+            for key, url in found[service].metadata.items()
+            if key.startswith(LINK_PREFIX)
+        }
         child.ready = True
         child.ready_at = time.monotonic()
+
+    @staticmethod
+    async def _collect_pings(
+        inbox: Subscription, child: Child, names: Mapping[str, str], found: dict[str, Ping]
+    ) -> None:
+        """One round's answers: those of this run's instances go into `found` (by service)."""
+        loop = asyncio.get_running_loop()
+        round_end = loop.time() + PING_ROUND_S
+        while len(found) < len(names) and (left := round_end - loop.time()) > 0:
+            try:
+                msg = await inbox.next_msg(timeout=left)
+            except TimeoutError:  # nats.errors.TimeoutError is one
+                return
+            try:  # a "no responders" status has no body
+                ping = msgspec.json.decode(msg.data, type=Ping)
+            except msgspec.DecodeError:
+                continue
+            service = names.get(ping.name)
+            if service is not None and ping.metadata.get(INSTANCE_KEY) == child.instance:
+                found[service] = ping
 
     async def _watch(self, child: Child) -> None:
         """Wait for the child to exit; unless we are stopping, start it again after a backoff."""
@@ -336,9 +431,6 @@ class Supervisor:
         while not self._stopping:
             process = child.process
             assert process is not None
-            assert process.stdout is not None
-            while await process.stdout.readline():  # nothing is expected after the banner
-                pass
             rc = await process.wait()
             if self._stopping:
                 return
@@ -399,16 +491,41 @@ class Supervisor:
         await asyncio.gather(*(self._poll_child(child) for child in self.children))
 
     async def _poll_child(self, child: Child) -> None:
-        if not child.ready:
-            child.health = {}
+        if not (child.ready and child.alive):
+            child.health, child.metrics = {}, ""
             return
-        status, body = await http_get(self.settings.http_host, child.health_port, "/healthz")
+        facts = await asyncio.gather(
+            *(self._service_health(service, instance) for service, instance in child.instances.items())
+        )
+        services = dict(zip(child.instances, facts, strict=True))
+        child.health = {"ok": all(bool(f.get("ok")) for f in services.values()), "services": services}
+        child.metrics = await self._child_metrics(child)
+
+    async def _service_health(self, service: str, instance: str) -> dict[str, Any]:
+        """The service's health facts, from its instance's `$SRV.STATS`: the `data` of its
+        `health` endpoint (`bourse.runtime.host`)."""
+        assert self.nc is not None
+        subject = f"$SRV.STATS.{micro_name(self.settings.namespace, service)}.{instance}"
         try:
-            child.health = dict(msgspec.json.decode(body)) if status else {}
-        except msgspec.DecodeError:
-            child.health = {}
-        status, body = await http_get(self.settings.http_host, child.health_port, "/metrics")
-        child.metrics = body.decode(errors="replace") if status == 200 else ""
+            reply = await self.nc.request(subject, b"", timeout=STATS_TIMEOUT_S)
+            stats = msgspec.json.decode(reply.data, type=Stats)
+        except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
+            return {"ok": False, "error": f"$SRV.STATS unanswered: {type(exc).__name__}"}
+        for endpoint in stats.endpoints:
+            if endpoint.name == HEALTH_ENDPOINT and isinstance(endpoint.data, dict):
+                return endpoint.data
+        return {"ok": False, "error": "$SRV.STATS without health"}
+
+    async def _child_metrics(self, child: Child) -> str:
+        """The child's `/metrics` (Prometheus text: HTTP only), "" when it does not answer."""
+        assert self.http is not None
+        host = self.settings.http_host
+        host = f"[{host}]" if ":" in host else host
+        try:
+            response = await self.http.get(f"http://{host}:{child.health_port}/metrics")
+        except httpx.HTTPError:
+            return ""
+        return response.text if response.status_code == 200 else ""
 
     def health(self) -> Mapping[str, Any]:
         nats_ok = self.nc is not None and self.nc.is_connected
@@ -457,29 +574,6 @@ class Supervisor:
         else:
             links["nats"] = ", ".join(mask_url(url) for url in self.settings.nats_servers)
         return links
-
-
-async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """A tiny HTTP/1.0 GET: (status, body), (0, b"") when the server does not answer."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                await writer.drain()
-                response = await reader.read()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return 0, b""
-    head, _, body = response.partition(b"\r\n\r\n")
-    try:
-        status = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        return 0, b""
-    return status, body
 
 
 def print_supervisor_links(supervisor: Supervisor, out: TextIO = sys.stdout) -> None:
