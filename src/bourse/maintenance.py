@@ -78,7 +78,7 @@ async def _apply_streams(settings: Settings, progress: Callable[[str], None], ti
         started = time.monotonic()
         while True:
             await service.refresh_lag()
-            lag = service.events.lag()["messages"] + service.accounts.lag()["messages"]
+            lag = sum(facts["messages"] for facts in service.health()["lag"].values())
             progress(f"rebuild: {lag} stream messages left to apply")
             if lag == 0:
                 break

@@ -20,8 +20,10 @@ from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECO
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import BalanceView, OrderViews
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side
+from bourse.domain.values import MemberId, OrderId
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.process import BourseProcess
+from bourse.runtime.projection import RetryPolicy
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
 from tests.conftest import free_port
@@ -50,8 +52,8 @@ async def caught_up(exchange: Exchange, service: Persistence, timeout: float = 6
 
 def limit(order_id: int, member: int, side: Side, price: str, amount: str) -> PlaceOrder:
     return PlaceOrder(
-        order_id,
-        member,
+        OrderId(order_id),
+        MemberId(member),
         "btc_usd",
         side,
         OrderType.LIMIT,
@@ -250,7 +252,7 @@ async def test_a_failing_write_is_retried_until_it_commits_and_health_says_so(
 ) -> None:
     host = await exchange.start(Persistence)
     service = persistence_of(host)
-    service.RETRY_PAUSE_S = 0.05
+    service.projection.retry = RetryPolicy(first_s=0.05, max_s=5.0)
     store = service.store
     real = store.upsert_orders
     failures = 0

@@ -47,18 +47,18 @@ class StageMachine(Protocol):
     def snapshot(self) -> bytes: ...
 
 
-I = TypeVar("I")
+In = TypeVar("In")
 K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=StageMachine)
 
 
 @dataclass(frozen=True, slots=True)
-class Positioned(Generic[I]):
+class Positioned(Generic[In]):
     """One decoded input message and where its stream stored it (the same on every delivery)."""
 
     seq: int
     timestamp_ns: int
-    value: I
+    value: In
 
 
 @dataclass(slots=True)
@@ -69,11 +69,11 @@ class StageOutputs:
     outgoing: list[Outgoing] = field(default_factory=list)
 
 
-StepOutputs = Callable[[K, M, Sequence[Positioned[I]]], StageOutputs]
+StepOutputs = Callable[[K, M, Sequence[Positioned[In]]], StageOutputs]
 """`(key, machine, inputs) -> outputs`: feed the inputs to the machine, encode what it produced."""
 
 
-class StatefulStage(Generic[K, M, I]):
+class StatefulStage(Generic[K, M, In]):
     """Runs one state machine per key (member shard, market) of `service`."""
 
     def __init__(
@@ -84,10 +84,10 @@ class StatefulStage(Generic[K, M, I]):
         keys: Sequence[K],
         key_label: str,
         durable: Callable[[K], str],
-        decoder: msgspec.msgpack.Decoder[I],
-        undecodable: I,
+        decoder: msgspec.msgpack.Decoder[In],
+        undecodable: In,
         load: Callable[[K, bytes | None], M],
-        step: StepOutputs[K, M, I],
+        step: StepOutputs[K, M, In],
         snapshot_every_s: float = 5.0,
         linger_s: float = 0.0,
     ) -> None:
@@ -167,7 +167,7 @@ class StatefulStage(Generic[K, M, I]):
         if self.schedule.due(name):
             self.schedule.save_in_background(name, machine.last_seq, machine.snapshot())
 
-    def _decode(self, key: K, msg: Msg) -> Positioned[I]:
+    def _decode(self, key: K, msg: Msg) -> Positioned[In]:
         position = stream_position(msg)
         try:
             value = self.decoder.decode(msg.data)
