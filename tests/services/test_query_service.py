@@ -4,7 +4,7 @@ gateway sends them, answers read through `QueryClient` (NATS request/reply)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -16,6 +16,7 @@ from bourse.adapters.jetstream import ensure_topology
 from bourse.adapters.query_client import QueryClient
 from bourse.application.catalog import load_catalog
 from bourse.application.ports import QueryFailed
+from bourse.application.projection import Envelope
 from bourse.config.settings import Settings
 from bourse.contracts.messages import REPLY_DECODER, AccountsBatch, Decisions, Outcome, encode, json_encode
 from bourse.contracts.subjects import ORDERS
@@ -30,6 +31,7 @@ from bourse.domain.orders import (
     Side,
 )
 from bourse.runtime.host import ServiceHost
+from bourse.runtime.projection import Applied, Feed
 from bourse.runtime.service import ServiceContext
 from bourse.services.accounts import AccountsService
 from bourse.services.matching import MatchingService
@@ -292,9 +294,10 @@ class GatedQuery(Query):
     CATCH_UP_WAIT_S = 0.1
     gate = asyncio.Event()
 
-    async def _on_events(self, msg: Msg) -> None:
-        await self.gate.wait()
-        await super()._on_events(msg)
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        if feed is self.events:
+            await self.gate.wait()
+        return await super().write(feed, envelopes, watermark)
 
 
 async def test_an_instance_still_catching_up_says_so_and_answers_not_ready(exchange: Exchange) -> None:

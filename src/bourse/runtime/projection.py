@@ -1,8 +1,8 @@
 """The projection shell: consume a stage's output stream, apply it idempotently by position,
 retry until it is written, and say how far it is.
 
-A projection is a writer (`ProjectionWriter`: the SQL tables, the Redis read models) plus this
-shell, the part that is the same for all of them:
+A projection is a writer (`ProjectionWriter`: the SQL tables, the Redis read models, the query
+service's memory) plus this shell, the part that is the same for all of them:
 
 - per feed (`EVENTS_FEED`, `ACCOUNTS_FEED`) a durable pull consumer that resumes after the
   writer's stored watermark, so the store, not the consumer's acks, says what is done;
@@ -14,16 +14,26 @@ shell, the part that is the same for all of them:
 - a failed write is retried with backoff until it succeeds (the batch is acked only after);
 - counters per feed, and `caught_up` once each feed reaches the stream's last sequence noted
   at start (`note_targets`), for readiness.
+
+A projection kept in memory (the query service) does not store positions: each instance must
+read everything from the first message at every start. It `follow()`s instead of declaring
+`consumers()`: per feed an ordered push consumer (ephemeral, recreated by nats-py after a gap or
+a reconnect) from the first message, each message handed to the writer as it comes; a message
+the writer cannot apply is counted, logged and skipped, since applying it again would fail again
+and hold every later one back.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.retry import retrying
@@ -125,6 +135,7 @@ class Projection:
     batch: int = 512
     linger_s: float = 0.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    _subscriptions: list[JetStreamContext.PushSubscription] = field(default_factory=list)
 
     @classmethod
     def over(
@@ -229,6 +240,48 @@ class Projection:
                 applied = await self.writer.write(feed, envelopes, watermark)
         feed.last_error = None
         return applied
+
+    async def follow(self) -> None:
+        """Read every feed from its first message, in memory (see the module's docstring)."""
+        js, ns = self.service.ctx.js, self.service.ctx.namespace
+        for feed in self.feeds.values():
+            self._subscriptions.append(
+                await js.subscribe(
+                    feed.spec.stream.wildcard(ns),
+                    stream=feed.stream,
+                    cb=self._follower(feed),
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.ALL,
+                )
+            )
+
+    def _follower(self, feed: Feed) -> Callable[[Msg], Any]:
+        async def apply_one(msg: Msg) -> None:
+            await self.apply_once(feed, msg)
+
+        return apply_one
+
+    async def apply_once(self, feed: Feed, msg: Msg) -> None:
+        """Apply one message; if the writer fails, count it and go on with the next."""
+        try:
+            position = stream_position(msg)
+            envelopes = feed.spec.unpack(position.seq, position.timestamp_ns, msg.data)
+            applied = await self.writer.write(feed, envelopes, position.seq)
+        except Exception as exc:
+            feed.failures += 1
+            feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.writer.failed(feed, exc)
+            self.service.log.exception("message not applied", extra={"subject": msg.subject})
+            return
+        feed.messages += 1
+        feed.items += applied.items
+        feed.duplicates += applied.duplicates
+
+    async def unfollow(self) -> None:
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
 
     def failing(self) -> list[str]:
         return [feed.durable for feed in self.feeds.values() if feed.last_error is not None]

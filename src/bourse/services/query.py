@@ -3,9 +3,9 @@
 Every instance folds the whole EVENTS stream (engine events, per market) and ACCOUNTS stream
 (rejections and balances, per member shard) into an in-memory `OrderViews`
 (`bourse.domain.order_views`), from the start of the streams (they keep 7 days) each time it
-starts. Each instance reads through its own ordered consumers (ephemeral, in memory on the
-server, recreated by the client after a gap or a reconnect), since each must see everything;
-instances share the load through the queue group of their endpoints.
+starts: a writer for the projection shell (`bourse.runtime.projection`), which it `follow()`s
+with ordered consumers (ephemeral, in memory on the server), since each instance must see
+everything; instances share the load through the queue group of their endpoints.
 
 Endpoints, `<ns>.svc.query.<name>`, JSON bodies from `bourse.contracts.messages` (section "queries"):
 `order`, `orders`, `balances`, `depth`, `trades`, `member_trades`, `ready`. A failed query is
@@ -24,25 +24,19 @@ queue group caught up; past the wait they answer `not_ready` (503) until done. `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.micro.request import Request
 
-from bourse.adapters.jetstream import stream_position
 from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed
+from bourse.application.projection import Envelope
 from bourse.contracts.messages import (
-    ACCOUNTS_REPORTS_DECODER,
     BALANCES_QUERY_DECODER,
     DEPTH_QUERY_DECODER,
-    EVENT_BATCH_DECODER,
     MEMBER_TRADES_QUERY_DECODER,
     ORDER_QUERY_DECODER,
     ORDERS_QUERY_DECODER,
@@ -61,12 +55,13 @@ from bourse.contracts.messages import (
     TradesReply,
     json_encode,
 )
-from bourse.contracts.subjects import ACCOUNTS, EVENTS, StreamSpec
+from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import (
     DepthView,
     OrderView,
     OrderViews,
 )
+from bourse.runtime.projection import ACCOUNTS_FEED, EVENTS_FEED, Applied, Feed, Projection
 from bourse.runtime.service import Endpoint, RequestHandler, Service, ServiceContext
 
 Q = TypeVar("Q")
@@ -85,100 +80,68 @@ class Query(Service):
         super().__init__(ctx)
         self.views = OrderViews()
         self._markets = ctx.catalog.markets
-        self._subs: list[JetStreamContext.PushSubscription] = []
-        self._position = {EVENTS.kind: 0, ACCOUNTS.kind: 0}
-        self._target = {EVENTS.kind: 0, ACCOUNTS.kind: 0}
+        self.projection = Projection.over(self, self, [EVENTS_FEED, ACCOUNTS_FEED])
+        self.events = self.projection.feed(EVENTS.kind)
+        self.accounts = self.projection.feed(ACCOUNTS.kind)
         self._ready = asyncio.Event()
         self._started = 0.0
         self._catch_up_s: float | None = None
-        self._messages = 0
-        self._failures = 0
-        self._last_error: str | None = None
         self._cpu_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        js, ns = self.ctx.js, self.ctx.namespace
         self._started = time.monotonic()
-        for spec in (EVENTS, ACCOUNTS):
-            state = (await js.stream_info(spec.name(ns))).state
-            self._target[spec.kind] = state.last_seq if state.messages else 0
+        await self.projection.note_targets()
         self._check_ready()
-        for spec, callback in ((EVENTS, self._on_events), (ACCOUNTS, self._on_report)):
-            self._subs.append(await self._subscribe(js, spec, callback))
+        await self.projection.follow()
         try:
             await asyncio.wait_for(self._ready.wait(), self.CATCH_UP_WAIT_S)
         except TimeoutError:
             self.log.warning(
                 "still catching up; answering not_ready until done",
-                extra={"position": dict(self._position), "target": dict(self._target)},
+                extra={"position": self._positions(), "target": self._targets()},
             )
 
-    async def _subscribe(
-        self, js: JetStreamContext, spec: StreamSpec, callback: Callable[[Msg], Awaitable[None]]
-    ) -> JetStreamContext.PushSubscription:
-        ns = self.ctx.namespace
-        return await js.subscribe(
-            spec.wildcard(ns),
-            stream=spec.name(ns),
-            cb=callback,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-
     async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
+        await self.projection.unfollow()
 
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
 
     def _check_ready(self) -> None:
-        if all(self._position[kind] >= target for kind, target in self._target.items()):
+        if self.projection.caught_up():
             self._catch_up_s = round(time.monotonic() - self._started, 3)
             self._ready.set()
             self.log.info("caught up", extra={"seconds": self._catch_up_s, **self.views.counts()})
 
+    def _positions(self) -> dict[str, int]:
+        return {kind: feed.watermark for kind, feed in self.projection.feeds.items()}
+
+    def _targets(self) -> dict[str, int]:
+        return {kind: feed.target for kind, feed in self.projection.feeds.items()}
+
     # ------------------------------------------------------------------ stream input
 
-    async def _on_events(self, msg: Msg) -> None:
+    async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
+        """Fold one message into the views (they skip what they have applied, by sequence)."""
         started = time.process_time()
-        try:
-            seq = stream_position(msg).seq
-            self.views.apply_events(EVENT_BATCH_DECODER.decode(msg.data))
-        except Exception as exc:
-            self._record_failure(exc, msg)
-            return
-        self._applied(EVENTS.kind, seq, started)
-
-    async def _on_report(self, msg: Msg) -> None:
-        started = time.process_time()
-        try:
-            position = stream_position(msg)
-            for report in ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports:
-                self.views.apply_report(report, position.timestamp_ns)
-        except Exception as exc:
-            self._record_failure(exc, msg)
-            return
-        self._applied(ACCOUNTS.kind, position.seq, started)
-
-    def _applied(self, kind: str, seq: int, started: float) -> None:
-        self._position[kind] = seq
-        self._messages += 1
+        if feed is self.events:
+            for envelope in envelopes:
+                self.views.apply_events(envelope.body)
+        else:
+            for envelope in envelopes:
+                self.views.apply_report(envelope.body, envelope.timestamp_ns)
+        feed.watermark = watermark
         self._cpu_s += time.process_time() - started
         if not self._ready.is_set():
             self._check_ready()
+        return Applied(items=len(envelopes))
 
-    def _record_failure(self, exc: Exception, msg: Msg) -> None:
-        """A message that cannot be read or applied is skipped, counted and logged: the next
-        ones still apply (the projection is idempotent, so nothing is applied twice)."""
-        self._failures += 1
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        self.log.exception("message not applied", extra={"subject": msg.subject})
+    def failed(self, feed: Feed, exc: BaseException) -> None:
+        """Skipped, counted and logged by the shell: the next messages still apply (the views
+        are idempotent by sequence, so nothing is applied twice)."""
 
     # ------------------------------------------------------------------ endpoints
 
@@ -228,10 +191,10 @@ class Query(Service):
     def readiness(self) -> QueryReady:
         return QueryReady(
             ready=self._ready.is_set(),
-            events_seq=self._position[EVENTS.kind],
-            events_target=self._target[EVENTS.kind],
-            accounts_seq=self._position[ACCOUNTS.kind],
-            accounts_target=self._target[ACCOUNTS.kind],
+            events_seq=self.events.watermark,
+            events_target=self.events.target,
+            accounts_seq=self.accounts.watermark,
+            accounts_target=self.accounts.target,
         )
 
     def _known_market(self, market: str | None) -> None:
@@ -289,15 +252,15 @@ class Query(Service):
             "ok": ready,
             "ready": ready,
             "catch_up_s": self._catch_up_s,
-            "position": dict(self._position),
-            "target": dict(self._target),
+            "position": self._positions(),
+            "target": self._targets(),
             "markets": self.views.events_seq(),
             "shards": {str(shard): seq for shard, seq in self.views.accounts_seq().items()},
             **self.views.counts(),
             "events": self.views.events_applied,
             "unknown_order_events": self.views.unknown_order_events,
-            "messages": self._messages,
-            "failures": self._failures,
-            "last_error": self._last_error,
+            "messages": self.events.messages + self.accounts.messages,
+            "failures": self.events.failures + self.accounts.failures,
+            "last_error": self.events.last_error or self.accounts.last_error,
             "cpu_s": round(self._cpu_s, 3),
         }
