@@ -18,7 +18,7 @@ from bourse.config.settings import Settings
 from bourse.runtime.host import ServiceHost
 from bourse.services.cache import Cache
 from bourse.services.query import Query
-from tests.application.test_order_queries import BAD_ORDERS_QUERIES
+from tests.application.test_read_queries import BAD_READ_QUERIES, ask
 from tests.cache.conftest import RedisServer, redis_url_of
 from tests.persistence.helpers import CATALOG, Exchange, fetch_all, stream_last, until
 
@@ -112,11 +112,11 @@ async def test_cache_follows_the_pipeline_and_is_idempotent(nc: Client, redis_se
         with pytest.raises(QueryFailed) as failed:
             await reads.order(11, with_order.id)
         assert (failed.value.status, failed.value.code) == (404, "order_not_found")
-        for case, bad in BAD_ORDERS_QUERIES.items():  # the orders-query rule, as every reader says it
+        for case, bad in BAD_READ_QUERIES.items():  # the reads' rule, as every reader says it
             if bad.code == "unknown_market":
                 continue  # the Redis read model knows no markets: an unknown one finds nothing
             with pytest.raises(QueryFailed) as failed:
-                await reads.orders(10, **bad.args)
+                await ask(reads, 10, bad)
             assert (failed.value.status, failed.value.code, failed.value.message) == (
                 bad.status,
                 bad.code,
@@ -169,12 +169,16 @@ async def test_unreachable_redis_is_unavailable() -> None:
         await redis.aclose()
 
 
-async def test_a_bad_orders_query_is_refused_before_redis_is_asked() -> None:
+async def test_a_bad_read_is_refused_before_redis_is_asked() -> None:
     redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    reads = RedisReadModel(redis, "nowhere")
     try:
-        with pytest.raises(QueryFailed) as failed:
-            await RedisReadModel(redis, "nowhere").orders(1, limit=0)
-        assert (failed.value.status, failed.value.code) == (400, "invalid_request")
+        for case, bad in BAD_READ_QUERIES.items():
+            if bad.code == "unknown_market":
+                continue
+            with pytest.raises(QueryFailed) as failed:
+                await ask(reads, 1, bad)
+            assert (failed.value.status, failed.value.code) == (400, "invalid_request"), case
     finally:
         await redis.aclose()
 

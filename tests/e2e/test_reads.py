@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bourse.application.catalog import load_catalog
-from bourse.application.order_queries import InvalidOrdersQuery, check_orders_query
-from tests.application.test_order_queries import BAD_ORDERS_QUERIES
+from bourse.application.read_queries import READ_MAX_LIMIT, InvalidReadQuery
+from tests.application.test_read_queries import BAD_READ_QUERIES, Bad, check
 from tests.e2e.harness import Exchange, Member, expect_problem
 
 
@@ -69,19 +69,36 @@ async def test_orders_with_bad_filters_are_problems(shared_exchange: Exchange) -
         expect_problem(response, 422, "invalid_request")
 
 
-async def test_a_bad_orders_query_is_the_problem_every_reader_names(shared_exchange: Exchange) -> None:
-    """The REST API says what the orders-query rule says (the query service and the SQL and Redis
-    read models too, by the same table): its code, message and field; the status is 400 for an
-    unknown state and 422 otherwise, as clients always had them."""
+def rest_request(bad: Bad) -> tuple[str, dict[str, str]]:
+    """The REST read of a bad read query: its path and query parameters."""
+    params = {name: str(value) for name, value in bad.args.items()}
+    if bad.read in ("depth", "trades"):
+        return f"/markets/{params.pop('market')}/{bad.read}", params
+    return {"orders": "/orders", "member_trades": "/trades"}[bad.read], params
+
+
+def rest_status(bad: Bad) -> int:
+    """The status clients always had for it: a market in the path is not found (404), an unknown
+    state 400 (the read models answered it before the gateway checked it), every other bad
+    argument 422."""
+    if bad.field == "market" and bad.read in ("depth", "trades"):
+        return 404
+    return 400 if bad.field == "state" else 422
+
+
+async def test_a_bad_read_is_the_problem_every_reader_names(shared_exchange: Exchange) -> None:
+    """The REST API says what the reads' rule says (the query service and the SQL and Redis read
+    models too, by the same table): its code, message and field, with the status clients always
+    had for it."""
     alice = shared_exchange.member(1)
     markets = load_catalog().markets
-    for case, bad in BAD_ORDERS_QUERIES.items():
-        params = {name: str(value) for name, value in bad.args.items()}
-        as_the_gateway_has_them = {**bad.args, **{k: v for k, v in params.items() if k == "before_id"}}
-        with pytest.raises(InvalidOrdersQuery) as rule:
-            check_orders_query(1, markets=markets, **as_the_gateway_has_them)
-        response = await alice.http.get("/orders", params=params, headers=alice.headers)
-        body = expect_problem(response, 400 if bad.field == "state" else 422, bad.code)
+    for case, bad in BAD_READ_QUERIES.items():
+        path, params = rest_request(bad)
+        as_the_gateway_has_them = {k: v for k, v in params.items() if k == "before_id"}
+        with pytest.raises(InvalidReadQuery) as rule:
+            check(bad, markets, **as_the_gateway_has_them)
+        response = await alice.http.get(path, params=params, headers=alice.headers)
+        body = expect_problem(response, rest_status(bad), bad.code)
         assert (body["detail"], body["field"]) == (rule.value.message, bad.field), case
 
 
@@ -205,6 +222,10 @@ async def test_openapi_describes_every_route_with_money_as_strings_and_problems(
     post = paths["/api/v3/order"]["post"]
     assert {"201", "202", "401", "422"} <= set(post["responses"])
     assert "application/problem+json" in post["responses"]["422"]["content"]
+    # every read's limit says its bounds (the rule checks them, not the framework)
+    for path in ("/orders", "/trades", "/markets/{market}/depth", "/markets/{market}/trades"):
+        (limit,) = [p for p in paths[f"/api/v3{path}"]["get"]["parameters"] if p["name"] == "limit"]
+        assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, READ_MAX_LIMIT), path
 
 
 async def test_the_api_docs_page_is_served_and_points_at_the_openapi_document(

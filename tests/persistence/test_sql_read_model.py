@@ -23,7 +23,7 @@ from bourse.runtime.process import BourseProcess
 from bourse.services.gateway import Gateway
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
-from tests.application.test_order_queries import BAD_ORDERS_QUERIES
+from tests.application.test_read_queries import BAD_READ_QUERIES, ask
 from tests.conftest import free_port
 from tests.e2e.harness import SERVICES
 from tests.e2e.harness import Exchange as HttpExchange
@@ -97,9 +97,9 @@ async def test_sql_reads_equal_the_query_service(exchange: Exchange, nc: Client,
             with pytest.raises(QueryFailed) as failed:
                 await reads.order(member, order_id)
             assert (failed.value.status, failed.value.code) == (404, "order_not_found")
-        for case, bad in BAD_ORDERS_QUERIES.items():  # the orders-query rule, as every reader says it
+        for case, bad in BAD_READ_QUERIES.items():  # the reads' rule, as every reader says it
             with pytest.raises(QueryFailed) as failed:
-                await reads.orders(10, **bad.args)
+                await ask(reads, 10, bad)
             assert (failed.value.status, failed.value.code, failed.value.message) == (
                 bad.status,
                 bad.code,

@@ -18,8 +18,11 @@ Keys, all under `<namespace>:` (the `RedisKeys` below are the one place that nam
 `QueryFailed(503, "unavailable")` when Redis cannot be reached (a `RedisError`, an `OSError`, or
 the `RuntimeError` uvloop raises for a reset connection) and `QueryFailed(503, "not_ready")`
 while the cache is cold (no `ready` position: never filled, or rebuilding after Redis lost its
-data). `positions()` is its watermark for the gateway's read chain (`bourse.adapters.read_chain`),
-and `read_client` the gateway's client: short timeouts, no retry, a bounded pool.
+data). A read `bourse.application.read_queries` refuses (a limit out of 1..1000; for orders an
+unknown state, a before_id that is no order id) raises its 400 before Redis is asked; this model
+knows no markets, and finds nothing in an unknown one. `positions()` is its watermark for the
+gateway's read chain (`bourse.adapters.read_chain`), and `read_client` the gateway's client:
+short timeouts, no retry, a bounded pool.
 `FallbackReadModel` tries one read model and asks another on a 503 or any other failure.
 """
 
@@ -36,8 +39,13 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from bourse.adapters.read_chain import Positions
-from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed, ReadModel
+from bourse.application.read_queries import (
+    check_depth_query,
+    check_member_trades_query,
+    check_orders_query,
+    check_trades_query,
+)
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.order_views import (
     BalanceView,
@@ -184,6 +192,7 @@ class RedisReadModel:
         return balances
 
     async def depth(self, market: str, limit: int = 50) -> DepthView:
+        check_depth_query(market, limit=limit)
         keys = self.keys
         bids, asks, last_price, seq = await self._read(
             lambda p: p.hgetall(keys.levels(market, True)),
@@ -200,16 +209,14 @@ class RedisReadModel:
         )
 
     async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
-        if limit <= 0:
-            return []
+        check_trades_query(market, limit=limit)
         (raws,) = await self._read(lambda p: p.lrange(self.keys.trades(market), 0, limit - 1))
         return [PUBLIC_TRADE_DECODER.decode(raw) for raw in raws]
 
     async def member_trades(
         self, member_id: int, market: str | None = None, limit: int = 100
     ) -> list[MemberTrade]:
-        if limit <= 0:
-            return []
+        check_member_trades_query(market=market, limit=limit)
         (raws,) = await self._read(lambda p: p.lrange(self.keys.member_trades(member_id), 0, -1))
         found: list[MemberTrade] = []
         for raw in raws:

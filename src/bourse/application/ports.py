@@ -71,8 +71,8 @@ class OrderSubmitter(Protocol[S]):
 
 class ReadModel(Protocol):
     """The reads the gateway makes: the query service, the Redis cache, the SQL tables, or a chain
-    of them (`bourse.adapters.read_chain`). Failures raise `QueryFailed`; `orders` refuses its
-    arguments by `bourse.application.order_queries.check_orders_query`."""
+    of them (`bourse.adapters.read_chain`). Failures raise `QueryFailed`; every read with a limit
+    refuses its arguments by `bourse.application.read_queries`."""
 
     async def order(self, member_id: int, order_id: int) -> OrderView: ...
 

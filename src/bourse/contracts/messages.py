@@ -193,10 +193,7 @@ REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
 # (an HTTP-like status: "400", "404", "503") and `Nats-Service-Error` (a message), and a
 # `QueryError` body whose `code` is stable and machine-readable (see docs/architecture.md).
 
-QUERY_MAX_LIMIT = 1000
-
 MemberId = Annotated[int, msgspec.Meta(ge=1)]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=QUERY_MAX_LIMIT)]
 
 
 class OrderQuery(msgspec.Struct, frozen=True):
@@ -216,8 +213,8 @@ class OrdersQuery(msgspec.Struct, frozen=True):
     status: OrderStatus | None = None
     """Exactly this status (the way to ask for `closed` alone)."""
     limit: int = 100
-    """1..`QUERY_MAX_LIMIT`: the query service checks it, with the other arguments, by the rule
-    every reader shares (`bourse.application.order_queries`), so every reader says the same."""
+    """1..`READ_MAX_LIMIT`: the query service checks it, with the other arguments, by the rule every
+    reader shares (`bourse.application.read_queries`), so every reader says the same."""
     before_id: int | None = None
     """Only orders with a lower id: pass the last id of the previous page."""
 
@@ -242,14 +239,16 @@ class DepthQuery(msgspec.Struct, frozen=True):
     """`depth` -> `DepthView` (bids and asks best first, `[price, amount]` per level)."""
 
     market: str
-    limit: Limit = 50
+    limit: int = 50
+    """Price levels per side, checked as `OrdersQuery.limit` is."""
 
 
 class TradesQuery(msgspec.Struct, frozen=True):
     """`trades` -> `TradesReply`: a market's recent trades, most recent first."""
 
     market: str
-    limit: Limit = 100
+    limit: int = 100
+    """Checked as `OrdersQuery.limit` is."""
 
 
 class TradesReply(msgspec.Struct, frozen=True):
@@ -262,7 +261,8 @@ class MemberTradesQuery(msgspec.Struct, frozen=True):
 
     member_id: MemberId
     market: str | None = None
-    limit: Limit = 100
+    limit: int = 100
+    """Checked as `OrdersQuery.limit` is."""
 
 
 class MemberTradesReply(msgspec.Struct, frozen=True):

@@ -10,7 +10,9 @@ everything; instances share the load through the queue group of their endpoints.
 Endpoints, `<ns>.svc.query.<name>`, JSON bodies from `bourse.contracts.messages` (section "queries"):
 `order`, `orders`, `balances`, `depth`, `trades`, `member_trades`, `ready`. A failed query is
 answered with the nats.micro error headers (`Nats-Service-Error-Code`: "400", "404" or "503";
-`Nats-Service-Error`: a message) and a `QueryError` body with a stable `code`.
+`Nats-Service-Error`: a message) and a `QueryError` body with a stable `code`. Each read's
+arguments (limits, markets, the orders' filters) are checked by the rule every reader shares,
+`bourse.application.read_queries`.
 
 Readiness: at start the instance notes each stream's last sequence and is ready once it has
 applied both. `start()` waits for that (up to `CATCH_UP_WAIT_S`), so the endpoints join the
@@ -31,9 +33,14 @@ from typing import Any, TypeVar
 import msgspec
 from nats.micro.request import Request
 
-from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed
 from bourse.application.projection import Envelope
+from bourse.application.read_queries import (
+    check_depth_query,
+    check_member_trades_query,
+    check_orders_query,
+    check_trades_query,
+)
 from bourse.contracts.messages import (
     BALANCES_QUERY_DECODER,
     DEPTH_QUERY_DECODER,
@@ -197,10 +204,6 @@ class Query(Service):
             accounts_target=self.accounts.target,
         )
 
-    def _known_market(self, market: str | None) -> None:
-        if market is not None and market not in self._markets:
-            raise QueryFailed(404, "unknown_market", f"no market {market!r}")
-
     def answer_order(self, query: OrderQuery) -> OrderView:
         view = self.views.order(query.member_id, query.order_id)
         if view is None:
@@ -231,15 +234,15 @@ class Query(Service):
         return BalancesReply(query.member_id, self.views.balances(query.member_id))
 
     def answer_depth(self, query: DepthQuery) -> DepthView:
-        self._known_market(query.market)
+        check_depth_query(query.market, limit=query.limit, markets=self._markets)
         return self.views.depth(query.market, query.limit)
 
     def answer_trades(self, query: TradesQuery) -> TradesReply:
-        self._known_market(query.market)
+        check_trades_query(query.market, limit=query.limit, markets=self._markets)
         return TradesReply(query.market, self.views.trades(query.market, query.limit))
 
     def answer_member_trades(self, query: MemberTradesQuery) -> MemberTradesReply:
-        self._known_market(query.market)
+        check_member_trades_query(market=query.market, limit=query.limit, markets=self._markets)
         return MemberTradesReply(
             query.member_id, self.views.member_trades(query.member_id, query.market, query.limit)
         )

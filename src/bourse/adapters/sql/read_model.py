@@ -2,9 +2,9 @@
 the methods of `QueryClient`, with the same return types and errors.
 
 - 404 `order_not_found`: no such order, or another member's;
-- 400 `invalid_request`, 404 `unknown_market`: an orders query `bourse.application.order_queries`
-  refuses (a limit out of 1..1000, an unknown state, a before_id that is no order id);
-- 404 `unknown_market`: a market not in `markets`, when given;
+- 400 `invalid_request`, 404 `unknown_market`: a read `bourse.application.read_queries` refuses
+  (a limit out of 1..1000, a market not in `markets` when given; for orders also an unknown
+  state, a before_id that is no order id);
 - 503 `unavailable`: the database cannot be reached or read (server down, database dropped,
   SQLite file removed, tables missing), or did not answer within the read's deadline
   (`timeout_s`, the `sql_read_timeout_s` setting: a black-holed server must not hold a request
@@ -30,8 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bourse.adapters.sql.database import create_engine, sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
 from bourse.adapters.sql.store import order_view
-from bourse.application.order_queries import check_orders_query
 from bourse.application.ports import QueryFailed
+from bourse.application.read_queries import (
+    check_depth_query,
+    check_member_trades_query,
+    check_orders_query,
+    check_trades_query,
+)
 from bourse.domain.order_views import (
     UNLISTED_REASON,
     BalanceView,
@@ -109,10 +114,6 @@ class SqlReadModel:
         except (SQLAlchemyError, OSError) as exc:
             raise QueryFailed(503, "unavailable", f"sql: {type(exc).__name__}: {exc}") from None
 
-    def _known_market(self, market: str | None) -> None:
-        if market is not None and self.markets is not None and market not in self.markets:
-            raise QueryFailed(404, "unknown_market", f"no market {market!r}")
-
     async def order(self, member_id: int, order_id: int) -> OrderView:
         async def work(conn: AsyncConnection) -> Any:
             result = await conn.execute(
@@ -181,7 +182,7 @@ class SqlReadModel:
         return await self._read(work)
 
     async def depth(self, market: str, limit: int = 50) -> DepthView:
-        self._known_market(market)
+        check_depth_query(market, limit=limit, markets=self.markets)
 
         def side(value: Side) -> Select[Any]:
             best = orders.c.price.desc() if value is Side.BUY else orders.c.price.asc()
@@ -197,7 +198,7 @@ class SqlReadModel:
                 )
                 .group_by(orders.c.price)
                 .order_by(best)
-                .limit(max(limit, 0))
+                .limit(limit)
             )
 
         async def work(conn: AsyncConnection) -> DepthView:
@@ -223,9 +224,7 @@ class SqlReadModel:
         return await self._read(work)
 
     async def trades(self, market: str, limit: int = 100) -> list[PublicTrade]:
-        self._known_market(market)
-        if limit <= 0:
-            return []
+        check_trades_query(market, limit=limit, markets=self.markets)
         query = (
             select(
                 trades.c.trade_id,
@@ -254,9 +253,7 @@ class SqlReadModel:
     ) -> list[MemberTrade]:
         """Most recent first (by time, then trade id); a trade with oneself is listed twice,
         the taker's side first, as the query service does."""
-        self._known_market(market)
-        if limit <= 0:
-            return []
+        check_member_trades_query(market=market, limit=limit, markets=self.markets)
 
         def mine(role: str) -> Select[Any]:
             member_column = trades.c.maker_member_id if role == "maker" else trades.c.taker_member_id

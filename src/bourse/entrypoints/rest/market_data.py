@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Final
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
-from bourse.contracts.messages import QUERY_MAX_LIMIT
-from bourse.domain.money import Market
-from bourse.entrypoints.rest.deps import Deps, GatewayDeps, Member
-from bourse.entrypoints.rest.errors import ApiError
-from bourse.entrypoints.rest.orders import PROBLEMS, iso, market_or_422, query
+from bourse.application.read_queries import (
+    DEPTH_DEFAULT_LIMIT,
+    MEMBER_TRADES_DEFAULT_LIMIT,
+    TRADES_DEFAULT_LIMIT,
+    check_depth_query,
+    check_member_trades_query,
+    check_trades_query,
+)
+from bourse.entrypoints.rest.deps import Deps, Member
+from bourse.entrypoints.rest.orders import PROBLEMS, ReadLimit, iso, query, read_refused
 from bourse.entrypoints.rest.schemas import BalanceOut, DepthOut, MemberTradeOut, TradeOut
 
 router = APIRouter(prefix="/api/v3")
 
 
-def market_or_404(deps: GatewayDeps, symbol: str) -> Market:
-    """A market named in the path: unknown is a 404, as for GET /markets/{market}."""
-    found = deps.catalog.market(symbol)
-    if found is None:
-        raise ApiError(404, "unknown_market", f"no market {symbol!r}")
-    return found
+MARKET_IN_PATH: Final = {"market": 404}
+"""A market read refused for its market is not found, as `GET /markets/{market}` is; refused for
+another argument (`limit`), a 422 (`read_refused`)."""
 
 
 @router.get("/markets/{market}/depth", tags=["markets"], responses=PROBLEMS)
-async def get_depth(
-    market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 50
-) -> DepthOut:
-    """Aggregated order book, best levels first: `[price, amount]`."""
-    found = market_or_404(deps, market)
+async def get_depth(market: str, deps: Deps, limit: ReadLimit = DEPTH_DEFAULT_LIMIT) -> DepthOut:
+    """Aggregated order book, best levels first: `[price, amount]`; `limit` levels per side. The
+    arguments are checked by the rule every reader shares (`bourse.application.read_queries`)."""
+    with read_refused(MARKET_IN_PATH):
+        check_depth_query(market, limit=limit, markets=deps.catalog.markets)
+    found = deps.catalog.markets[market]
     depth = await query(deps, deps.queries.depth(market, limit))
     return DepthOut(
         market=market,
@@ -40,11 +43,11 @@ async def get_depth(
 
 
 @router.get("/markets/{market}/trades", tags=["markets"], responses=PROBLEMS)
-async def get_trades(
-    market: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100
-) -> list[TradeOut]:
-    """Recent trades of the market, most recent first."""
-    found = market_or_404(deps, market)
+async def get_trades(market: str, deps: Deps, limit: ReadLimit = TRADES_DEFAULT_LIMIT) -> list[TradeOut]:
+    """Recent trades of the market, most recent first; the arguments checked as the depth's."""
+    with read_refused(MARKET_IN_PATH):
+        check_trades_query(market, limit=limit, markets=deps.catalog.markets)
+    found = deps.catalog.markets[market]
     trades = await query(deps, deps.queries.trades(market, limit))
     return [
         TradeOut(
@@ -81,11 +84,12 @@ async def get_member_trades(
     member: Member,
     deps: Deps,
     market: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=QUERY_MAX_LIMIT)] = 100,
+    limit: ReadLimit = MEMBER_TRADES_DEFAULT_LIMIT,
 ) -> list[MemberTradeOut]:
-    """The member's own trades, most recent first."""
-    if market is not None:
-        market_or_422(deps, market)
+    """The member's own trades, most recent first; the arguments checked by the rule every reader
+    shares (a bad one is a 422)."""
+    with read_refused({}):
+        check_member_trades_query(market=market, limit=limit, markets=deps.catalog.markets)
     trades = await query(deps, deps.queries.member_trades(member, market, limit))
     out = []
     for trade in trades:

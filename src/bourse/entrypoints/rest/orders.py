@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, TypeVar
 
@@ -15,12 +15,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from bourse.application.order_queries import (
-    ORDERS_DEFAULT_LIMIT,
-    ORDERS_MAX_LIMIT,
-    InvalidOrdersQuery,
-    check_orders_query,
-)
 from bourse.application.order_requests import (
     OrderRequestError,
     amend_command,
@@ -29,6 +23,12 @@ from bourse.application.order_requests import (
     place_command,
 )
 from bourse.application.ports import NotSent, OutcomeUnknown, QueryFailed, Submitted
+from bourse.application.read_queries import (
+    ORDERS_DEFAULT_LIMIT,
+    READ_MAX_LIMIT,
+    InvalidReadQuery,
+    check_orders_query,
+)
 from bourse.contracts.messages import Outcome
 from bourse.domain.money import Market
 from bourse.domain.order_views import OrderView
@@ -63,6 +63,24 @@ def refused_as_422() -> Iterator[None]:
         yield
     except OrderRequestError as exc:
         raise ApiError(422, exc.code, exc.message, field=exc.field) from exc
+
+
+@contextlib.contextmanager
+def read_refused(statuses: Mapping[str, int]) -> Iterator[None]:
+    """A read's argument refused by the rule every reader shares (`bourse.application.read_queries`)
+    as a problem: the status `statuses` gives for the argument (`InvalidReadQuery.field`), 422 for
+    the others, as for every argument the gateway checks; the rule's code, message and field."""
+    try:
+        yield
+    except InvalidReadQuery as exc:
+        raise ApiError(statuses.get(exc.field, 422), exc.code, exc.message, field=exc.field) from exc
+
+
+ReadLimit = Annotated[
+    int,
+    Query(description=f"1..{READ_MAX_LIMIT}", json_schema_extra={"minimum": 1, "maximum": READ_MAX_LIMIT}),
+]
+"""A read's `limit`: documented with its bounds, checked by the rule (`read_refused`), not by FastAPI."""
 
 
 def market_or_422(deps: GatewayDeps, symbol: str) -> Market:
@@ -304,9 +322,9 @@ def pending(order_id: str, command: Literal["place", "cancel", "amend"], detail:
 
 
 ORDERS_QUERY_STATUS: Final = {"state": 400}
-"""The status of an orders query refused for this argument (`InvalidOrdersQuery.field`); 422 for
-the others, as for every argument the gateway checks. An unknown state stays a 400: clients
-have always had that for it (the read models answered it before the gateway checked it)."""
+"""The status of an orders query refused for this argument (`read_refused`). An unknown state
+stays a 400: clients have always had that for it (the read models answered it before the
+gateway checked it)."""
 
 
 @router.get("/orders", responses={**PROBLEMS, 400: PROBLEMS[422]})
@@ -315,24 +333,15 @@ async def list_orders(
     deps: Deps,
     market: str | None = None,
     state: Annotated[str | None, Query(description='"open", "closed" or one status')] = None,
-    limit: Annotated[
-        int,
-        Query(
-            description=f"1..{ORDERS_MAX_LIMIT}",
-            json_schema_extra={"minimum": 1, "maximum": ORDERS_MAX_LIMIT},
-        ),
-    ] = ORDERS_DEFAULT_LIMIT,
+    limit: ReadLimit = ORDERS_DEFAULT_LIMIT,
     before_id: Annotated[str | None, Query(description="Paging: the last id of the previous page")] = None,
 ) -> list[OrderOut]:
     """The member's orders, most recent first. The arguments are checked by the rule every reader
-    shares (`bourse.application.order_queries`)."""
-    try:
+    shares (`bourse.application.read_queries`)."""
+    with read_refused(ORDERS_QUERY_STATUS):
         wanted = check_orders_query(
             member, market=market, state=state, limit=limit, before_id=before_id, markets=deps.catalog.markets
         )
-    except InvalidOrdersQuery as exc:
-        status = ORDERS_QUERY_STATUS.get(exc.field, 422)
-        raise ApiError(status, exc.code, exc.message, field=exc.field) from exc
     reads = deps.queries.orders(
         member, market=wanted.market, state=wanted.state, limit=wanted.limit, before_id=wanted.before_id
     )
@@ -462,7 +471,7 @@ async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> l
     if market is not None:
         market_or_422(deps, market)
     reads = deps.live_queries or deps.queries  # the freshest: an order placed just now is listed
-    views = await query(deps, reads.orders(member, market=market, state="open", limit=ORDERS_MAX_LIMIT))
+    views = await query(deps, reads.orders(member, market=market, state="open", limit=READ_MAX_LIMIT))
     commands = [CancelOrder(view.id, member, view.market) for view in views]
     submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
     for submission in submissions:
