@@ -16,6 +16,7 @@ from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopolog
 from bourse.config.auth import issuer_for, key_ring_for
 from bourse.config.settings import Settings
 from bourse.contracts.subjects import ORDERS
+from bourse.domain.order_shape import AMEND_CHANGES_NOTHING
 from bourse.domain.orders import OrderStatus
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
@@ -117,6 +118,8 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
         got, headers = codes[message_id]
         assert got == code, (body, headers)
         assert headers[ERROR_MESSAGE_HEADER], headers
+        if code == "amend_invalid":  # the amend rule's message, as PATCH /order/{id} says it
+            assert headers[ERROR_MESSAGE_HEADER] == AMEND_CHANGES_NOTHING.message, headers
     replied = await publisher.wait_replies([m for m in sent if m != "has spaces"])
     assert all(replies[0].status == "rejected" for replies in replied.values()), replied
     # nothing reached the pipeline, and nothing is left in the queue or retried

@@ -1,7 +1,8 @@
-"""The request check the REST API and the RabbitMQ ingress share (`place_command`) refuses a bad
-shape with the code, message and field of `bourse.domain.order_shape`, on the same table as the
-engine and the accounts stage (tests/domain/test_order_shape.py); the market's own checks (the
-market, the amount, the price on its grid) come first."""
+"""The request checks the REST API and the RabbitMQ ingress share (`place_command`, `check_amend`
+and `amend_command`) refuse a bad shape with the code, message and field of
+`bourse.domain.order_shape`, on the same tables as the engine and the accounts stage
+(tests/domain/test_order_shape.py); for a place the market's own checks (the market, the amount,
+the price on its grid) come first, for an amend the shape comes first."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 
 from bourse.application.catalog import load_catalog
-from bourse.application.order_requests import OrderRequestError, place_command
-from bourse.domain.orders import OrderType, PlaceOrder, Side, TimeInForce
-from tests.domain.test_order_shape import SHAPES
+from bourse.application.order_requests import OrderRequestError, amend_command, check_amend, place_command
+from bourse.domain.orders import AmendOrder, OrderType, PlaceOrder, Side, TimeInForce
+from tests.domain.test_order_shape import AMENDS, SHAPES
 
 CATALOG = load_catalog()
 
@@ -64,4 +65,48 @@ def test_a_request_is_refused_with_the_shape_rules_code_message_and_field(case: 
 def test_the_markets_own_checks_come_before_the_shape(request_: Request, code: str) -> None:
     with pytest.raises(OrderRequestError) as refused:
         place(request_)
+    assert refused.value.code == code
+
+
+def amend(price: str | None, amount: str | None, market: str = "btc_usd") -> AmendOrder:
+    return amend_command(CATALOG, order_id=1, member_id=7, market=market, price=price, amount=amount)
+
+
+@pytest.mark.parametrize("case", list(AMENDS))
+def test_an_amend_request_is_refused_with_the_shape_rules_code_message_and_field(case: str) -> None:
+    shape = AMENDS[case]
+    price, amount = ("40000" if shape.new_price else None), ("0.2" if shape.new_amount else None)
+    if shape.error is None:
+        check_amend(price, amount)
+        command = amend(price, amount)
+        assert (command.price, command.amount) == (
+            4_000_000 if shape.new_price else None,
+            200_000 if shape.new_amount else None,
+        )
+        return
+    for check in (lambda: check_amend(price, amount), lambda: amend(price, amount)):
+        with pytest.raises(OrderRequestError) as refused:
+            check()
+        assert (refused.value.code, refused.value.message, refused.value.field) == (
+            shape.error.code,
+            shape.error.message,
+            shape.error.field,
+        )
+
+
+@pytest.mark.parametrize(
+    ("price", "amount", "market", "code"),
+    [
+        (None, None, "doge_usd", "amend_invalid"),
+        ("40000", None, "doge_usd", "unknown_market"),
+        ("40000.001", None, "btc_usd", "too_precise"),
+        (None, "0.1234567", "btc_usd", "too_precise"),
+    ],
+    ids=["shape_before_market", "market", "price_on_the_grid", "amount_on_the_grid"],
+)
+def test_an_amend_is_checked_for_its_shape_then_its_market(
+    price: str | None, amount: str | None, market: str, code: str
+) -> None:
+    with pytest.raises(OrderRequestError) as refused:
+        amend(price, amount, market)
     assert refused.value.code == code

@@ -1,7 +1,8 @@
-"""A new order's shape (`bourse.domain.order_shape`), case by case, and the same rule wherever an
-order is checked: the accounts stage and the matching engine reject exactly the shapes the rule
-refuses (INVALID_ORDER) and accept every other one. (The request check of the REST API and the
-RabbitMQ ingress: tests/application/test_order_requests.py, on the same table.)"""
+"""A new order's shape and an amend's (`bourse.domain.order_shape`), case by case, and the same
+rule wherever an order is checked: the accounts stage and the matching engine reject exactly the
+shapes the rule refuses (INVALID_ORDER, AMEND_INVALID) and accept every other one. (The request
+check of the REST API and the RabbitMQ ingress: tests/application/test_order_requests.py, on the
+same tables.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bourse.domain.accounts import Accounts
 from bourse.domain.matching import MatchingEngine
 from bourse.domain.money import Currency, Market
 from bourse.domain.order_shape import (
+    AMEND_CHANGES_NOTHING,
     ORDER_SHAPE_ERRORS,
     POST_ONLY_NEEDS_GTC,
     POST_ONLY_NEEDS_LIMIT,
@@ -23,10 +25,13 @@ from bourse.domain.order_shape import (
     UNKNOWN_TIME_IN_FORCE,
     UNKNOWN_TYPE,
     ShapeError,
+    amend_shape_error,
     place_shape_error,
 )
 from bourse.domain.orders import (
+    AmendOrder,
     OrderAccepted,
+    OrderAmended,
     OrderRejected,
     OrderType,
     PlaceOrder,
@@ -139,4 +144,75 @@ def test_the_accounts_stage_rejects_exactly_what_the_rule_refuses(case: str) -> 
     else:
         assert isinstance(answer, OrderRejected), answer
         assert answer.reason is RejectReason.INVALID_ORDER
+        assert accounts.snapshot() == before
+
+
+@dataclass(frozen=True)
+class Amend:
+    new_price: bool
+    new_amount: bool
+    error: ShapeError | None = None
+
+
+AMENDS = {
+    "new_price": Amend(new_price=True, new_amount=False),
+    "new_amount": Amend(new_price=False, new_amount=True),
+    "new_price_and_amount": Amend(new_price=True, new_amount=True),
+    "nothing_new": Amend(new_price=False, new_amount=False, error=AMEND_CHANGES_NOTHING),
+}
+"""Every amend the rule tells apart: what it gives, and what the rule says of it."""
+
+
+def amend_of(amend: Amend) -> AmendOrder:
+    """An amend of the resting order `command(SHAPES["limit_buy_gtc"])` places (price 100, amount
+    5): a new price and amount that break nothing else, where given."""
+    fields: dict[str, Any] = {
+        "order_id": 1,
+        "member_id": MEMBER,
+        "market": MARKET_SPEC.symbol,
+        "price": 99 if amend.new_price else None,
+        "amount": 6 if amend.new_amount else None,
+    }
+    return AmendOrder(**fields)
+
+
+def test_an_amend_that_changes_nothing_names_no_field() -> None:
+    assert AMEND_CHANGES_NOTHING.code == RejectReason.AMEND_INVALID.value  # the code every way in says
+    assert AMEND_CHANGES_NOTHING.field is None
+
+
+@pytest.mark.parametrize("case", list(AMENDS))
+def test_the_rule_names_what_an_amend_breaks(case: str) -> None:
+    amend = AMENDS[case]
+    assert amend_shape_error(new_price=amend.new_price, new_amount=amend.new_amount) == amend.error
+
+
+@pytest.mark.parametrize("case", list(AMENDS))
+def test_the_engine_rejects_exactly_the_amends_the_rule_refuses(case: str) -> None:
+    amend = AMENDS[case]
+    engine = MatchingEngine(MARKET_SPEC)
+    assert isinstance(engine.process(command(SHAPES["limit_buy_gtc"]), 1)[0], OrderAccepted)
+    events = engine.process(amend_of(amend), 2)
+    if amend.error is None:
+        assert isinstance(events[0], OrderAmended), events
+    else:
+        assert len(events) == 1, events
+        assert isinstance(events[0], OrderRejected)
+        assert events[0].reason is RejectReason.AMEND_INVALID
+
+
+@pytest.mark.parametrize("case", list(AMENDS))
+def test_the_accounts_stage_rejects_exactly_the_amends_the_rule_refuses(case: str) -> None:
+    amend = AMENDS[case]
+    place = command(SHAPES["limit_buy_gtc"])
+    accounts = Accounts({MARKET_SPEC.symbol: MARKET_SPEC})
+    accounts.deposit(place.member_id, "USD", 10**16, ref_id=1)
+    assert isinstance(accounts.place(place), PlaceOrder)
+    before = accounts.snapshot()
+    answer = accounts.amend(amend_of(amend))
+    if amend.error is None:
+        assert isinstance(answer, AmendOrder), answer
+    else:
+        assert isinstance(answer, OrderRejected), answer
+        assert answer.reason is RejectReason.AMEND_INVALID
         assert accounts.snapshot() == before

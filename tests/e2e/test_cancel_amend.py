@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from bourse.domain.order_shape import AMEND_CHANGES_NOTHING
 from tests.e2e.harness import Exchange, Member, expect_problem
 from tests.e2e.test_trading import MAKER, TAKER, demo, fee
 
@@ -196,7 +197,8 @@ async def test_amend_that_cannot_apply_is_refused_and_leaves_the_order_as_it_was
     await exchange.settle()
     before = (await alice.order(bid), await alice.balances())
 
-    expect_problem(await alice.amend(bid), 422, "amend_invalid")
+    nothing_new = expect_problem(await alice.amend(bid), 422, "amend_invalid")
+    assert (nothing_new["detail"], "field" in nothing_new) == (AMEND_CHANGES_NOTHING.message, False)
     expect_problem(await alice.amend(bid, amount="0.1"), 422, "amend_invalid")  # below executed 0.2
     expect_problem(await alice.amend(bid, amount="900"), 422, "insufficient_funds")
     expect_problem(await alice.amend(bid, price="40000.001"), 422, "too_precise")
@@ -204,3 +206,15 @@ async def test_amend_that_cannot_apply_is_refused_and_leaves_the_order_as_it_was
     expect_problem(await alice.amend(bid, price="40000", leverage="2"), 422, "invalid_request")
     await exchange.settle()
     assert (await alice.order(bid), await alice.balances()) == before
+
+
+async def test_an_amend_that_changes_nothing_is_refused_before_the_order_is_looked_up(
+    shared_exchange: Exchange,
+) -> None:
+    """The amend rule (`bourse.domain.order_shape.amend_shape_error`), said as the RabbitMQ
+    ingress says it: whatever order the id names (none here); an id that is no order id is not
+    found first, as for every route that names one."""
+    alice = shared_exchange.member(1)
+    body = expect_problem(await alice.amend("123456789"), 422, "amend_invalid")
+    assert body["detail"] == AMEND_CHANGES_NOTHING.message
+    expect_problem(await alice.amend("12x"), 404, "order_not_found")

@@ -3,7 +3,7 @@ into the engine command (integers on the market's grid), by the rules every way 
 
 The REST API and the RabbitMQ ingress both take the same body and must refuse the same things
 with the same stable codes (`unknown_market`, the `MoneyError` codes, the shape codes of
-`bourse.domain.order_shape`: `price_required`, `price_not_allowed`, `invalid_order`;
+`bourse.domain.order_shape`: `price_required`, `price_not_allowed`, `invalid_order`,
 `amend_invalid`). No framework here: callers map an
 `OrderRequestError` to their own refusal (a 422 problem, a dead-lettered message).
 """
@@ -15,7 +15,7 @@ from typing import Protocol
 
 from bourse.application.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
-from bourse.domain.order_shape import place_shape_error
+from bourse.domain.order_shape import amend_shape_error, place_shape_error
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
 
 MAX_ORDER_ID = 2**63 - 1
@@ -117,12 +117,22 @@ def place_command(
     )
 
 
+def check_amend(price: str | None, amount: str | None) -> None:
+    """An amend request gives a new price, a new amount, or both (`amend_shape_error`); else an
+    `OrderRequestError` with the rule's code and message. `amend_command` checks it first; the
+    REST API also calls it before it looks the order up (an empty amend is refused whatever the
+    order)."""
+    shape = amend_shape_error(new_price=price is not None, new_amount=amount is not None)
+    if shape is not None:
+        raise OrderRequestError(shape.code, shape.message, shape.field)
+
+
 def amend_command(
     catalog: Catalog, *, order_id: int, member_id: int, market: str, price: str | None, amount: str | None
 ) -> AmendOrder:
-    """The AmendOrder for a new price and/or total amount, on the grid of the order's market."""
-    if price is None and amount is None:
-        raise OrderRequestError("amend_invalid", "give a new price, a new amount, or both")
+    """The AmendOrder for a new price and/or total amount (`check_amend`), on the grid of the
+    order's market."""
+    check_amend(price, amount)
     book = market_of(catalog, market)
     return AmendOrder(
         order_id=order_id,

@@ -66,7 +66,7 @@ from bourse.domain.ledger import (
     LedgerState,
 )
 from bourse.domain.money import Market
-from bourse.domain.order_shape import place_shape_error
+from bourse.domain.order_shape import amend_shape_error, place_shape_error
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
@@ -462,7 +462,7 @@ class Accounts:
             # a market order never rests: the engine will refuse it (ORDER_CLOSED or UNKNOWN_ORDER)
             order.pending += 1
             return cmd
-        if cmd.price is None and cmd.amount is None:
+        if amend_shape_error(new_price=cmd.price is not None, new_amount=cmd.amount is not None) is not None:
             return _reject(cmd, RejectReason.AMEND_INVALID, "amend")
         price = old_price if cmd.price is None else cmd.price
         amount = order.amount if cmd.amount is None else cmd.amount

@@ -27,7 +27,8 @@ Rules
   price crosses the book it first trades as a GTC limit taker. The new total amount must be
   above the executed amount and within the market limits (else AMEND_INVALID); amending a
   post-only order to a crossing price is rejected (POST_ONLY_WOULD_TRADE); an amend with
-  neither price nor amount is AMEND_INVALID. An amend that changes nothing keeps priority.
+  neither price nor amount (`bourse.domain.order_shape.amend_shape_error`) is AMEND_INVALID.
+  An amend that changes nothing keeps priority.
 - Validation on place: amount within the market's min/max; the order's shape
   (`bourse.domain.order_shape`: a limit order needs a price, a market order has none and is
   not post_only; post_only only with GTC); a price `0 < price <= market.max_price`; otherwise
@@ -85,7 +86,7 @@ import msgspec
 
 from bourse.domain.money import Market
 from bourse.domain.order_book import BookSide, OrderBook, RestingOrder
-from bourse.domain.order_shape import place_shape_error
+from bourse.domain.order_shape import amend_shape_error, place_shape_error
 from bourse.domain.orders import (
     AmendOrder,
     CancelOrder,
@@ -352,9 +353,9 @@ class MatchingEngine:
         price = c.price
         amount = c.amount
         old_price = order.price
+        if amend_shape_error(new_price=price is not None, new_amount=amount is not None) is not None:
+            return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]
         if price is None:
-            if amount is None:
-                return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]
             price = old_price
         elif not 0 < price <= self._max_price:
             return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]

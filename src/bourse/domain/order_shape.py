@@ -1,14 +1,18 @@
-"""The shape of a new order: which fields an order of each type takes, the one place it is written.
+"""The shape of a new order and of an amend: which fields each takes, the one place it is written.
 
 - the side is buy or sell, the type limit or market, the time in force gtc, ioc or fok;
 - a limit order needs a price (`price_required`), a market order takes none (`price_not_allowed`);
-- `post_only` applies to limit orders only, and only with time in force gtc (`invalid_order`).
+- `post_only` applies to limit orders only, and only with time in force gtc (`invalid_order`);
+- an amend gives a new price, a new amount, or both (`amend_invalid`).
 
-`place_shape_error` says which of these a place-order breaks, or None. Every way in asks it:
-`bourse.application.order_requests.place_command` (the REST API and the RabbitMQ ingress, which
-refuse with the error's code), and the accounts stage and the matching engine, whose defensive
-re-checks reject any error as INVALID_ORDER. What depends on the market (the amount and price
-within its limits, on its grid) is `bourse.domain.money.Market`'s, not this rule's.
+`place_shape_error` says which of these a place-order breaks, or None; `amend_shape_error` the
+same of an amend. Every way in asks them: `bourse.application.order_requests` (`place_command`,
+`check_amend` and `amend_command`: the REST API and the RabbitMQ ingress, which refuse with the
+error's code and message), and the accounts stage and the matching engine, whose defensive
+re-checks reject any error as INVALID_ORDER (a place) or AMEND_INVALID (an amend). What depends
+on the market (the amount and price within its limits, on its grid) is
+`bourse.domain.money.Market`'s, and what depends on the order (an amount above what it executed)
+the engine's, not this rule's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Final
 from bourse.domain.orders import OrderType, Side, TimeInForce
 
 __all__ = [
+    "AMEND_CHANGES_NOTHING",
     "ORDER_SHAPE_ERRORS",
     "POST_ONLY_NEEDS_GTC",
     "POST_ONLY_NEEDS_LIMIT",
@@ -28,6 +33,7 @@ __all__ = [
     "UNKNOWN_TIME_IN_FORCE",
     "UNKNOWN_TYPE",
     "ShapeError",
+    "amend_shape_error",
     "place_shape_error",
 ]
 
@@ -38,7 +44,8 @@ class ShapeError:
 
     code: str
     message: str
-    field: str
+    field: str | None
+    """The field at fault; None when no one field is (an amend that changes nothing)."""
 
 
 UNKNOWN_SIDE: Final = ShapeError("invalid_order", "side must be buy or sell", "side")
@@ -59,6 +66,8 @@ ORDER_SHAPE_ERRORS: Final = (
     POST_ONLY_NEEDS_LIMIT,
     POST_ONLY_NEEDS_GTC,
 )
+"""What `place_shape_error` may say."""
+AMEND_CHANGES_NOTHING: Final = ShapeError("amend_invalid", "give a new price, a new amount, or both", None)
 
 _SIDES: Final = frozenset(Side)
 _TIFS: Final = frozenset(TimeInForce)
@@ -90,3 +99,11 @@ def place_shape_error(
     if post_only and tif != _GTC:
         return POST_ONLY_NEEDS_GTC
     return None
+
+
+def amend_shape_error(*, new_price: bool, new_amount: bool) -> ShapeError | None:
+    """`AMEND_CHANGES_NOTHING` for an amend that gives neither a new price nor a new amount (in
+    whatever form: decimal strings, grid units), else None."""
+    if new_price or new_amount:
+        return None
+    return AMEND_CHANGES_NOTHING

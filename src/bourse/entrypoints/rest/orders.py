@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from bourse.application.order_requests import (
     OrderRequestError,
     amend_command,
+    check_amend,
     market_of,
     parse_order_id,
     place_command,
@@ -62,6 +63,8 @@ def refused_as_422() -> Iterator[None]:
     try:
         yield
     except OrderRequestError as exc:
+        if exc.field is None:  # an amend that changes nothing: no one field is at fault
+            raise ApiError(422, exc.code, exc.message) from exc
         raise ApiError(422, exc.code, exc.message, field=exc.field) from exc
 
 
@@ -426,8 +429,8 @@ async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) 
     202 (`status: pending`): the amend is durable but not applied yet. 409 `order_pending`: the
     order itself is not processed yet, nothing was sent; try again."""
     oid = order_id_or_404(order_id)
-    if body.price is None and body.amount is None:
-        raise ApiError(422, "amend_invalid", "give a new price, a new amount, or both")
+    with refused_as_422():
+        check_amend(body.price, body.amount)
     found = await locate_order(deps, member, oid, wait_s=0.5)
     if found is None:
         raise ApiError(404, "order_not_found", f"no order {order_id}")
