@@ -34,6 +34,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 
 MARKET = Market("BTC-USD", Currency("BTC", 8), Currency("USD", 8), amount_precision=4, price_precision=2)
 MARKETS = {MARKET.symbol: MARKET}
@@ -60,8 +61,8 @@ def accepted(cmd: PlaceOrder) -> OrderAccepted:
 def funded(record_entries: bool) -> Accounts:
     accounts = Accounts(MARKETS, FEES, record_entries=record_entries)
     for member in range(1, MEMBERS + 1):
-        accounts.deposit(member, "BTC", 10**15, ref_id=member)
-        accounts.deposit(member, "USD", 10**15, ref_id=member)
+        accounts.deposit(MemberId(member), "BTC", 10**15, ref_id=member)
+        accounts.deposit(MemberId(member), "USD", 10**15, ref_id=member)
     accounts.take_changes()
     accounts.take_entries()
     return accounts
@@ -74,32 +75,69 @@ def trade_cycles(n: int) -> list[tuple[PlaceOrder, PlaceOrder, list[EngineEvent]
         buyer = 1 + (2 * i + 1) % MEMBERS
         price = 3_000_000 + i % 500
         amount = 1 + i % 100
-        sell = PlaceOrder(2 * i + 1, seller, MARKET.symbol, Side.SELL, OrderType.LIMIT, amount, price)
-        buy = PlaceOrder(2 * i + 2, buyer, MARKET.symbol, Side.BUY, OrderType.LIMIT, amount, price + 7)
-        funds = MARKET.funds(price, amount)
+        sell = PlaceOrder(
+            OrderId(2 * i + 1),
+            MemberId(seller),
+            MARKET.symbol,
+            Side.SELL,
+            OrderType.LIMIT,
+            Amount(amount),
+            Price(price),
+        )
+        buy = PlaceOrder(
+            OrderId(2 * i + 2),
+            MemberId(buyer),
+            MARKET.symbol,
+            Side.BUY,
+            OrderType.LIMIT,
+            Amount(amount),
+            Price(price + 7),
+        )
+        funds = MARKET.funds(Price(price), Amount(amount))
         events: list[EngineEvent] = [
             accepted(sell),
             accepted(buy),
             Trade(
-                i + 1,
+                TradeId(i + 1),
                 MARKET.symbol,
-                price,
-                amount,
+                Price(price),
+                Amount(amount),
                 funds,
                 sell.order_id,
-                seller,
+                MemberId(seller),
                 buy.order_id,
-                buyer,
+                MemberId(buyer),
                 Side.BUY,
                 0,
             ),
-            OrderUpdated(sell.order_id, seller, MARKET.symbol, amount, 0, OrderStatus.EXECUTED),
-            OrderUpdated(buy.order_id, buyer, MARKET.symbol, amount, 0, OrderStatus.EXECUTED),
-            OrderClosed(
-                sell.order_id, seller, MARKET.symbol, OrderStatus.EXECUTED, CloseReason.FILLED, amount, funds
+            OrderUpdated(
+                sell.order_id,
+                MemberId(seller),
+                MARKET.symbol,
+                Amount(amount),
+                Amount(0),
+                OrderStatus.EXECUTED,
+            ),
+            OrderUpdated(
+                buy.order_id, MemberId(buyer), MARKET.symbol, Amount(amount), Amount(0), OrderStatus.EXECUTED
             ),
             OrderClosed(
-                buy.order_id, buyer, MARKET.symbol, OrderStatus.EXECUTED, CloseReason.FILLED, amount, funds
+                sell.order_id,
+                MemberId(seller),
+                MARKET.symbol,
+                OrderStatus.EXECUTED,
+                CloseReason.FILLED,
+                Amount(amount),
+                funds,
+            ),
+            OrderClosed(
+                buy.order_id,
+                MemberId(buyer),
+                MARKET.symbol,
+                OrderStatus.EXECUTED,
+                CloseReason.FILLED,
+                Amount(amount),
+                funds,
             ),
         ]
         out.append((sell, buy, events))
@@ -132,8 +170,24 @@ def run_cancel_cycles(record_entries: bool, n: int) -> float:
     cycles = []
     for i in range(n):
         member = 1 + i % MEMBERS
-        cmd = PlaceOrder(i + 1, member, MARKET.symbol, Side.BUY, OrderType.LIMIT, 1 + i % 100, 3_000_000)
-        closed = OrderClosed(i + 1, member, MARKET.symbol, OrderStatus.CANCELLED, CloseReason.CANCELLED, 0, 0)
+        cmd = PlaceOrder(
+            OrderId(i + 1),
+            MemberId(member),
+            MARKET.symbol,
+            Side.BUY,
+            OrderType.LIMIT,
+            Amount(1 + i % 100),
+            Price(3_000_000),
+        )
+        closed = OrderClosed(
+            OrderId(i + 1),
+            MemberId(member),
+            MARKET.symbol,
+            OrderStatus.CANCELLED,
+            CloseReason.CANCELLED,
+            Amount(0),
+            QuoteUnits(0),
+        )
         cycles.append((cmd, accepted(cmd), closed))
     gc.disable()
     start = time.perf_counter_ns()
@@ -152,7 +206,14 @@ def run_places(record_entries: bool, n: int) -> float:
     accounts = funded(record_entries)
     cmds = [
         PlaceOrder(
-            i + 1, 1 + i % MEMBERS, MARKET.symbol, Side.SELL, OrderType.LIMIT, 1, 3_000_000, TimeInForce.GTC
+            OrderId(i + 1),
+            MemberId(1 + i % MEMBERS),
+            MARKET.symbol,
+            Side.SELL,
+            OrderType.LIMIT,
+            Amount(1),
+            Price(3_000_000),
+            TimeInForce.GTC,
         )
         for i in range(n)
     ]

@@ -60,6 +60,7 @@ from bourse.contracts.messages import (
 )
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
 from bourse.domain.matching import MatchingEngine
+from bourse.domain.values import MemberId
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.persistence import Persistence
@@ -123,7 +124,7 @@ def make_streams(commands: int, per_message: int, seed: int) -> Streams:
     deposits: list[AccountsItem] = []
     for member in range(1, MEMBERS + 1):
         for code in (market.base.code, market.quote.code):
-            deposits.append(Deposit(member, code, 10**15, f"bench:{member}:{code}"))
+            deposits.append(Deposit(MemberId(member), code, 10**15, f"bench:{member}:{code}"))
     for start in range(0, len(deposits), 100):
         accounts(AccountsBatch(deposits[start : start + 100]))
     everything = workload.prefill + workload.commands

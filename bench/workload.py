@@ -42,6 +42,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 PeerKind = Literal["gtc", "ioc", "cancel", "move"]
 
@@ -99,7 +100,7 @@ def bench_market(symbol: str = "BTC-USD") -> Market:
         Currency(quote, 8),
         amount_precision=4,
         price_precision=2,
-        max_amount=10**12,
+        max_amount=Amount(10**12),
     )
 
 
@@ -191,13 +192,13 @@ def generate(
         oid = next_id
         next_id += 1
         return PlaceOrder(
-            order_id=oid,
-            member_id=rng.randint(1, cfg.accounts),
+            order_id=OrderId(oid),
+            member_id=MemberId(rng.randint(1, cfg.accounts)),
             market=symbol,
             side=Side.BUY if is_buy else Side.SELL,
             type=OrderType.LIMIT,
-            amount=amount,
-            price=price,
+            amount=Amount(amount),
+            price=Price(price),
             tif=tif,
             created_at=ts,
         )
@@ -244,18 +245,20 @@ def generate(
             command = cmd
         elif roll < cancel_cut:
             oid = live.ids[rng.randrange(len(live))]
-            order = engine.open_order(oid)
+            order = engine.open_order(OrderId(oid))
             assert order is not None
-            command = CancelOrder(order_id=oid, member_id=order.member_id, market=symbol)
+            command = CancelOrder(order_id=OrderId(oid), member_id=order.member_id, market=symbol)
             op = PeerOp("cancel", oid)
         else:
             oid = live.ids[rng.randrange(len(live))]
-            order = engine.open_order(oid)
+            order = engine.open_order(OrderId(oid))
             assert order is not None
             is_buy = order.side is Side.BUY
             cross = rng.random() < cfg.move_cross * min(1.0, len(live) / cfg.live_orders) ** 16
             price = aggressive_price(is_buy) if cross else passive_price(is_buy)
-            command = AmendOrder(order_id=oid, member_id=order.member_id, market=symbol, price=price)
+            command = AmendOrder(
+                order_id=OrderId(oid), member_id=order.member_id, market=symbol, price=Price(price)
+            )
             op = PeerOp("move", oid, is_buy, price, order.remaining)
         if apply(command, commands):
             trades += 1

@@ -57,6 +57,7 @@ from bourse.config.production import production_problems
 from bourse.config.settings import Settings
 from bourse.contracts.messages import AccountsBatch, Deposit, encode
 from bourse.contracts.subjects import ORDERS, member_shard
+from bourse.domain.values import MemberId
 from bourse.services import SERVICES
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.conftest import SYSTEM_NATS_URL, free_port
@@ -553,7 +554,7 @@ async def deposit(namespace: str, shards: int, member: int, currency: str, amoun
         ref = f"deploy-test:{member}:{currency}"
         await nc.jetstream().publish(
             ORDERS.subject(namespace, member_shard(member, shards)),
-            encode(AccountsBatch([Deposit(member, currency, units, ref)])),
+            encode(AccountsBatch([Deposit(MemberId(member), currency, units, ref)])),
             headers={"Nats-Msg-Id": ref},
         )
     finally:

@@ -18,6 +18,7 @@ from bourse.domain.orders import (
     Side,
     TimeInForce,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 SYMBOL = "BTC-USD"
 BTC = Currency("BTC", 8)
@@ -34,9 +35,9 @@ def make_market(
         USD,
         amount_precision=4,
         price_precision=2,
-        min_amount=min_amount,
-        max_amount=max_amount,
-        max_price=max_price,
+        min_amount=Amount(min_amount),
+        max_amount=Amount(max_amount),
+        max_price=Price(max_price),
     )
 
 
@@ -60,13 +61,13 @@ def limit(
     locked: int = 0,
 ) -> PlaceOrder:
     return PlaceOrder(
-        order_id=order_id,
-        member_id=order_id if member is None else member,
+        order_id=OrderId(order_id),
+        member_id=MemberId(order_id if member is None else member),
         market=market,
         side=side,
         type=OrderType.LIMIT,
-        amount=amount,
-        price=price,
+        amount=Amount(amount),
+        price=None if price is None else Price(price),
         tif=tif,
         post_only=post_only,
         locked=locked,
@@ -93,31 +94,33 @@ def market_order(
     price: int | None = None,
 ) -> PlaceOrder:
     return PlaceOrder(
-        order_id=order_id,
-        member_id=order_id if member is None else member,
+        order_id=OrderId(order_id),
+        member_id=MemberId(order_id if member is None else member),
         market=SYMBOL,
         side=side,
         type=OrderType.MARKET,
-        amount=amount,
-        price=price,
+        amount=Amount(amount),
+        price=None if price is None else Price(price),
         tif=tif,
         locked=locked,
     )
 
 
 def cancel(order_id: int, member: int | None = None) -> CancelOrder:
-    return CancelOrder(order_id=order_id, member_id=order_id if member is None else member, market=SYMBOL)
+    return CancelOrder(
+        order_id=OrderId(order_id), member_id=MemberId(order_id if member is None else member), market=SYMBOL
+    )
 
 
 def amend(
     order_id: int, *, price: int | None = None, amount: int | None = None, member: int | None = None
 ) -> AmendOrder:
     return AmendOrder(
-        order_id=order_id,
-        member_id=order_id if member is None else member,
+        order_id=OrderId(order_id),
+        member_id=MemberId(order_id if member is None else member),
         market=SYMBOL,
-        price=price,
-        amount=amount,
+        price=None if price is None else Price(price),
+        amount=None if amount is None else Amount(amount),
     )
 
 

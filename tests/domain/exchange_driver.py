@@ -28,14 +28,19 @@ from bourse.domain.orders import (
     Side,
     TimeInForce,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 BTC = Currency("BTC", 3)
 ETH = Currency("ETH", 2)
 USD = Currency("USD", 4)
 # base factor 10, funds factor 1
-BTC_USD = Market("BTC-USD", BTC, USD, amount_precision=2, price_precision=2, max_price=200, max_amount=50)
+BTC_USD = Market(
+    "BTC-USD", BTC, USD, amount_precision=2, price_precision=2, max_price=Price(200), max_amount=Amount(50)
+)
 # base factor 10, funds factor 100
-ETH_USD = Market("ETH-USD", ETH, USD, amount_precision=1, price_precision=1, max_price=300, max_amount=50)
+ETH_USD = Market(
+    "ETH-USD", ETH, USD, amount_precision=1, price_precision=1, max_price=Price(300), max_amount=Amount(50)
+)
 MARKETS = {m.symbol: m for m in (BTC_USD, ETH_USD)}
 CURRENCIES = ("BTC", "ETH", "USD")
 MEMBERS = (1, 2, 3, 4)
@@ -197,17 +202,18 @@ class Exchange:
                 self.next_id += 1
             self.ids.append((order_id, op.member, op.market))
             return PlaceOrder(
-                order_id,
-                op.member,
+                OrderId(order_id),
+                MemberId(op.member),
                 op.market,
                 op.side,
                 op.type,
-                op.amount,
-                op.price,
+                Amount(op.amount),
+                None if op.price is None else Price(op.price),
                 op.tif,
                 op.post_only,
                 created_at=self.ts,
             )
+        member: int
         open_orders = [(o.order_id, o.member_id, o.market) for o in self.open_orders()]
         if open_orders and not op.stale:
             order_id, member, market = open_orders[op.pick % len(open_orders)]
@@ -218,8 +224,10 @@ class Exchange:
         if op.member is not None:
             member = op.member
         if isinstance(op, Cancel):
-            return CancelOrder(order_id, member, market)
-        return AmendOrder(order_id, member, market, op.price, op.amount)
+            return CancelOrder(OrderId(order_id), MemberId(member), market)
+        price = None if op.price is None else Price(op.price)
+        amount = None if op.amount is None else Amount(op.amount)
+        return AmendOrder(OrderId(order_id), MemberId(member), market, price, amount)
 
     def run(self, op: Op) -> list[object]:
         """Apply one operation everywhere; returns every output, in order."""
@@ -229,9 +237,9 @@ class Exchange:
             accounts = self.shard(op.member)
             try:
                 if isinstance(op, Deposit):
-                    accounts.deposit(op.member, op.currency, op.amount, ref_id=self.ts)
+                    accounts.deposit(MemberId(op.member), op.currency, op.amount, ref_id=self.ts)
                 else:
-                    accounts.withdraw(op.member, op.currency, op.amount, ref_id=self.ts)
+                    accounts.withdraw(MemberId(op.member), op.currency, op.amount, ref_id=self.ts)
             except LedgerError as error:
                 out.append(("refused", type(error).__name__))
             out += accounts.take_changes()

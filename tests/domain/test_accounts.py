@@ -36,6 +36,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 from tests.domain.accounts_checks import assert_accounts_consistent, assert_entries_balance
 
 BTC = Currency("BTC", 8)
@@ -43,7 +44,7 @@ USD = Currency("USD", 4)
 ETH = Currency("ETH", 8)
 # BTC-USD: amounts in 0.01 BTC (1 amount unit = 1_000_000 BTC units), prices in 0.01 USD,
 # funds = price * amount USD units (0.0001 USD)
-BTC_USD = Market("BTC-USD", BTC, USD, amount_precision=2, price_precision=2, max_price=10_000_000)
+BTC_USD = Market("BTC-USD", BTC, USD, amount_precision=2, price_precision=2, max_price=Price(10_000_000))
 # ETH-USD: amounts in 0.1 ETH, prices in 0.01 USD: funds = price * amount * 10
 ETH_USD = Market("ETH-USD", ETH, USD, amount_precision=1, price_precision=2)
 MARKETS = {m.symbol: m for m in (BTC_USD, ETH_USD)}
@@ -52,8 +53,8 @@ B = BTC_USD.base_units
 
 ALICE_USD = 1_000_000_000  # 100_000 USD
 BOB_BTC = 10_000_000_000  # 100 BTC
-ALICE = 1
-BOB = 2
+ALICE = MemberId(1)
+BOB = MemberId(2)
 
 
 def make(fees: FeeSchedule | None = None, **kwargs: object) -> Accounts:
@@ -74,11 +75,21 @@ def limit(
     tif: TimeInForce = TimeInForce.GTC,
     post_only: bool = False,
 ) -> PlaceOrder:
-    return PlaceOrder(order_id, member, market, side, OrderType.LIMIT, amount, price, tif, post_only)
+    return PlaceOrder(
+        OrderId(order_id),
+        MemberId(member),
+        market,
+        side,
+        OrderType.LIMIT,
+        Amount(amount),
+        Price(price),
+        tif,
+        post_only,
+    )
 
 
 def market_order(order_id: int, member: int, side: Side, amount: int, market: str = "BTC-USD") -> PlaceOrder:
-    return PlaceOrder(order_id, member, market, side, OrderType.MARKET, amount)
+    return PlaceOrder(OrderId(order_id), MemberId(member), market, side, OrderType.MARKET, Amount(amount))
 
 
 def placed(accounts: Accounts, cmd: PlaceOrder) -> PlaceOrder:
@@ -111,11 +122,11 @@ def trade(
     market: Market = BTC_USD,
 ) -> Trade:
     return Trade(
-        trade_id,
+        TradeId(trade_id),
         market.symbol,
-        price,
-        amount,
-        market.funds(price, amount),
+        Price(price),
+        Amount(amount),
+        market.funds(Price(price), Amount(amount)),
         maker.order_id,
         maker.member_id,
         taker.order_id,
@@ -127,7 +138,7 @@ def trade(
 
 def closed(cmd: PlaceOrder, status: OrderStatus = OrderStatus.CANCELLED) -> OrderClosed:
     reason = CloseReason.CANCELLED if status is OrderStatus.CANCELLED else CloseReason.FILLED
-    return OrderClosed(cmd.order_id, cmd.member_id, cmd.market, status, reason, 0)
+    return OrderClosed(cmd.order_id, cmd.member_id, cmd.market, status, reason, Amount(0))
 
 
 def rejected(cmd: PlaceOrder | AmendOrder, reason: RejectReason, command: str) -> OrderRejected:
@@ -147,8 +158,18 @@ def test_limit_buy_locks_price_times_amount_of_quote_and_forwards_the_lock() -> 
     forwarded = accounts.place(cmd)
     assert forwarded == msgspec.structs.replace(cmd, locked=75_000_000)  # 7500.0000 USD
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 75_000_000, 75_000_000)
-    assert accounts.order_lock(10) == OrderLock(
-        10, ALICE, "BTC-USD", Side.BUY, OrderType.LIMIT, 3_000_00, 2_50, 2_50, 75_000_000, 0, False
+    assert accounts.order_lock(OrderId(10)) == OrderLock(
+        OrderId(10),
+        ALICE,
+        "BTC-USD",
+        Side.BUY,
+        OrderType.LIMIT,
+        Price(3_000_00),
+        Amount(2_50),
+        Amount(2_50),
+        75_000_000,
+        0,
+        False,
     )
     assert accounts.take_changes() == [BalanceChanged(ALICE, "USD", ALICE_USD - 75_000_000, 75_000_000)]
     assert_accounts_consistent(accounts)
@@ -170,7 +191,7 @@ def test_lock_uses_the_markets_funds_factor() -> None:
     accounts = make()
     forwarded = accounts.place(limit(1, ALICE, Side.BUY, price=2_000_00, amount=1_5, market="ETH-USD"))
     assert isinstance(forwarded, PlaceOrder)
-    assert forwarded.locked == ETH_USD.funds(2_000_00, 1_5) == 30_000_000  # 1.5 ETH at 2000.00
+    assert forwarded.locked == ETH_USD.funds(Price(2_000_00), Amount(1_5)) == 30_000_000  # 1.5 ETH at 2000.00
 
 
 def test_insufficient_funds_rejects_the_order_and_changes_nothing() -> None:
@@ -226,9 +247,9 @@ def test_closed_order_ids_are_remembered_only_up_to_closed_memory() -> None:
         limit(10, ALICE, Side.BUY, price=100, amount=-5),
         limit(10, ALICE, Side.SELL, price=0, amount=1),
         limit(10, ALICE, Side.BUY, price=10_000_001, amount=1),
-        PlaceOrder(10, ALICE, "BTC-USD", Side.BUY, OrderType.LIMIT, 1, None),
-        PlaceOrder(10, ALICE, "BTC-USD", Side.BUY, OrderType.MARKET, 1, 100),
-        PlaceOrder(10, ALICE, "BTC-USD", Side.SELL, OrderType.MARKET, 1, post_only=True),
+        PlaceOrder(OrderId(10), ALICE, "BTC-USD", Side.BUY, OrderType.LIMIT, Amount(1), None),
+        PlaceOrder(OrderId(10), ALICE, "BTC-USD", Side.BUY, OrderType.MARKET, Amount(1), Price(100)),
+        PlaceOrder(OrderId(10), ALICE, "BTC-USD", Side.SELL, OrderType.MARKET, Amount(1), post_only=True),
         limit(10, ALICE, Side.BUY, price=100, amount=1, tif=TimeInForce.IOC, post_only=True),
         limit(10, EXCHANGE_MEMBER, Side.BUY, price=100, amount=1),
         msgspec.structs.replace(limit(10, ALICE, Side.BUY, 1, 1), side="hold"),
@@ -261,7 +282,7 @@ def test_market_buy_lock_is_bounded_by_what_its_amount_can_cost_at_the_max_price
     accounts = make()
     forwarded = accounts.place(market_order(10, ALICE, Side.BUY, amount=2))  # 0.02 BTC
     assert isinstance(forwarded, PlaceOrder)
-    assert forwarded.locked == F(BTC_USD.max_price, 2) == 20_000_000  # 0.02 BTC at 100_000.00
+    assert forwarded.locked == F(BTC_USD.max_price, Amount(2)) == 20_000_000  # 0.02 BTC at 100_000.00
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 20_000_000, 20_000_000)
 
 
@@ -286,7 +307,7 @@ def test_market_buy_without_quote_balance_is_rejected() -> None:
     accounts = make()
     cmd = market_order(10, BOB, Side.BUY, amount=1)
     assert accounts.place(cmd) == rejected(cmd, RejectReason.INSUFFICIENT_FUNDS, "place")
-    assert accounts.order_lock(10) is None
+    assert accounts.order_lock(OrderId(10)) is None
 
 
 def test_market_buy_releases_what_it_did_not_spend_when_it_closes() -> None:
@@ -297,14 +318,22 @@ def test_market_buy_releases_what_it_did_not_spend_when_it_closes() -> None:
     accounts.apply(trade(1, 2_000_00, 1_00, maker=ask, taker=buy))
     spent = 20_000_000  # 1 BTC at 2000.00
     assert bal(accounts, ALICE, "USD") == Balance(0, ALICE_USD - spent)
-    lock = accounts.order_lock(2)
+    lock = accounts.order_lock(OrderId(2))
     assert lock is not None
     assert lock.locked == ALICE_USD - spent  # a market buy keeps its whole lock until it closes
     changes = accounts.apply(
-        OrderClosed(2, ALICE, "BTC-USD", OrderStatus.CLOSED, CloseReason.MARKET_REMAINDER, 1_00, spent)
+        OrderClosed(
+            OrderId(2),
+            ALICE,
+            "BTC-USD",
+            OrderStatus.CLOSED,
+            CloseReason.MARKET_REMAINDER,
+            Amount(1_00),
+            QuoteUnits(spent),
+        )
     )
     assert changes == [BalanceChanged(ALICE, "USD", ALICE_USD - spent, 0)]
-    assert accounts.order_lock(2) is None
+    assert accounts.order_lock(OrderId(2)) is None
     assert bal(accounts, ALICE, "BTC") == Balance(100_000_000, 0)
     assert_accounts_consistent(accounts)
 
@@ -340,7 +369,7 @@ def test_trade_settles_both_sides_with_maker_and_taker_fees() -> None:
     entries = accounts.take_entries()
     assert_entries_balance(entries)
     assert {e.ref_id for e in entries} == {7}
-    lock = accounts.order_lock(1)
+    lock = accounts.order_lock(OrderId(1))
     assert lock is not None
     assert (lock.remaining, lock.locked) == (1_00, 100_000_000)
     assert_accounts_consistent(accounts)
@@ -390,7 +419,7 @@ def test_limit_buy_filled_below_its_price_gets_the_difference_back_at_once() -> 
     accounts.apply(trade(1, 900, 1_00, maker=ask, taker=bid))
     # spent 90_000; the rest of the order (2 BTC at 10.00) needs 200_000; 10_000 comes back
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 290_000, 200_000)
-    lock = accounts.order_lock(2)
+    lock = accounts.order_lock(OrderId(2))
     assert lock is not None
     assert (lock.remaining, lock.locked) == (2_00, 200_000)
     assert_accounts_consistent(accounts)
@@ -416,7 +445,7 @@ def test_cancelled_order_releases_its_whole_lock_and_is_forgotten() -> None:
     accounts.take_changes()
     changes = accounts.apply(closed(bid))
     assert changes == [BalanceChanged(ALICE, "USD", ALICE_USD, 0)]
-    assert accounts.order_lock(2) is None
+    assert accounts.order_lock(OrderId(2)) is None
     assert accounts.open_orders() == []
 
 
@@ -425,7 +454,7 @@ def test_partially_filled_order_releases_the_rest_when_it_closes() -> None:
     bid = placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=3_00))
     ask = placed(accounts, limit(2, BOB, Side.SELL, price=1_000, amount=5_00))
     accounts.apply(trade(1, 1_000, 3_00, maker=bid, taker=ask))
-    accounts.apply(OrderUpdated(1, ALICE, "BTC-USD", 3_00, 0, OrderStatus.EXECUTED))
+    accounts.apply(OrderUpdated(OrderId(1), ALICE, "BTC-USD", Amount(3_00), Amount(0), OrderStatus.EXECUTED))
     accounts.apply(closed(bid, OrderStatus.EXECUTED))
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 300_000, 0)
     accounts.apply(closed(ask))
@@ -441,7 +470,7 @@ def test_engine_rejection_of_a_place_releases_the_whole_lock() -> None:
     accounts.take_changes()
     changes = accounts.apply(rejected(cmd, RejectReason.DUPLICATE_ORDER, "place"))
     assert changes == [BalanceChanged(ALICE, "USD", ALICE_USD, 0)]
-    assert accounts.order_lock(1) is None
+    assert accounts.order_lock(OrderId(1)) is None
 
 
 def test_place_rejection_after_the_engine_accepted_the_order_is_not_about_it() -> None:
@@ -462,7 +491,7 @@ def test_events_of_orders_this_shard_does_not_track_are_ignored() -> None:
         trade(1, 1, 1, maker=other, taker=stranger),
         closed(stranger),
         rejected(stranger, RejectReason.INVALID_ORDER, "place"),
-        OrderAmended(99, 77, "BTC-USD", 1, 1, 1, True),
+        OrderAmended(OrderId(99), MemberId(77), "BTC-USD", Price(1), Amount(1), Amount(1), True),
     ):
         assert accounts.apply(event) == []
     assert accounts.snapshot() == before
@@ -482,12 +511,14 @@ def test_close_for_the_right_id_but_another_member_changes_nothing() -> None:
 def test_amend_to_a_higher_buy_price_locks_the_difference_before_forwarding() -> None:
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=2_00))
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=1_500)
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(1_500))
     assert accounts.amend(amend) is amend
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 300_000, 300_000)
-    accounts.apply(OrderAmended(1, ALICE, "BTC-USD", 1_500, 2_00, 2_00, False))
+    accounts.apply(
+        OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(1_500), Amount(2_00), Amount(2_00), False)
+    )
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 300_000, 300_000)
-    lock = accounts.order_lock(1)
+    lock = accounts.order_lock(OrderId(1))
     assert lock is not None
     assert (lock.price, lock.locked, lock.pending_amends) == (1_500, 300_000, 0)
     assert_accounts_consistent(accounts)
@@ -497,7 +528,9 @@ def test_amend_needing_more_than_available_is_rejected_and_changes_nothing() -> 
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=2_00))
     before = accounts.snapshot()
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=60_000_00)  # 2 BTC at 60_000.00 > 100_000 USD
+    amend = AmendOrder(
+        OrderId(1), ALICE, "BTC-USD", price=Price(60_000_00)
+    )  # 2 BTC at 60_000.00 > 100_000 USD
     assert accounts.amend(amend) == rejected(amend, RejectReason.INSUFFICIENT_FUNDS, "amend")
     assert accounts.snapshot() == before
 
@@ -505,22 +538,22 @@ def test_amend_needing_more_than_available_is_rejected_and_changes_nothing() -> 
 def test_amend_to_a_lower_buy_price_releases_the_surplus_once_the_engine_confirms() -> None:
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=2_00))
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=400)
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(400))
     assert accounts.amend(amend) is amend
     assert bal(accounts, ALICE, "USD").locked == 200_000  # nothing released before the answer
-    accounts.apply(OrderAmended(1, ALICE, "BTC-USD", 400, 2_00, 2_00, False))
+    accounts.apply(OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(400), Amount(2_00), Amount(2_00), False))
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 80_000, 80_000)
 
 
 def test_rejected_amend_releases_what_was_locked_for_it() -> None:
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=2_00))
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=1_500)
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(1_500))
     accounts.amend(amend)
     assert bal(accounts, ALICE, "USD").locked == 300_000
     accounts.apply(rejected(amend, RejectReason.POST_ONLY_WOULD_TRADE, "amend"))
     assert bal(accounts, ALICE, "USD") == Balance(ALICE_USD - 200_000, 200_000)
-    lock = accounts.order_lock(1)
+    lock = accounts.order_lock(OrderId(1))
     assert lock is not None
     assert (lock.price, lock.pending_amends) == (1_000, 0)
 
@@ -528,16 +561,16 @@ def test_rejected_amend_releases_what_was_locked_for_it() -> None:
 def test_sell_amend_to_a_larger_amount_locks_more_base_and_a_smaller_one_releases() -> None:
     accounts = make()
     placed(accounts, limit(1, BOB, Side.SELL, price=1_000, amount=2_00))
-    assert bal(accounts, BOB, "BTC").locked == B(2_00)
-    up = AmendOrder(1, BOB, "BTC-USD", amount=3_00)
+    assert bal(accounts, BOB, "BTC").locked == B(Amount(2_00))
+    up = AmendOrder(OrderId(1), BOB, "BTC-USD", amount=Amount(3_00))
     assert accounts.amend(up) is up
-    assert bal(accounts, BOB, "BTC").locked == B(3_00)
-    accounts.apply(OrderAmended(1, BOB, "BTC-USD", 1_000, 3_00, 3_00, False))
-    down = AmendOrder(1, BOB, "BTC-USD", amount=1_00)
+    assert bal(accounts, BOB, "BTC").locked == B(Amount(3_00))
+    accounts.apply(OrderAmended(OrderId(1), BOB, "BTC-USD", Price(1_000), Amount(3_00), Amount(3_00), False))
+    down = AmendOrder(OrderId(1), BOB, "BTC-USD", amount=Amount(1_00))
     assert accounts.amend(down) is down
-    assert bal(accounts, BOB, "BTC").locked == B(3_00)
-    accounts.apply(OrderAmended(1, BOB, "BTC-USD", 1_000, 1_00, 1_00, True))
-    assert bal(accounts, BOB, "BTC") == Balance(BOB_BTC - B(1_00), B(1_00))
+    assert bal(accounts, BOB, "BTC").locked == B(Amount(3_00))
+    accounts.apply(OrderAmended(OrderId(1), BOB, "BTC-USD", Price(1_000), Amount(1_00), Amount(1_00), True))
+    assert bal(accounts, BOB, "BTC") == Balance(BOB_BTC - B(Amount(1_00)), B(Amount(1_00)))
     assert_accounts_consistent(accounts)
 
 
@@ -546,46 +579,52 @@ def test_amend_counts_only_the_unfilled_part() -> None:
     bid = placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=3_00))
     ask = placed(accounts, limit(2, BOB, Side.SELL, price=1_000, amount=2_00))
     accounts.apply(trade(1, 1_000, 2_00, maker=bid, taker=ask))
-    assert bal(accounts, ALICE, "USD").locked == F(1_000, 1_00)
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=2_000)  # remaining 1 BTC at 20.00
+    assert bal(accounts, ALICE, "USD").locked == F(Price(1_000), Amount(1_00))
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(2_000))  # remaining 1 BTC at 20.00
     accounts.amend(amend)
-    assert bal(accounts, ALICE, "USD").locked == F(2_000, 1_00)
-    too_small = AmendOrder(1, ALICE, "BTC-USD", amount=2_00)  # not above the executed amount
+    assert bal(accounts, ALICE, "USD").locked == F(Price(2_000), Amount(1_00))
+    too_small = AmendOrder(OrderId(1), ALICE, "BTC-USD", amount=Amount(2_00))  # not above the executed amount
     assert accounts.amend(too_small) == rejected(too_small, RejectReason.AMEND_INVALID, "amend")
 
 
 def test_no_surplus_is_released_while_another_amend_is_in_flight() -> None:
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=1_00))
-    first = AmendOrder(1, ALICE, "BTC-USD", price=3_000)
-    second = AmendOrder(1, ALICE, "BTC-USD", price=2_000)
+    first = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(3_000))
+    second = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(2_000))
     accounts.amend(first)
     accounts.amend(second)
-    assert bal(accounts, ALICE, "USD").locked == F(3_000, 1_00)
-    accounts.apply(OrderAmended(1, ALICE, "BTC-USD", 3_000, 1_00, 1_00, False))
-    assert bal(accounts, ALICE, "USD").locked == F(3_000, 1_00)  # `second` may still come
-    accounts.apply(OrderAmended(1, ALICE, "BTC-USD", 2_000, 1_00, 1_00, False))
-    assert bal(accounts, ALICE, "USD").locked == F(2_000, 1_00)
+    assert bal(accounts, ALICE, "USD").locked == F(Price(3_000), Amount(1_00))
+    accounts.apply(
+        OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(3_000), Amount(1_00), Amount(1_00), False)
+    )
+    assert bal(accounts, ALICE, "USD").locked == F(Price(3_000), Amount(1_00))  # `second` may still come
+    accounts.apply(
+        OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(2_000), Amount(1_00), Amount(1_00), False)
+    )
+    assert bal(accounts, ALICE, "USD").locked == F(Price(2_000), Amount(1_00))
 
 
 def test_fill_during_an_amend_in_flight_releases_nothing_until_the_answer() -> None:
     accounts = make()
     bid = placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=2_00))
     ask = placed(accounts, limit(2, BOB, Side.SELL, price=800, amount=1_00))
-    accounts.amend(AmendOrder(1, ALICE, "BTC-USD", price=2_000))
+    accounts.amend(AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(2_000)))
     accounts.apply(trade(1, 800, 1_00, maker=bid, taker=ask))  # the engine filled before the amend
-    assert bal(accounts, ALICE, "USD").locked == F(2_000, 2_00) - F(800, 1_00)
-    accounts.apply(OrderAmended(1, ALICE, "BTC-USD", 2_000, 2_00, 1_00, False))
-    assert bal(accounts, ALICE, "USD").locked == F(2_000, 1_00)
+    assert bal(accounts, ALICE, "USD").locked == F(Price(2_000), Amount(2_00)) - F(Price(800), Amount(1_00))
+    accounts.apply(
+        OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(2_000), Amount(2_00), Amount(1_00), False)
+    )
+    assert bal(accounts, ALICE, "USD").locked == F(Price(2_000), Amount(1_00))
     assert_accounts_consistent(accounts)
 
 
 @pytest.mark.parametrize(
     "amend",
     [
-        AmendOrder(5, ALICE, "BTC-USD", price=1),  # unknown id
-        AmendOrder(1, BOB, "BTC-USD", price=1),  # someone else's order
-        AmendOrder(1, ALICE, "ETH-USD", price=1),  # wrong market
+        AmendOrder(OrderId(5), ALICE, "BTC-USD", price=Price(1)),  # unknown id
+        AmendOrder(OrderId(1), BOB, "BTC-USD", price=Price(1)),  # someone else's order
+        AmendOrder(OrderId(1), ALICE, "ETH-USD", price=Price(1)),  # wrong market
     ],
 )
 def test_amend_of_an_unknown_order_is_rejected(amend: AmendOrder) -> None:
@@ -599,10 +638,10 @@ def test_amend_of_an_unknown_order_is_rejected(amend: AmendOrder) -> None:
 @pytest.mark.parametrize(
     "amend",
     [
-        AmendOrder(1, ALICE, "BTC-USD"),
-        AmendOrder(1, ALICE, "BTC-USD", price=0),
-        AmendOrder(1, ALICE, "BTC-USD", amount=0),
-        AmendOrder(1, ALICE, "BTC-USD", price=10_000_001),
+        AmendOrder(OrderId(1), ALICE, "BTC-USD"),
+        AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(0)),
+        AmendOrder(OrderId(1), ALICE, "BTC-USD", amount=Amount(0)),
+        AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(10_000_001)),
     ],
 )
 def test_invalid_amend_is_rejected_and_changes_nothing(amend: AmendOrder) -> None:
@@ -616,11 +655,11 @@ def test_invalid_amend_is_rejected_and_changes_nothing(amend: AmendOrder) -> Non
 def test_amend_of_a_market_order_goes_to_the_engine_without_locking() -> None:
     accounts = make()
     placed(accounts, market_order(1, BOB, Side.SELL, amount=1))
-    amend = AmendOrder(1, BOB, "BTC-USD", price=5)
+    amend = AmendOrder(OrderId(1), BOB, "BTC-USD", price=Price(5))
     assert accounts.amend(amend) is amend
-    assert bal(accounts, BOB, "BTC").locked == B(1)
+    assert bal(accounts, BOB, "BTC").locked == B(Amount(1))
     accounts.apply(rejected(amend, RejectReason.ORDER_CLOSED, "amend"))
-    assert bal(accounts, BOB, "BTC").locked == B(1)
+    assert bal(accounts, BOB, "BTC").locked == B(Amount(1))
 
 
 # --- cancel ---
@@ -630,7 +669,7 @@ def test_cancel_of_an_own_open_order_passes_through_and_changes_nothing() -> Non
     accounts = make()
     placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=1_00))
     before = accounts.snapshot()
-    cancel = CancelOrder(1, ALICE, "BTC-USD")
+    cancel = CancelOrder(OrderId(1), ALICE, "BTC-USD")
     assert accounts.cancel(cancel) is cancel
     assert accounts.submit(cancel) is cancel
     assert accounts.snapshot() == before
@@ -638,7 +677,11 @@ def test_cancel_of_an_own_open_order_passes_through_and_changes_nothing() -> Non
 
 @pytest.mark.parametrize(
     "cancel",
-    [CancelOrder(5, ALICE, "BTC-USD"), CancelOrder(1, BOB, "BTC-USD"), CancelOrder(1, ALICE, "ETH-USD")],
+    [
+        CancelOrder(OrderId(5), ALICE, "BTC-USD"),
+        CancelOrder(OrderId(1), BOB, "BTC-USD"),
+        CancelOrder(OrderId(1), ALICE, "ETH-USD"),
+    ],
 )
 def test_cancel_of_an_unknown_or_foreign_order_is_rejected(cancel: CancelOrder) -> None:
     accounts = make()
@@ -652,8 +695,8 @@ def test_submit_dispatches_every_command() -> None:
     accounts = make()
     place = accounts.submit(limit(1, ALICE, Side.BUY, price=1_000, amount=1_00))
     assert isinstance(place, PlaceOrder)
-    assert place.locked == F(1_000, 1_00)
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=1)
+    assert place.locked == F(Price(1_000), Amount(1_00))
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(1))
     assert accounts.submit(amend) is amend
 
 
@@ -663,10 +706,10 @@ def test_submit_dispatches_every_command() -> None:
 def test_deposit_and_withdraw_change_available_and_report_the_balance() -> None:
     accounts = make(record_entries=True)
     accounts.take_entries()
-    accounts.deposit(3, "ETH", 500, ref_id=10)
-    accounts.withdraw(3, "ETH", 200, ref_id=11)
-    assert accounts.take_changes() == [BalanceChanged(3, "ETH", 300, 0)]
-    assert accounts.balance(3, "ETH") == BalanceChanged(3, "ETH", 300, 0)
+    accounts.deposit(MemberId(3), "ETH", 500, ref_id=10)
+    accounts.withdraw(MemberId(3), "ETH", 200, ref_id=11)
+    assert accounts.take_changes() == [BalanceChanged(MemberId(3), "ETH", 300, 0)]
+    assert accounts.balance(MemberId(3), "ETH") == BalanceChanged(MemberId(3), "ETH", 300, 0)
     entries = accounts.take_entries()
     assert len(entries) == 4
     assert_entries_balance(entries)
@@ -699,7 +742,7 @@ def test_balance_changes_are_coalesced_in_first_touched_order_with_current_value
     accounts.place(limit(3, ALICE, Side.BUY, price=1_000, amount=1_00))
     assert accounts.take_changes() == [
         BalanceChanged(ALICE, "USD", ALICE_USD - 200_000, 200_000),
-        BalanceChanged(BOB, "BTC", BOB_BTC - B(1_00), B(1_00)),
+        BalanceChanged(BOB, "BTC", BOB_BTC - B(Amount(1_00)), B(Amount(1_00))),
     ]
     assert accounts.take_changes() == []
 
@@ -720,7 +763,7 @@ def test_snapshot_and_restore_give_back_the_same_state() -> None:
     ask = placed(accounts, limit(2, BOB, Side.SELL, price=1_000, amount=1_00))
     accounts.apply(trade(1, 1_000, 1_00, maker=bid, taker=ask))
     accounts.apply(closed(ask, OrderStatus.EXECUTED))
-    accounts.amend(AmendOrder(1, ALICE, "BTC-USD", price=1_200))
+    accounts.amend(AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(1_200)))
     placed(accounts, market_order(3, ALICE, Side.BUY, amount=1))
     data = accounts.snapshot()
     copy = Accounts.restore(MARKETS, fees, data)
@@ -753,21 +796,21 @@ def test_a_redelivered_trade_is_not_settled_twice() -> None:
     assert accounts.apply(first) == []
     assert accounts.snapshot() == after_first
     accounts.apply(trade(2, 1_000, 1_00, maker=ask, taker=bid))
-    assert bal(accounts, ALICE, "BTC") == Balance(B(2_00), 0)
+    assert bal(accounts, ALICE, "BTC") == Balance(B(Amount(2_00)), 0)
     # trade ids are counted per market
     accounts.deposit(BOB, "ETH", 10**9, ref_id=9)
     eth_ask = placed(accounts, limit(4, BOB, Side.SELL, price=1_000, amount=1, market="ETH-USD"))
     eth_bid = placed(accounts, limit(5, ALICE, Side.BUY, price=1_000, amount=1, market="ETH-USD"))
     accounts.apply(trade(1, 1_000, 1, maker=eth_ask, taker=eth_bid, market=ETH_USD))
-    assert bal(accounts, ALICE, "ETH") == Balance(ETH_USD.base_units(1), 0)
+    assert bal(accounts, ALICE, "ETH") == Balance(ETH_USD.base_units(Amount(1)), 0)
 
 
 def test_an_amend_answer_without_an_amend_in_flight_is_a_redelivery_and_changes_nothing() -> None:
     accounts = make()
     bid = placed(accounts, limit(1, ALICE, Side.BUY, price=1_000, amount=1_00))
-    amend = AmendOrder(1, ALICE, "BTC-USD", price=1_200, amount=2_00)
+    amend = AmendOrder(OrderId(1), ALICE, "BTC-USD", price=Price(1_200), amount=Amount(2_00))
     accounts.amend(amend)
-    amended = OrderAmended(1, ALICE, "BTC-USD", 1_200, 2_00, 2_00, False)
+    amended = OrderAmended(OrderId(1), ALICE, "BTC-USD", Price(1_200), Amount(2_00), Amount(2_00), False)
     accounts.apply(amended)
     ask = placed(accounts, limit(2, BOB, Side.SELL, price=1_200, amount=1_00))
     accounts.apply(trade(1, 1_200, 1_00, maker=bid, taker=ask))
@@ -775,6 +818,6 @@ def test_an_amend_answer_without_an_amend_in_flight_is_a_redelivery_and_changes_
     accounts.apply(amended)
     accounts.apply(rejected(amend, RejectReason.AMEND_INVALID, "amend"))
     assert accounts.snapshot() == before
-    lock = accounts.order_lock(1)
+    lock = accounts.order_lock(OrderId(1))
     assert lock is not None
-    assert (lock.remaining, lock.locked) == (1_00, F(1_200, 1_00))
+    assert (lock.remaining, lock.locked) == (1_00, F(Price(1_200), Amount(1_00)))

@@ -42,6 +42,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 from tests.domain.accounts_checks import assert_accounts_consistent
 from tests.domain.exchange_driver import CURRENCIES, FEES, MARKET_BUY_CAPS, MARKETS, MEMBERS
 
@@ -170,18 +171,18 @@ class ExchangeMachine(RuleBasedStateMachine):
     def fund(self) -> None:
         for member in MEMBERS:
             for currency, amount in (("BTC", 3_000), ("ETH", 3_000), ("USD", 300_000)):
-                self.accounts.deposit(member, currency, amount, ref_id=member)
+                self.accounts.deposit(MemberId(member), currency, amount, ref_id=member)
                 self.deposited[currency] += amount
 
     @rule(member=members, currency=st.sampled_from(CURRENCIES), amount=st.integers(1, 50_000))
     def deposit(self, member: int, currency: str, amount: int) -> None:
-        self.accounts.deposit(member, currency, amount, ref_id=self.ts)
+        self.accounts.deposit(MemberId(member), currency, amount, ref_id=self.ts)
         self.deposited[currency] += amount
 
     @rule(member=members, currency=st.sampled_from(CURRENCIES), amount=st.integers(1, 5_000))
     def withdraw(self, member: int, currency: str, amount: int) -> None:
         try:
-            self.accounts.withdraw(member, currency, amount, ref_id=self.ts)
+            self.accounts.withdraw(MemberId(member), currency, amount, ref_id=self.ts)
         except LedgerError:
             return
         self.deposited[currency] -= amount
@@ -189,7 +190,17 @@ class ExchangeMachine(RuleBasedStateMachine):
     @rule(member=members, market=markets, side=sides, price=prices, amount=amounts)
     def place_gtc(self, member: int, market: str, side: Side, price: int, amount: int) -> None:
         order_id = self.new_id(member, market)
-        self.submit(PlaceOrder(order_id, member, market, side, OrderType.LIMIT, amount, price))
+        self.submit(
+            PlaceOrder(
+                OrderId(order_id),
+                MemberId(member),
+                market,
+                side,
+                OrderType.LIMIT,
+                Amount(amount),
+                Price(price),
+            )
+        )
 
     @rule(member=members, market=markets, side=sides, price=prices, amount=amounts)
     def place_another_gtc(self, member: int, market: str, side: Side, price: int, amount: int) -> None:
@@ -209,26 +220,46 @@ class ExchangeMachine(RuleBasedStateMachine):
     ) -> None:
         order_id = self.new_id(member, market)
         self.submit(
-            PlaceOrder(order_id, member, market, side, OrderType.LIMIT, amount, price, tif, post_only)
+            PlaceOrder(
+                OrderId(order_id),
+                MemberId(member),
+                market,
+                side,
+                OrderType.LIMIT,
+                Amount(amount),
+                Price(price),
+                tif,
+                post_only,
+            )
         )
 
     @rule(member=members, market=markets, side=sides, amount=amounts, tif=st.sampled_from(TimeInForce))
     def place_market(self, member: int, market: str, side: Side, amount: int, tif: TimeInForce) -> None:
         order_id = self.new_id(member, market)
-        self.submit(PlaceOrder(order_id, member, market, side, OrderType.MARKET, amount, None, tif))
+        self.submit(
+            PlaceOrder(
+                OrderId(order_id), MemberId(member), market, side, OrderType.MARKET, Amount(amount), None, tif
+            )
+        )
 
     @precondition(lambda self: bool(self.placed))
     @rule(pick=st.integers(0, 1_000), member=members, market=markets, side=sides, price=prices)
     def place_with_a_used_id(self, pick: int, member: int, market: str, side: Side, price: int) -> None:
         order_id = self.placed[pick % len(self.placed)][0]
-        self.submit(PlaceOrder(order_id, member, market, side, OrderType.LIMIT, 1, price))
+        self.submit(
+            PlaceOrder(
+                OrderId(order_id), MemberId(member), market, side, OrderType.LIMIT, Amount(1), Price(price)
+            )
+        )
 
     @precondition(lambda self: bool(self.placed))
     @rule(pick=st.integers(0, 1_000), stranger=st.none() | members, stale=st.booleans())
     def cancel(self, pick: int, stranger: int | None, stale: bool) -> None:
         candidates = self.placed if stale or not self.open_ids() else self.open_ids()
         order_id, member, market = candidates[pick % len(candidates)]
-        self.submit(CancelOrder(order_id, member if stranger is None else stranger, market))
+        self.submit(
+            CancelOrder(OrderId(order_id), MemberId(member if stranger is None else stranger), market)
+        )
 
     @precondition(lambda self: bool(self.placed))
     @rule(
@@ -243,7 +274,15 @@ class ExchangeMachine(RuleBasedStateMachine):
     ) -> None:
         candidates = self.placed if stale or not self.open_ids() else self.open_ids()
         order_id, member, market = candidates[pick % len(candidates)]
-        self.submit(AmendOrder(order_id, member if stranger is None else stranger, market, price, amount))
+        self.submit(
+            AmendOrder(
+                OrderId(order_id),
+                MemberId(member if stranger is None else stranger),
+                market,
+                None if price is None else Price(price),
+                None if amount is None else Amount(amount),
+            )
+        )
 
     @rule()
     def redeliver_the_last_events(self) -> None:

@@ -36,6 +36,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 from tests.domain.engine_support import SYMBOL, encode, make_market
 
 MARKET = make_market(min_amount=1, max_amount=30, max_price=110)
@@ -192,7 +193,7 @@ class CheckedEngine:
                     self.traded[oid] += event.amount
                     self.traded_funds[oid] += event.funds
                     assert self.traded[oid] <= self.amount[oid], "executed never exceeds amount"
-                left[maker.order_id] -= event.amount
+                left[maker.order_id] = Amount(left[maker.order_id] - event.amount)
                 assert left[maker.order_id] >= 0
                 if left[maker.order_id] == 0:
                     i += 1
@@ -323,13 +324,13 @@ class MatchingMachine(RuleBasedStateMachine):
     ) -> None:
         self.checked.run(
             PlaceOrder(
-                order_id=self._new_id(),
-                member_id=member,
+                order_id=OrderId(self._new_id()),
+                member_id=MemberId(member),
                 market=SYMBOL,
                 side=side,
                 type=OrderType.LIMIT,
-                amount=amount,
-                price=price,
+                amount=Amount(amount),
+                price=Price(price),
                 tif=tif,
                 post_only=post_only and tif is TimeInForce.GTC,
             )
@@ -345,12 +346,12 @@ class MatchingMachine(RuleBasedStateMachine):
     def place_market(self, side: Side, amount: int, member: int, locked: int, tif: TimeInForce) -> None:
         self.checked.run(
             PlaceOrder(
-                order_id=self._new_id(),
-                member_id=member,
+                order_id=OrderId(self._new_id()),
+                member_id=MemberId(member),
                 market=SYMBOL,
                 side=side,
                 type=OrderType.MARKET,
-                amount=amount,
+                amount=Amount(amount),
                 tif=tif,
                 locked=locked,
             )
@@ -361,13 +362,13 @@ class MatchingMachine(RuleBasedStateMachine):
         oid = data.draw(st.integers(1, self.next_id))
         self.checked.run(
             PlaceOrder(
-                order_id=oid,
-                member_id=1,
+                order_id=OrderId(oid),
+                member_id=MemberId(1),
                 market=SYMBOL,
                 side=side,
                 type=OrderType.LIMIT,
-                amount=amount,
-                price=price,
+                amount=Amount(amount),
+                price=Price(price),
             )
         )
 
@@ -375,7 +376,7 @@ class MatchingMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject, wrong_member: bool) -> None:
         oid = self._known_id(data)
         member = self.checked.member.get(oid, 1) + (10 if wrong_member else 0)
-        self.checked.run(CancelOrder(order_id=oid, member_id=member, market=SYMBOL))
+        self.checked.run(CancelOrder(order_id=OrderId(oid), member_id=MemberId(member), market=SYMBOL))
 
     @rule(
         data=st.data(),
@@ -386,12 +387,18 @@ class MatchingMachine(RuleBasedStateMachine):
     def amend(self, data: st.DataObject, price: int | None, amount: int | None, delta: int | None) -> None:
         oid = self._known_id(data)
         if delta is not None and oid in self.checked.open:
-            view = self.checked.engine.open_order(oid)
+            view = self.checked.engine.open_order(OrderId(oid))
             assert view is not None
             amount = view.amount + delta  # decreases keep priority; some fall below executed
         member = self.checked.member.get(oid, 1)
         self.checked.run(
-            AmendOrder(order_id=oid, member_id=member, market=SYMBOL, price=price, amount=amount)
+            AmendOrder(
+                order_id=OrderId(oid),
+                member_id=MemberId(member),
+                market=SYMBOL,
+                price=None if price is None else Price(price),
+                amount=None if amount is None else Amount(amount),
+            )
         )
 
     @precondition(lambda self: len(self.checked.log) > self.checkpoint_at)
@@ -485,13 +492,13 @@ def test_soak_thousands_of_random_commands_on_a_deep_book() -> None:
             tif = rng.choice((TimeInForce.GTC,) * 6 + (TimeInForce.IOC, TimeInForce.FOK))
             checked.run(
                 PlaceOrder(
-                    order_id=next_id,
-                    member_id=rng.randint(1, 12),
+                    order_id=OrderId(next_id),
+                    member_id=MemberId(rng.randint(1, 12)),
                     market=SYMBOL,
                     side=side,
                     type=OrderType.LIMIT,
-                    amount=rng.randint(1, 30),
-                    price=price,
+                    amount=Amount(rng.randint(1, 30)),
+                    price=Price(price),
                     tif=tif,
                     post_only=tif is TimeInForce.GTC and rng.random() < 0.1,
                 )
@@ -501,21 +508,23 @@ def test_soak_thousands_of_random_commands_on_a_deep_book() -> None:
             side = rng.choice((Side.BUY, Side.SELL))
             checked.run(
                 PlaceOrder(
-                    order_id=next_id,
-                    member_id=rng.randint(1, 12),
+                    order_id=OrderId(next_id),
+                    member_id=MemberId(rng.randint(1, 12)),
                     market=SYMBOL,
                     side=side,
                     type=OrderType.MARKET,
-                    amount=rng.randint(1, 30),
+                    amount=Amount(rng.randint(1, 30)),
                     locked=rng.randint(1, 30 * 100 * MARKET.funds_factor),
                 )
             )
         elif roll < 0.6:
             oid = rng.choice(sorted(checked.open))
-            checked.run(CancelOrder(order_id=oid, member_id=checked.member[oid], market=SYMBOL))
+            checked.run(
+                CancelOrder(order_id=OrderId(oid), member_id=MemberId(checked.member[oid]), market=SYMBOL)
+            )
         else:
             oid = rng.choice(sorted(checked.open))
-            view = checked.engine.open_order(oid)
+            view = checked.engine.open_order(OrderId(oid))
             assert view is not None
             new_price = view.price + rng.randint(-4, 4) if rng.random() < 0.8 else None
             new_amount = view.amount + rng.randint(-3, 3) if rng.random() < 0.3 else None
@@ -523,7 +532,11 @@ def test_soak_thousands_of_random_commands_on_a_deep_book() -> None:
                 new_price = view.price
             checked.run(
                 AmendOrder(
-                    order_id=oid, member_id=view.member_id, market=SYMBOL, price=new_price, amount=new_amount
+                    order_id=OrderId(oid),
+                    member_id=view.member_id,
+                    market=SYMBOL,
+                    price=None if new_price is None else Price(new_price),
+                    amount=None if new_amount is None else Amount(new_amount),
                 )
             )
         if step % 1_000 == 999:

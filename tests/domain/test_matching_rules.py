@@ -25,6 +25,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 from tests.domain.engine_support import (
     MARKET,
     SYMBOL,
@@ -61,7 +62,7 @@ def test_limit_order_that_does_not_cross_rests_with_only_an_accepted_event() -> 
     assert e.best_bid() == 100
     assert e.best_ask() is None
     assert e.open_order_count() == 1
-    view = e.open_order(1)
+    view = e.open_order(OrderId(1))
     assert view is not None
     assert (view.price, view.amount, view.executed, view.remaining) == (100, 5, 0, 5)
     assert view.status is OrderStatus.SUBMITTED
@@ -70,13 +71,13 @@ def test_limit_order_that_does_not_cross_rests_with_only_an_accepted_event() -> 
 
 def test_accepted_event_echoes_the_command_and_stamps_the_receive_time() -> None:
     command = PlaceOrder(
-        order_id=9,
-        member_id=3,
+        order_id=OrderId(9),
+        member_id=MemberId(3),
         market=SYMBOL,
         side=Side.SELL,
         type=OrderType.LIMIT,
-        amount=12,
-        price=250,
+        amount=Amount(12),
+        price=Price(250),
         tif=TimeInForce.GTC,
         post_only=True,
         created_at=111,
@@ -84,13 +85,13 @@ def test_accepted_event_echoes_the_command_and_stamps_the_receive_time() -> None
     )
     (accepted,) = engine().process(command, ts=222)
     assert accepted == OrderAccepted(
-        order_id=9,
-        member_id=3,
+        order_id=OrderId(9),
+        member_id=MemberId(3),
         market=SYMBOL,
         side=Side.SELL,
         type=OrderType.LIMIT,
-        amount=12,
-        price=250,
+        amount=Amount(12),
+        price=Price(250),
         tif=TimeInForce.GTC,
         post_only=True,
         created_at=111,
@@ -119,7 +120,7 @@ def test_order_for_another_market_is_rejected_as_unknown_market() -> None:
 def test_duplicate_id_of_an_open_order_is_rejected_and_the_open_order_is_untouched() -> None:
     e = book(buy(1, 100, 5))
     only_rejection(e.process(sell(1, 90, 5, member=2), 2), RejectReason.DUPLICATE_ORDER)
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
     assert e.best_bid() == 100
     assert e.best_ask() is None
 
@@ -168,12 +169,12 @@ def test_market_order_with_a_price_is_rejected_as_invalid() -> None:
 
 def test_market_order_cannot_be_post_only() -> None:
     command = PlaceOrder(
-        order_id=1,
-        member_id=1,
+        order_id=OrderId(1),
+        member_id=MemberId(1),
         market=SYMBOL,
         side=Side.SELL,
         type=OrderType.MARKET,
-        amount=5,
+        amount=Amount(5),
         post_only=True,
     )
     only_rejection(engine().process(command, 1), RejectReason.INVALID_ORDER)
@@ -201,7 +202,7 @@ def _fields(command: PlaceOrder) -> dict[str, Any]:
 def test_market_buy_without_locked_funds_is_rejected_as_insufficient_funds() -> None:
     e = book(sell(1, 100, 5))
     only_rejection(e.process(market_order(2, Side.BUY, 5, locked=0), 2), RejectReason.INSUFFICIENT_FUNDS)
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 def test_a_rejected_place_changes_nothing() -> None:
@@ -224,7 +225,7 @@ def test_trade_executes_at_the_makers_price() -> None:
     e = book(sell(1, 100, 5))
     (trade,) = of_type(e.process(buy(2, 105, 5), 2), Trade)
     assert trade.price == 100
-    assert trade.funds == MARKET.funds(100, 5)
+    assert trade.funds == MARKET.funds(Price(100), Amount(5))
 
 
 def test_trade_executes_at_the_makers_price_for_a_sell_taker_too() -> None:
@@ -258,10 +259,10 @@ def test_taker_sweeps_levels_up_to_its_limit_and_rests_the_remainder() -> None:
     e.process(buy(4, 102, 20), 4)
     assert e.best_ask() == 105
     assert e.best_bid() == 102
-    view = e.open_order(4)
+    view = e.open_order(OrderId(4))
     assert view is not None
     assert (view.executed, view.remaining, view.status) == (10, 10, OrderStatus.PARTIALLY_FILLED)
-    assert view.funds == MARKET.funds(100, 5) + MARKET.funds(101, 5)
+    assert view.funds == MARKET.funds(Price(100), Amount(5)) + MARKET.funds(Price(101), Amount(5))
 
 
 def test_events_of_a_fill_come_in_the_documented_order() -> None:
@@ -280,15 +281,15 @@ def test_events_of_a_fill_come_in_the_documented_order() -> None:
     ]
     t1, t2 = of_type(events, Trade)
     assert t1 == Trade(
-        trade_id=1,
+        trade_id=TradeId(1),
         market=SYMBOL,
-        price=100,
-        amount=5,
-        funds=100 * 5 * FF,
-        maker_order_id=1,
-        maker_member_id=1,
-        taker_order_id=3,
-        taker_member_id=3,
+        price=Price(100),
+        amount=Amount(5),
+        funds=QuoteUnits(100 * 5 * FF),
+        maker_order_id=OrderId(1),
+        maker_member_id=MemberId(1),
+        taker_order_id=OrderId(3),
+        taker_member_id=MemberId(3),
         taker_side=Side.BUY,
         ts=50,
     )
@@ -302,17 +303,19 @@ def test_events_of_a_fill_come_in_the_documented_order() -> None:
     ]
     maker_closed, taker_closed = of_type(events, OrderClosed)
     assert maker_closed == OrderClosed(
-        order_id=1,
-        member_id=1,
+        order_id=OrderId(1),
+        member_id=MemberId(1),
         market=SYMBOL,
         status=OrderStatus.EXECUTED,
         reason=CloseReason.FILLED,
-        executed=5,
-        funds_spent=MARKET.funds(100, 5),
+        executed=Amount(5),
+        funds_spent=MARKET.funds(Price(100), Amount(5)),
     )
     assert taker_closed.order_id == 3
     assert taker_closed.status is OrderStatus.EXECUTED
-    assert taker_closed.funds_spent == MARKET.funds(100, 5) + MARKET.funds(101, 2)
+    assert taker_closed.funds_spent == MARKET.funds(Price(100), Amount(5)) + MARKET.funds(
+        Price(101), Amount(2)
+    )
 
 
 def test_trade_ids_start_at_one_and_increase_by_one_per_trade() -> None:
@@ -327,7 +330,7 @@ def test_a_maker_that_is_partially_filled_gets_an_update_but_no_close() -> None:
     e = book(sell(1, 100, 10))
     events = e.process(buy(2, 100, 4), 2)
     assert [c.order_id for c in of_type(events, OrderClosed)] == [2]
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 # --------------------------------------------------------------------------- IOC, FOK, post-only
@@ -343,7 +346,7 @@ def test_ioc_remainder_is_closed_and_never_rests() -> None:
         CloseReason.IOC_REMAINDER,
         5,
     )
-    assert closed.funds_spent == MARKET.funds(100, 5)
+    assert closed.funds_spent == MARKET.funds(Price(100), Amount(5))
     assert e.best_bid() is None
     assert e.open_order_count() == 0
 
@@ -400,7 +403,7 @@ def test_fok_does_not_count_the_members_own_orders_as_liquidity() -> None:
     events = e.process(buy(3, 100, 8, member=7, tif=TimeInForce.FOK), 3)
     assert not of_type(events, Trade)
     assert of_type(events, OrderClosed)[-1].reason is CloseReason.FOK_NOT_FILLED
-    assert e.open_order(1) is not None  # nothing happened, not even self-trade prevention
+    assert e.open_order(OrderId(1)) is not None  # nothing happened, not even self-trade prevention
 
 
 def test_post_only_that_would_trade_is_closed_and_nothing_trades() -> None:
@@ -413,7 +416,7 @@ def test_post_only_that_would_trade_is_closed_and_nothing_trades() -> None:
         CloseReason.POST_ONLY_WOULD_TRADE,
         0,
     )
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
     assert e.best_bid() is None
 
 
@@ -437,7 +440,7 @@ def test_market_sell_is_bounded_by_its_amount_and_its_remainder_is_closed() -> N
         CloseReason.MARKET_REMAINDER,
         6,
     )
-    assert closed.funds_spent == MARKET.funds(100, 3) + MARKET.funds(99, 3)
+    assert closed.funds_spent == MARKET.funds(Price(100), Amount(3)) + MARKET.funds(Price(99), Amount(3))
     assert e.open_order_count() == 0
 
 
@@ -445,7 +448,7 @@ def test_market_order_that_fills_completely_closes_as_executed() -> None:
     e = book(buy(1, 100, 10))
     closed = of_type(e.process(market_order(2, Side.SELL, 4), 2), OrderClosed)[-1]
     assert (closed.status, closed.reason, closed.executed) == (OrderStatus.EXECUTED, CloseReason.FILLED, 4)
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 def test_market_order_never_rests_even_on_an_empty_book() -> None:
@@ -458,7 +461,12 @@ def test_market_order_never_rests_even_on_an_empty_book() -> None:
 
 def test_market_buy_never_spends_more_than_locked_funds() -> None:
     e = book(sell(1, 100, 5), sell(2, 200, 5))
-    locked = MARKET.funds(100, 5) + MARKET.funds(200, 2) + MARKET.funds(200, 1) - 1  # not quite 3 more
+    locked = (
+        MARKET.funds(Price(100), Amount(5))
+        + MARKET.funds(Price(200), Amount(2))
+        + MARKET.funds(Price(200), Amount(1))
+        - 1
+    )  # not quite 3 more
     events = e.process(market_order(3, Side.BUY, 10, locked=locked), 3)
     trades = of_type(events, Trade)
     assert [(t.price, t.amount) for t in trades] == [(100, 5), (200, 2)]
@@ -471,13 +479,13 @@ def test_market_buy_never_spends_more_than_locked_funds() -> None:
         7,
         spent,
     )
-    assert e.open_order(2) is not None
+    assert e.open_order(OrderId(2)) is not None
     assert e.depth(5)[1] == [(200, 3)]
 
 
 def test_market_buy_that_cannot_afford_a_single_unit_trades_nothing() -> None:
     e = book(sell(1, 100, 5))
-    events = e.process(market_order(2, Side.BUY, 5, locked=MARKET.funds(100, 1) - 1), 2)
+    events = e.process(market_order(2, Side.BUY, 5, locked=MARKET.funds(Price(100), Amount(1)) - 1), 2)
     assert not of_type(events, Trade)
     assert of_type(events, OrderClosed)[0].reason is CloseReason.FUNDS_EXHAUSTED
 
@@ -497,24 +505,34 @@ def test_market_buy_that_empties_the_book_before_its_funds_closes_as_market_rema
 
 def test_market_buy_funds_exactly_enough_for_the_amount_fill_it() -> None:
     e = book(sell(1, 100, 5))
-    closed = of_type(e.process(market_order(2, Side.BUY, 5, locked=MARKET.funds(100, 5)), 2), OrderClosed)[-1]
+    closed = of_type(
+        e.process(market_order(2, Side.BUY, 5, locked=MARKET.funds(Price(100), Amount(5))), 2), OrderClosed
+    )[-1]
     assert (closed.status, closed.executed, closed.funds_spent) == (
         OrderStatus.EXECUTED,
         5,
-        MARKET.funds(100, 5),
+        MARKET.funds(Price(100), Amount(5)),
     )
 
 
 def test_market_fok_buy_checks_funds_before_trading() -> None:
     e = book(sell(1, 100, 5), sell(2, 200, 5))
     poor = market_order(
-        3, Side.BUY, 8, locked=MARKET.funds(100, 5) + MARKET.funds(200, 2), tif=TimeInForce.FOK
+        3,
+        Side.BUY,
+        8,
+        locked=MARKET.funds(Price(100), Amount(5)) + MARKET.funds(Price(200), Amount(2)),
+        tif=TimeInForce.FOK,
     )
     events = e.process(poor, 3)
     assert not of_type(events, Trade)
     assert of_type(events, OrderClosed)[0].reason is CloseReason.FOK_NOT_FILLED
     rich = market_order(
-        4, Side.BUY, 8, locked=MARKET.funds(100, 5) + MARKET.funds(200, 3), tif=TimeInForce.FOK
+        4,
+        Side.BUY,
+        8,
+        locked=MARKET.funds(Price(100), Amount(5)) + MARKET.funds(Price(200), Amount(3)),
+        tif=TimeInForce.FOK,
     )
     closed = of_type(e.process(rich, 4), OrderClosed)[-1]
     assert (closed.order_id, closed.status, closed.executed) == (4, OrderStatus.EXECUTED, 8)
@@ -524,7 +542,7 @@ def test_market_fok_sell_that_the_book_cannot_fill_does_nothing() -> None:
     e = book(buy(1, 100, 5))
     events = e.process(market_order(2, Side.SELL, 6, tif=TimeInForce.FOK), 2)
     assert kinds(events) == ["OrderAccepted", "OrderClosed"]
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 # --------------------------------------------------------------------------- cancel
@@ -535,13 +553,13 @@ def test_cancel_removes_the_order_and_reports_what_it_executed() -> None:
     events = e.process(cancel(1), 3)
     assert events == [
         OrderClosed(
-            order_id=1,
-            member_id=1,
+            order_id=OrderId(1),
+            member_id=MemberId(1),
             market=SYMBOL,
             status=OrderStatus.CANCELLED,
             reason=CloseReason.CANCELLED,
-            executed=4,
-            funds_spent=MARKET.funds(100, 4),
+            executed=Amount(4),
+            funds_spent=MARKET.funds(Price(100), Amount(4)),
         )
     ]
     assert e.open_order_count() == 0
@@ -560,14 +578,14 @@ def test_cancel_of_a_closed_order_is_rejected_as_closed() -> None:
 def test_cancel_by_another_member_is_rejected_and_the_order_stays() -> None:
     e = book(sell(1, 100, 5))
     only_rejection(e.process(cancel(1, member=99), 2), RejectReason.UNKNOWN_ORDER, "cancel")
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 def test_cancel_for_another_market_is_rejected_as_unknown_market() -> None:
     e = book(sell(1, 100, 5))
-    command = CancelOrder(order_id=1, member_id=1, market="ETH-USD")
+    command = CancelOrder(order_id=OrderId(1), member_id=MemberId(1), market="ETH-USD")
     only_rejection(e.process(command, 2), RejectReason.UNKNOWN_MARKET, "cancel")
-    assert e.open_order(1) is not None
+    assert e.open_order(OrderId(1)) is not None
 
 
 def test_cancelling_one_of_several_orders_keeps_the_others_in_time_order() -> None:
@@ -586,7 +604,13 @@ def test_amend_that_only_decreases_the_amount_keeps_time_priority() -> None:
     events = e.process(amend(1, amount=6), 3)
     assert events == [
         OrderAmended(
-            order_id=1, member_id=1, market=SYMBOL, price=100, amount=6, remaining=6, priority_kept=True
+            order_id=OrderId(1),
+            member_id=MemberId(1),
+            market=SYMBOL,
+            price=Price(100),
+            amount=Amount(6),
+            remaining=Amount(6),
+            priority_kept=True,
         )
     ]
     trades = of_type(e.process(sell(3, 100, 7), 4), Trade)
@@ -607,7 +631,13 @@ def test_amend_of_the_price_moves_the_order_to_the_back_of_the_new_level() -> No
     events = e.process(amend(1, price=100), 3)
     assert events == [
         OrderAmended(
-            order_id=1, member_id=1, market=SYMBOL, price=100, amount=10, remaining=10, priority_kept=False
+            order_id=OrderId(1),
+            member_id=MemberId(1),
+            market=SYMBOL,
+            price=Price(100),
+            amount=Amount(10),
+            remaining=Amount(10),
+            priority_kept=False,
         )
     ]
     assert e.depth(10) == ([(100, 20)], [])
@@ -639,7 +669,7 @@ def test_amend_across_the_spread_trades_at_once_at_the_makers_price() -> None:
         (2, 1, 100, 4),
         (3, 1, 101, 4),
     ]
-    view = e.open_order(1)
+    view = e.open_order(OrderId(1))
     assert view is not None
     assert (view.price, view.executed, view.remaining) == (102, 8, 2)
     assert e.best_bid() == 102
@@ -656,21 +686,21 @@ def test_amend_across_the_spread_that_fills_completely_closes_the_order() -> Non
         CloseReason.FILLED,
         4,
     )
-    assert e.open_order(1) is None
+    assert e.open_order(OrderId(1)) is None
     assert e.best_bid() is None
 
 
 def test_amend_keeps_executed_amount_and_funds_across_a_cancel_replace() -> None:
     e = book(sell(1, 100, 10), buy(2, 100, 4))
     e.process(amend(1, price=105, amount=12), 3)
-    view = e.open_order(1)
+    view = e.open_order(OrderId(1))
     assert view is not None
     assert (view.price, view.amount, view.executed, view.remaining, view.funds) == (
         105,
         12,
         4,
         8,
-        MARKET.funds(100, 4),
+        MARKET.funds(Price(100), Amount(4)),
     )
 
 
@@ -752,7 +782,7 @@ def test_self_trade_prevention_reports_what_the_cancelled_maker_had_executed() -
         1,
         CloseReason.SELF_TRADE,
         3,
-        MARKET.funds(100, 3),
+        MARKET.funds(Price(100), Amount(3)),
     )
 
 
@@ -799,10 +829,10 @@ def test_depth_counts_only_what_remains_of_partially_filled_orders() -> None:
 def test_open_orders_lists_bids_then_asks_in_priority_order() -> None:
     e = book(sell(1, 102, 1), buy(2, 99, 1), sell(3, 101, 1), buy(4, 100, 1), buy(5, 100, 1))
     assert [o.order_id for o in e.open_orders()] == [4, 5, 2, 3, 1]
-    view = e.open_order(3)
+    view = e.open_order(OrderId(3))
     assert view is not None
     assert (view.market, view.side, view.client_order_id) == (SYMBOL, Side.SELL, None)
-    assert e.open_order(999) is None
+    assert e.open_order(OrderId(999)) is None
 
 
 def test_engine_exposes_its_market() -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from bourse.domain.matching import MatchingEngine
 from bourse.domain.orders import EngineCommand, OrderRejected, RejectReason, Trade
+from bourse.domain.values import OrderId
 from tests.domain.engine_support import MARKET, buy, cancel, engine, make_market, of_type, sell
 
 
@@ -61,7 +62,7 @@ def test_restored_engine_still_refuses_recently_closed_ids() -> None:
 
 def test_post_only_flag_survives_a_snapshot() -> None:
     restored = MatchingEngine.restore(MARKET, busy_engine().snapshot())
-    view = restored.open_order(3)
+    view = restored.open_order(OrderId(3))
     assert view is not None
     assert view.post_only
 

@@ -21,14 +21,24 @@ from bourse.domain.money import (
     format_scaled,
     parse_scaled,
 )
+from bourse.domain.values import Amount, Price
 
 BTC = Currency("BTC", 8)
 USD = Currency("USD", 8)
 JPY = Currency("JPY", 0)
 
 
-def btc_usd(**kw: int) -> Market:
-    return Market("BTC-USD", BTC, USD, amount_precision=4, price_precision=2, **kw)
+def btc_usd(*, min_amount: int = 1, max_amount: int = MAX_SCALED, max_price: int = MAX_SCALED) -> Market:
+    return Market(
+        "BTC-USD",
+        BTC,
+        USD,
+        amount_precision=4,
+        price_precision=2,
+        min_amount=Amount(min_amount),
+        max_amount=Amount(max_amount),
+        max_price=Price(max_price),
+    )
 
 
 # --------------------------------------------------------------------------- parse_scaled
@@ -203,16 +213,16 @@ def test_market_amounts_and_prices_live_on_their_own_grids() -> None:
 def test_funds_are_exact_quote_units_of_price_times_amount() -> None:
     market = btc_usd()
     # 0.5 BTC at 30000.25 USD = 15000.125 USD = 1500012500000 units of 1e-8 USD
-    assert market.funds(3000025, 5000) == 1_500_012_500_000
-    assert market.format_funds(market.funds(3000025, 5000)) == "15000.12500000"
+    assert market.funds(Price(3000025), Amount(5000)) == 1_500_012_500_000
+    assert market.format_funds(market.funds(Price(3000025), Amount(5000))) == "15000.12500000"
     assert market.funds_factor == 100
-    assert market.funds(1, 1) == market.funds_factor
+    assert market.funds(Price(1), Amount(1)) == market.funds_factor
 
 
 def test_base_units_rescale_market_amounts_to_the_ledger() -> None:
     market = btc_usd()
-    assert market.base_units(5000) == 50_000_000  # 0.5 BTC in satoshi
-    assert BTC.format(market.base_units(5000)) == "0.50000000"
+    assert market.base_units(Amount(5000)) == 50_000_000  # 0.5 BTC in satoshi
+    assert BTC.format(market.base_units(Amount(5000))) == "0.50000000"
 
 
 def test_amount_below_the_market_minimum_is_too_small() -> None:

@@ -20,26 +20,37 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 
 M = "btc_usd"
 
 
 def accepted(order_id: int, member: int, side: Side, amount: int, price: int = 100) -> OrderAccepted:
     return OrderAccepted(
-        order_id, member, M, side, OrderType.LIMIT, amount, price, TimeInForce.GTC, False, 1, 2
+        OrderId(order_id),
+        MemberId(member),
+        M,
+        side,
+        OrderType.LIMIT,
+        Amount(amount),
+        Price(price),
+        TimeInForce.GTC,
+        False,
+        1,
+        2,
     )
 
 
 def resting(order_id: int, member: int, amount: int) -> OrderView:
     return OrderView(
-        id=order_id,
-        member_id=member,
+        id=OrderId(order_id),
+        member_id=MemberId(member),
         market=M,
         side=Side.SELL,
         type=OrderType.LIMIT,
-        price=100,
-        amount=amount,
-        remaining=amount,
+        price=Price(100),
+        amount=Amount(amount),
+        remaining=Amount(amount),
         status=OrderStatus.SUBMITTED,
         tif=TimeInForce.GTC,
     )
@@ -51,9 +62,37 @@ def batch(*events: object, ts: int = 50) -> EventBatch:
 
 def test_orders_to_load_are_those_changed_but_not_created_in_the_batches() -> None:
     batches = [
-        batch(accepted(2, 1, Side.BUY, 5), Trade(1, M, 100, 5, 500, 1, 9, 2, 1, Side.BUY, 3)),
-        batch(OrderUpdated(1, 9, M, 5, 0, OrderStatus.EXECUTED), OrderAmended(3, 1, M, 90, 4, 4, True)),
-        batch(OrderClosed(2, 1, M, OrderStatus.EXECUTED, CloseReason.FILLED, 5, 500)),
+        batch(
+            accepted(2, 1, Side.BUY, 5),
+            Trade(
+                TradeId(1),
+                M,
+                Price(100),
+                Amount(5),
+                QuoteUnits(500),
+                OrderId(1),
+                MemberId(9),
+                OrderId(2),
+                MemberId(1),
+                Side.BUY,
+                3,
+            ),
+        ),
+        batch(
+            OrderUpdated(OrderId(1), MemberId(9), M, Amount(5), Amount(0), OrderStatus.EXECUTED),
+            OrderAmended(OrderId(3), MemberId(1), M, Price(90), Amount(4), Amount(4), True),
+        ),
+        batch(
+            OrderClosed(
+                OrderId(2),
+                MemberId(1),
+                M,
+                OrderStatus.EXECUTED,
+                CloseReason.FILLED,
+                Amount(5),
+                QuoteUnits(500),
+            )
+        ),
     ]
     assert orders_to_load(batches) == {1, 3}
 
@@ -63,10 +102,30 @@ def test_a_fill_updates_both_orders_and_a_close_sets_the_final_numbers() -> None
     records.apply_events(
         batch(
             accepted(2, 1, Side.BUY, 4),
-            Trade(1, M, 100, 4, 400, 1, 9, 2, 1, Side.BUY, 3),
-            OrderUpdated(1, 9, M, 4, 6, OrderStatus.PARTIALLY_FILLED),
-            OrderUpdated(2, 1, M, 4, 0, OrderStatus.EXECUTED),
-            OrderClosed(2, 1, M, OrderStatus.EXECUTED, CloseReason.FILLED, 4, 400),
+            Trade(
+                TradeId(1),
+                M,
+                Price(100),
+                Amount(4),
+                QuoteUnits(400),
+                OrderId(1),
+                MemberId(9),
+                OrderId(2),
+                MemberId(1),
+                Side.BUY,
+                3,
+            ),
+            OrderUpdated(OrderId(1), MemberId(9), M, Amount(4), Amount(6), OrderStatus.PARTIALLY_FILLED),
+            OrderUpdated(OrderId(2), MemberId(1), M, Amount(4), Amount(0), OrderStatus.EXECUTED),
+            OrderClosed(
+                OrderId(2),
+                MemberId(1),
+                M,
+                OrderStatus.EXECUTED,
+                CloseReason.FILLED,
+                Amount(4),
+                QuoteUnits(400),
+            ),
             ts=70,
         )
     )
@@ -86,9 +145,11 @@ def test_a_fill_updates_both_orders_and_a_close_sets_the_final_numbers() -> None
 
 def test_an_amend_sets_price_amount_and_status_from_what_executed() -> None:
     view = resting(1, 9, 10)
-    view.executed, view.remaining, view.status = 3, 7, OrderStatus.PARTIALLY_FILLED
+    view.executed, view.remaining, view.status = Amount(3), Amount(7), OrderStatus.PARTIALLY_FILLED
     records = OrderRecords({1: view})
-    records.apply_events(batch(OrderAmended(1, 9, M, 95, 8, 5, False)))
+    records.apply_events(
+        batch(OrderAmended(OrderId(1), MemberId(9), M, Price(95), Amount(8), Amount(5), False))
+    )
     amended = records.changed[1]
     assert (amended.price, amended.amount, amended.remaining, amended.executed) == (95, 8, 5, 3)
     assert amended.status == OrderStatus.PARTIALLY_FILLED
@@ -98,8 +159,16 @@ def test_events_about_an_order_without_a_record_are_counted_and_change_nothing()
     records = OrderRecords({})
     records.apply_events(
         batch(
-            OrderUpdated(5, 1, M, 1, 1, OrderStatus.PARTIALLY_FILLED),
-            OrderClosed(5, 1, M, OrderStatus.CANCELLED, CloseReason.CANCELLED, 1, 0),
+            OrderUpdated(OrderId(5), MemberId(1), M, Amount(1), Amount(1), OrderStatus.PARTIALLY_FILLED),
+            OrderClosed(
+                OrderId(5),
+                MemberId(1),
+                M,
+                OrderStatus.CANCELLED,
+                CloseReason.CANCELLED,
+                Amount(1),
+                QuoteUnits(0),
+            ),
         )
     )
     assert records.changed == {}
@@ -107,12 +176,18 @@ def test_events_about_an_order_without_a_record_are_counted_and_change_nothing()
 
 
 def test_a_refused_place_makes_a_closed_record_only_where_the_order_has_none() -> None:
-    refused = OrderRejected(7, 3, M, RejectReason.INSUFFICIENT_FUNDS, "place")
+    refused = OrderRejected(OrderId(7), MemberId(3), M, RejectReason.INSUFFICIENT_FUNDS, "place")
     records = OrderRecords({8: resting(8, 3, 1)})
     records.apply_rejection(refused, 99)
-    records.apply_rejection(OrderRejected(8, 3, M, RejectReason.INVALID_ORDER, "place"), 99)
-    records.apply_rejection(OrderRejected(9, 3, M, RejectReason.DUPLICATE_ORDER, "place"), 99)
-    records.apply_rejection(OrderRejected(10, 3, M, RejectReason.UNKNOWN_ORDER, "cancel"), 99)
+    records.apply_rejection(
+        OrderRejected(OrderId(8), MemberId(3), M, RejectReason.INVALID_ORDER, "place"), 99
+    )
+    records.apply_rejection(
+        OrderRejected(OrderId(9), MemberId(3), M, RejectReason.DUPLICATE_ORDER, "place"), 99
+    )
+    records.apply_rejection(
+        OrderRejected(OrderId(10), MemberId(3), M, RejectReason.UNKNOWN_ORDER, "cancel"), 99
+    )
     assert list(records.rejected) == [7]
     record = records.rejected[7]
     assert record == rejected_record(refused, 99)
@@ -126,7 +201,9 @@ def test_a_refused_place_makes_a_closed_record_only_where_the_order_has_none() -
 
 def test_an_acceptance_replaces_a_record_made_from_a_rejection() -> None:
     records = OrderRecords({})
-    records.apply_rejection(OrderRejected(7, 3, M, RejectReason.INVALID_ORDER, "place"), 10)
+    records.apply_rejection(
+        OrderRejected(OrderId(7), MemberId(3), M, RejectReason.INVALID_ORDER, "place"), 10
+    )
     records.apply_events(batch(accepted(7, 3, Side.SELL, 2)))
     assert records.rejected == {}
     assert records.changed[7].status == OrderStatus.SUBMITTED

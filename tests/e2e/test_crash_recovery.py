@@ -308,7 +308,7 @@ async def test_sigkilled_stages_process_every_acknowledged_order_exactly_once(
     started = time.monotonic()
     settings = Settings(data_dir=tmp_path, namespace=namespace, _env_file=None)
     issuer = issuer_for(settings, key_ring_for(settings))  # the key exists before auth starts
-    tokens = {member: issuer.issue(member) for member in MEMBERS}
+    tokens: dict[int, str] = {member: issuer.issue(member) for member in MEMBERS}
     ledger = Ledger()
     with processes(tmp_path, namespace) as system:
         async with httpx.AsyncClient(timeout=5.0) as http:

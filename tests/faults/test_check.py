@@ -4,6 +4,7 @@ issue describes is found, and true answers are not called lies (no servers neede
 from __future__ import annotations
 
 from bourse.domain.orders import OrderAccepted, OrderType, PlaceOrder, Side, TimeInForce
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 from tests.faults.check import Findings, Truth, check_answers, check_invariants
 from tests.faults.load import Attempt
 
@@ -12,12 +13,32 @@ def place(
     truth: Truth, order_id: int, client_id: str, *, accepted: bool = True, status: str = "submitted"
 ) -> None:
     """An order stored in ORDERS (and accepted by the engine, unless not)."""
-    command = PlaceOrder(order_id, 1, "btc_usd", Side.BUY, OrderType.LIMIT, 100, 5, client_order_id=client_id)
+    command = PlaceOrder(
+        OrderId(order_id),
+        MemberId(1),
+        "btc_usd",
+        Side.BUY,
+        OrderType.LIMIT,
+        Amount(100),
+        Price(5),
+        client_order_id=client_id,
+    )
     truth.placed[order_id] = command
     truth.by_client[(1, client_id)].append(order_id)
     if accepted:
         truth.accepted[order_id] = OrderAccepted(
-            order_id, 1, "btc_usd", Side.BUY, OrderType.LIMIT, 100, 5, TimeInForce.GTC, False, 0, 0, client_id
+            OrderId(order_id),
+            MemberId(1),
+            "btc_usd",
+            Side.BUY,
+            OrderType.LIMIT,
+            Amount(100),
+            Price(5),
+            TimeInForce.GTC,
+            False,
+            0,
+            0,
+            client_id,
         )
         truth.status[order_id] = status
         truth.amount[order_id] = 100

@@ -23,6 +23,7 @@ from bourse.config.settings import Settings
 from bourse.contracts.messages import AccountsBatch, AccountsItem, Deposit, encode
 from bourse.contracts.subjects import ACCOUNTS, EVENTS, MATCH, ORDERS, StreamSpec, member_shard
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
+from bourse.domain.values import MemberId, OrderId
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import Service, ServiceContext
 from bourse.services.accounts import AccountsService
@@ -127,7 +128,7 @@ class Exchange:
             await self.send(
                 [
                     Deposit(
-                        member,
+                        MemberId(member),
                         currency,
                         10**8 * (10**6 if currency == "usd" else 1000),
                         f"t:{member}:{currency}",
@@ -147,13 +148,18 @@ class Exchange:
             mine = [o for o in self.open if o[1] == member]
             if roll < 0.15 and mine:
                 order_id, _, market = mine[rng.randrange(len(mine))]
-                out.append(CancelOrder(order_id, member, market))
+                out.append(CancelOrder(OrderId(order_id), MemberId(member), market))
                 continue
             if roll < 0.25 and mine:
                 order_id, _, market = mine[rng.randrange(len(mine))]
                 spec = CATALOG.markets[market]
                 out.append(
-                    AmendOrder(order_id, member, market, price=spec.parse_price(str(rng.randint(95, 105))))
+                    AmendOrder(
+                        OrderId(order_id),
+                        MemberId(member),
+                        market,
+                        price=spec.parse_price(str(rng.randint(95, 105))),
+                    )
                 )
                 continue
             market = rng.choice(["btc_usd", "eth_usd", "eth_btc"])
@@ -163,11 +169,15 @@ class Exchange:
             order_id = self.next_order_id
             amount = spec.parse_amount(str(rng.choice([1, 2, 3, 5])))
             if roll < 0.3:
-                order = PlaceOrder(order_id, member, market, side, OrderType.MARKET, amount)
+                order = PlaceOrder(
+                    OrderId(order_id), MemberId(member), market, side, OrderType.MARKET, amount
+                )
             else:
                 tif = rng.choice([TimeInForce.GTC] * 6 + [TimeInForce.IOC, TimeInForce.FOK])
                 price = spec.parse_price(str(rng.randint(95, 105)))
-                order = PlaceOrder(order_id, member, market, side, OrderType.LIMIT, amount, price, tif)
+                order = PlaceOrder(
+                    OrderId(order_id), MemberId(member), market, side, OrderType.LIMIT, amount, price, tif
+                )
                 if tif == TimeInForce.GTC:
                     self.open.append((order_id, member, market))
             out.append(order)

@@ -9,6 +9,7 @@ from bourse.application.catalog import default_markets_file, load_catalog
 from bourse.contracts.messages import AccountsBatch, Deposit
 from bourse.domain.order_views import rejected_view
 from bourse.domain.orders import CancelOrder, OrderType, PlaceOrder, RejectReason, Side
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 CATALOG = load_catalog(default_markets_file())
 SECOND = 1_000_000_000
@@ -17,20 +18,29 @@ T0 = 1_800_000_000 * SECOND
 
 def _shard() -> AccountsShard:
     shard = AccountsShard.empty(0, CATALOG, record_entries=True)
-    shard.process(1, AccountsBatch([Deposit(1, "usd", 10**15, "seed:1")]))
+    shard.process(1, AccountsBatch([Deposit(MemberId(1), "usd", 10**15, "seed:1")]))
     return shard
 
 
 def _buy(order_id: int, client_id: str | None = None) -> PlaceOrder:
     return PlaceOrder(
-        order_id, 1, "btc_usd", Side.BUY, OrderType.LIMIT, 10_000, 5_000_000, client_order_id=client_id
+        OrderId(order_id),
+        MemberId(1),
+        "btc_usd",
+        Side.BUY,
+        OrderType.LIMIT,
+        Amount(10_000),
+        Price(5_000_000),
+        client_order_id=client_id,
     )
 
 
 def test_a_command_stored_after_its_deadline_is_refused_and_changes_nothing() -> None:
     shard = _shard()
     before = shard.accounts.snapshot()
-    late = AccountsBatch([_buy(10, "c-1"), CancelOrder(9, 1, "btc_usd")], "_INBOX.g", deadline_ns=T0)
+    late = AccountsBatch(
+        [_buy(10, "c-1"), CancelOrder(OrderId(9), MemberId(1), "btc_usd")], "_INBOX.g", deadline_ns=T0
+    )
     out = shard.process(2, late, stored_at_ns=T0 + 1)
     assert [(d.order_id, d.command, d.accepted, d.reason) for d in out.decisions] == [
         (10, "place", False, RejectReason.EXPIRED),

@@ -28,6 +28,7 @@ from bourse.application.ports import NotSent, OutcomeUnknown
 from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER
 from bourse.contracts.subjects import ORDERS
 from bourse.domain.orders import OrderType, PlaceOrder, RejectReason, Side
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from tests.conftest import free_port
 
@@ -63,7 +64,9 @@ async def intake(client: Client) -> AsyncIterator[OrderIntake]:
 
 
 def _order(order_id: int) -> PlaceOrder:
-    return PlaceOrder(order_id, 1, "btc_usd", Side.BUY, OrderType.LIMIT, 10_000, 5_000_000)
+    return PlaceOrder(
+        OrderId(order_id), MemberId(1), "btc_usd", Side.BUY, OrderType.LIMIT, Amount(10_000), Price(5_000_000)
+    )
 
 
 async def _stored(nc: Client) -> int:

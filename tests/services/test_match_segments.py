@@ -8,19 +8,32 @@ from bourse.application.matching_stage import MarketShard
 from bourse.contracts.messages import MATCH_BATCH_DECODER, MatchBatch, MatchSegment, encode
 from bourse.domain.matching import MatchingEngine
 from bourse.domain.orders import CancelOrder, OrderType, PlaceOrder, Side
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 MARKET = load_catalog(default_markets_file()).markets["btc_usd"]
 SECOND = 1_000_000_000
 
 
 def _order(order_id: int, side: Side, price: int, amount: int = 10_000) -> PlaceOrder:
-    return PlaceOrder(order_id, order_id % 7 + 1, MARKET.symbol, side, OrderType.LIMIT, amount, price)
+    return PlaceOrder(
+        OrderId(order_id),
+        MemberId(order_id % 7 + 1),
+        MARKET.symbol,
+        side,
+        OrderType.LIMIT,
+        Amount(amount),
+        Price(price),
+    )
 
 
 SEGMENTS = [
     MatchSegment(10, [_order(1, Side.SELL, 5_000_000), _order(2, Side.SELL, 5_000_100)], "_INBOX.a"),
     MatchSegment(11, [_order(3, Side.BUY, 5_000_100, 15_000)], "_INBOX.b"),
-    MatchSegment(12, [CancelOrder(2, 2 % 7 + 1, MARKET.symbol), _order(4, Side.BUY, 4_999_000)], "_INBOX.a"),
+    MatchSegment(
+        12,
+        [CancelOrder(OrderId(2), MemberId(2 % 7 + 1), MARKET.symbol), _order(4, Side.BUY, 4_999_000)],
+        "_INBOX.a",
+    ),
 ]
 
 

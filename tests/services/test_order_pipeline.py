@@ -26,6 +26,7 @@ from bourse.contracts.messages import (
 from bourse.contracts.subjects import ACCOUNTS, EVENTS, ORDERS
 from bourse.domain.accounts import BalanceChanged
 from bourse.domain.orders import OrderStatus, OrderType, PlaceOrder, RejectReason, Side, Trade
+from bourse.domain.values import MemberId, OrderId
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
 from bourse.services.accounts import AccountsService
@@ -120,8 +121,8 @@ def limit(
     order_id: int, member: int, side: Side, price: str, amount: str, client_id: str | None = None
 ) -> PlaceOrder:
     return PlaceOrder(
-        order_id=order_id,
-        member_id=member,
+        order_id=OrderId(order_id),
+        member_id=MemberId(member),
         market="btc_usd",
         side=side,
         type=OrderType.LIMIT,

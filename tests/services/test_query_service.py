@@ -30,6 +30,7 @@ from bourse.domain.orders import (
     RejectReason,
     Side,
 )
+from bourse.domain.values import MemberId, OrderId
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.projection import Applied, Feed
 from bourse.runtime.service import ServiceContext
@@ -122,8 +123,8 @@ async def eventually(ask: Callable[[], Awaitable[T]], check: Callable[[T], bool]
 
 def limit(order_id: int, member: int, side: Side, price: str, amount: str) -> PlaceOrder:
     return PlaceOrder(
-        order_id=order_id,
-        member_id=member,
+        order_id=OrderId(order_id),
+        member_id=MemberId(member),
         market="btc_usd",
         side=side,
         type=OrderType.LIMIT,
@@ -154,7 +155,7 @@ async def test_order_status_follows_fills_and_cancels_for_its_member_only(exchan
         await client.order(2, 101)  # bob asks about alice's order
     assert (not_found.value.status, not_found.value.code) == (404, "order_not_found")
 
-    await exchange.send(CancelOrder(101, 1, "btc_usd"))
+    await exchange.send(CancelOrder(OrderId(101), MemberId(1), "btc_usd"))
     cancelled = await eventually(lambda: client.order(1, 101), status_is(OrderStatus.CANCELLED))
     assert cancelled.executed == BTC_USD.parse_amount("0.2")
     assert cancelled.close_reason == CloseReason.CANCELLED
@@ -241,7 +242,9 @@ async def test_a_restarted_query_service_rebuilds_the_same_answers(exchange: Exc
         limit(402, 2, Side.BUY, "50000", "0.25"),
         limit(403, 2, Side.BUY, "48000", "0.5"),
     )
-    await exchange.send(CancelOrder(403, 2, "btc_usd"), limit(404, 3, Side.BUY, "100000", "6"))
+    await exchange.send(
+        CancelOrder(OrderId(403), MemberId(2), "btc_usd"), limit(404, 3, Side.BUY, "100000", "6")
+    )
     await eventually(lambda: client.order(2, 403), status_is(OrderStatus.CANCELLED))
     await eventually(lambda: client.order(3, 404), lambda _: True)
 

@@ -47,6 +47,7 @@ from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.retry import retrying
 from bourse.contracts.subjects import ID_LEASES, service_subject
 from bourse.domain.order_ids import MAX_WORKER_ID, OrderIdGenerator
+from bourse.domain.values import OrderId
 
 log = logging.getLogger(__name__)
 
@@ -369,11 +370,11 @@ class LeasedIdGenerator:
     def worker_id(self) -> int:
         return self.lease.worker_id
 
-    def next_id(self) -> int:
+    def next_id(self) -> OrderId:
         self.lease.check()
         return self.generator.next_id()
 
-    def next_ids(self, count: int) -> list[int]:
+    def next_ids(self, count: int) -> list[OrderId]:
         self.lease.check()
         return self.generator.next_ids(count)
 

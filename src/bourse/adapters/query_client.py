@@ -33,6 +33,7 @@ from bourse.contracts.messages import (
 from bourse.contracts.subjects import service_subject
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
+from bourse.domain.values import MemberId, OrderId
 
 R = TypeVar("R")
 
@@ -49,7 +50,8 @@ class QueryClient:
         self.timeout = timeout
 
     async def order(self, member_id: int, order_id: int) -> OrderView:
-        return await self._ask("order", OrderQuery(member_id, order_id), ORDER_REPLY_DECODER)
+        query = OrderQuery(MemberId(member_id), OrderId(order_id))
+        return await self._ask("order", query, ORDER_REPLY_DECODER)
 
     async def orders(
         self,
@@ -61,11 +63,13 @@ class QueryClient:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[OrderView]:
-        query = OrdersQuery(member_id, market, state, status, limit, before_id)
+        before = None if before_id is None else OrderId(before_id)
+        query = OrdersQuery(MemberId(member_id), market, state, status, limit, before)
         return (await self._ask("orders", query, ORDERS_REPLY_DECODER)).orders
 
     async def balances(self, member_id: int) -> list[BalanceView]:
-        return (await self._ask("balances", BalancesQuery(member_id), BALANCES_REPLY_DECODER)).balances
+        query = BalancesQuery(MemberId(member_id))
+        return (await self._ask("balances", query, BALANCES_REPLY_DECODER)).balances
 
     async def depth(self, market: str, limit: int = 50) -> DepthView:
         return await self._ask("depth", DepthQuery(market, limit), DEPTH_REPLY_DECODER)
@@ -76,7 +80,7 @@ class QueryClient:
     async def member_trades(
         self, member_id: int, market: str | None = None, limit: int = 100
     ) -> list[MemberTrade]:
-        query = MemberTradesQuery(member_id, market, limit)
+        query = MemberTradesQuery(MemberId(member_id), market, limit)
         return (await self._ask("member_trades", query, MEMBER_TRADES_REPLY_DECODER)).trades
 
     async def ready(self) -> QueryReady:

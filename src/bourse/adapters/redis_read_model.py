@@ -55,6 +55,7 @@ from bourse.domain.order_views import (
     PublicTrade,
 )
 from bourse.domain.orders import OrderStatus
+from bourse.domain.values import Amount, Price
 
 T = TypeVar("T")
 
@@ -204,7 +205,7 @@ class RedisReadModel:
             market,
             _levels(bids, reverse=True, limit=limit),
             _levels(asks, reverse=False, limit=limit),
-            None if last_price is None else int(last_price),
+            None if last_price is None else Price(int(last_price)),
             0 if seq is None else int(seq),
         )
 
@@ -232,8 +233,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _levels(raw: dict[Any, Any], *, reverse: bool, limit: int) -> list[tuple[int, int]]:
-    levels = sorted(((int(price), int(amount)) for price, amount in raw.items()), reverse=reverse)
+def _levels(raw: dict[Any, Any], *, reverse: bool, limit: int) -> list[tuple[Price, Amount]]:
+    levels = sorted(
+        ((Price(int(price)), Amount(int(amount))) for price, amount in raw.items()), reverse=reverse
+    )
     return levels[:limit]
 
 

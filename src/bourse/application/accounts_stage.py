@@ -28,6 +28,7 @@ from bourse.domain.orders import (
     RejectReason,
     command_kind,
 )
+from bourse.domain.values import MemberId, OrderId
 
 CLIENT_ID_MEMORY = 1_000_000
 """How many (member, client_order_id) pairs a shard remembers to make resubmission idempotent."""
@@ -50,7 +51,7 @@ class _ShardState(msgspec.Struct, frozen=True):
     last_seq: int
     applied: dict[str, int]
     deposits: list[str]
-    client_ids: list[tuple[int, str, int]]
+    client_ids: list[tuple[MemberId, str, OrderId]]
     accounts: bytes
 
 
@@ -64,8 +65,8 @@ class AccountsShard:
         self._applied: dict[str, int] = {}
         """Per market, the last matching input sequence whose events were applied."""
         self._deposits: set[str] = set()
-        self._client_ids: dict[tuple[int, str], int] = {}
-        self._client_order: deque[tuple[int, str]] = deque()
+        self._client_ids: dict[tuple[MemberId, str], OrderId] = {}
+        self._client_order: deque[tuple[MemberId, str]] = deque()
 
     def process(self, seq: int, batch: AccountsBatch, stored_at_ns: int = 0) -> ShardOutput:
         """Apply one input message; `stored_at_ns` is the stream's timestamp of it (the same on
@@ -82,7 +83,7 @@ class AccountsShard:
             )
             return out
         rejected: list[OrderRejected] = []
-        balances: dict[tuple[int, str], BalanceChanged] = {}
+        balances: dict[tuple[MemberId, str], BalanceChanged] = {}
         accounts = self.accounts
         if batch.origin is not None:
             _stage, market, origin_seq = batch.origin
@@ -118,7 +119,7 @@ class AccountsShard:
             lock = self.accounts.order_lock(cmd.order_id)
             if lock is not None and lock.member_id == cmd.member_id:
                 cmd = msgspec.structs.replace(cmd, market=lock.market)
-        client_key: tuple[int, str] | None = None
+        client_key: tuple[MemberId, str] | None = None
         if isinstance(cmd, PlaceOrder) and cmd.client_order_id is not None:
             client_key = (cmd.member_id, cmd.client_order_id)
             first = self._client_ids.get(client_key)
@@ -139,7 +140,7 @@ class AccountsShard:
         out.match.setdefault(cmd.market, []).append(result)
         out.decisions.append(Decision(cmd.order_id, kind, True))
 
-    def _remember_client_id(self, key: tuple[int, str], order_id: int) -> None:
+    def _remember_client_id(self, key: tuple[MemberId, str], order_id: OrderId) -> None:
         if len(self._client_order) >= CLIENT_ID_MEMORY:
             self._client_ids.pop(self._client_order.popleft(), None)
         self._client_ids[key] = order_id

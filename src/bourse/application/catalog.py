@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bourse.domain.money import MAX_SCALED, Currency, Market, parse_scaled
+from bourse.domain.values import Amount, MemberId, Price
 
 
 class CatalogError(ValueError):
@@ -28,7 +29,7 @@ class MarketFees:
 
 @dataclass(frozen=True, slots=True)
 class DemoMember:
-    id: int
+    id: MemberId
     email: str
     balances: Mapping[str, int]
     """Starting balances in ledger units, per currency code."""
@@ -76,9 +77,9 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
                 quote=quote,
                 amount_precision=ap,
                 price_precision=pp,
-                min_amount=_scaled(spec, "min_amount", ap, 1),
-                max_amount=_scaled(spec, "max_amount", ap, MAX_SCALED),
-                max_price=_scaled(spec, "max_price", pp, MAX_SCALED),
+                min_amount=Amount(_scaled(spec, "min_amount", ap, 1)),
+                max_amount=Amount(_scaled(spec, "max_amount", ap, MAX_SCALED)),
+                max_price=Price(_scaled(spec, "max_price", pp, MAX_SCALED)),
             )
         except ValueError as exc:
             raise CatalogError(f"{where}: {exc}") from exc
@@ -94,7 +95,9 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
             for code, value in spec.get("balances", {}).items()
         }
         members.append(
-            DemoMember(id=_int(spec, "id", where), email=str(spec.get("email", "")), balances=balances)
+            DemoMember(
+                id=MemberId(_int(spec, "id", where)), email=str(spec.get("email", "")), balances=balances
+            )
         )
     return Catalog(currencies=currencies, markets=markets, fees=fees, demo_members=tuple(members))
 

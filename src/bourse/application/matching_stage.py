@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -35,6 +35,9 @@ from bourse.domain.orders import (
     PlaceOrder,
     Trade,
 )
+from bourse.domain.values import Amount
+
+_NOTHING_EXECUTED: Final = Amount(0)
 
 
 @dataclass(slots=True)
@@ -127,19 +130,19 @@ def _outcome(command: PlaceOrder | CancelOrder | Any, events: Sequence[EngineEve
         else "amend"
     )
     status: OrderStatus | None = None
-    executed = 0
+    executed = _NOTHING_EXECUTED
     close_reason: CloseReason | None = None
     for event in events:
         if getattr(event, "order_id", None) != command.order_id:
             continue
         if isinstance(event, OrderRejected):
-            return Outcome(command.order_id, kind, None, 0, event.reason)
+            return Outcome(command.order_id, kind, None, _NOTHING_EXECUTED, event.reason)
         if isinstance(event, OrderAccepted):
             status = OrderStatus.SUBMITTED
         elif isinstance(event, OrderUpdated):
             status, executed = event.status, event.executed
         elif isinstance(event, OrderAmended):
-            executed = event.amount - event.remaining
+            executed = Amount(event.amount - event.remaining)
             status = OrderStatus.PARTIALLY_FILLED if executed else OrderStatus.SUBMITTED
         elif isinstance(event, OrderClosed):
             status, executed, close_reason = event.status, event.executed, event.reason

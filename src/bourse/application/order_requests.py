@@ -11,12 +11,13 @@ with the same stable codes (`unknown_market`, the `MoneyError` codes, the shape 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bourse.application.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
 from bourse.domain.order_shape import amend_shape_error, place_shape_error
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
+from bourse.domain.values import MemberId, OrderId, Price
 
 MAX_ORDER_ID = 2**63 - 1
 """Order ids are positive signed 64-bit integers."""
@@ -39,7 +40,10 @@ def market_of(catalog: Catalog, symbol: str) -> Market:
     return market
 
 
-def parse_money(parse: Callable[[str], int], text: str) -> int:
+_Scaled = TypeVar("_Scaled", bound=int)
+
+
+def parse_money(parse: Callable[[str], _Scaled], text: str) -> _Scaled:
     """`Market.parse_price` / `parse_amount` with its `MoneyError` as an `OrderRequestError`."""
     try:
         return parse(text)
@@ -47,7 +51,7 @@ def parse_money(parse: Callable[[str], int], text: str) -> int:
         raise OrderRequestError(exc.code, str(exc), exc.field) from exc
 
 
-def parse_order_id(text: str | int) -> int:
+def parse_order_id(text: str | int) -> OrderId:
     """An order id as the API writes it (ASCII digits, 1..2**63-1), or an integer in that range."""
     if isinstance(text, int):
         value = text
@@ -57,7 +61,7 @@ def parse_order_id(text: str | int) -> int:
         value = 0
     if not 0 < value <= MAX_ORDER_ID:
         raise OrderRequestError("invalid_order_id", f"{text!r} is not an order id", "order_id")
-    return value
+    return OrderId(value)
 
 
 class OrderFields(Protocol):
@@ -94,7 +98,7 @@ def place_command(
     book = market_of(catalog, request.market)
     scaled_amount = parse_money(book.parse_amount, request.amount)
     price, post_only = request.price, request.post_only
-    scaled_price: int | None = None
+    scaled_price: Price | None = None
     if request.type is OrderType.LIMIT and price is not None:
         scaled_price = parse_money(book.parse_price, price)
     shape = place_shape_error(
@@ -103,8 +107,8 @@ def place_command(
     if shape is not None:
         raise OrderRequestError(shape.code, shape.message, shape.field)
     return PlaceOrder(
-        order_id=order_id,
-        member_id=member_id,
+        order_id=OrderId(order_id),
+        member_id=MemberId(member_id),
         market=book.symbol,
         side=request.side,
         type=request.type,
@@ -135,8 +139,8 @@ def amend_command(
     check_amend(price, amount)
     book = market_of(catalog, market)
     return AmendOrder(
-        order_id=order_id,
-        member_id=member_id,
+        order_id=OrderId(order_id),
+        member_id=MemberId(member_id),
         market=book.symbol,
         price=parse_money(book.parse_price, price) if price is not None else None,
         amount=parse_money(book.parse_amount, amount) if amount is not None else None,
@@ -146,4 +150,4 @@ def amend_command(
 def cancel_command(catalog: Catalog, *, order_id: int, member_id: int, market: str | None) -> CancelOrder:
     """A CancelOrder; without a market the accounts shard finds the order's own."""
     symbol = market_of(catalog, market).symbol if market else ""
-    return CancelOrder(order_id, member_id, symbol)
+    return CancelOrder(OrderId(order_id), MemberId(member_id), symbol)

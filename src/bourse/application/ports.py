@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from bourse.contracts.messages import Decision, Outcome
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderStatus, PlaceOrder
+from bourse.domain.values import OrderId
 
 Command = PlaceOrder | CancelOrder | AmendOrder
 """What a member asks of the order pipeline."""
@@ -107,7 +108,7 @@ class OrderProgress(Protocol):
 class IdSource(Protocol):
     """Order ids made in process (`bourse.adapters.id_leases.LeasedIdGenerator`)."""
 
-    def next_id(self) -> int: ...
+    def next_id(self) -> OrderId: ...
 
 
 class MemberPrincipal(Protocol):

@@ -9,7 +9,8 @@ fetched batch of accounts, whose parts say which input sequence each came from. 
 also names its origin (stage, shard, sequence), so a consumer drops repeats older than
 JetStream's duplicate window too.
 
-All envelopes are msgpack on the wire (`encode` / the `*_DECODER`s below).
+All envelopes are msgpack on the wire (`encode` / the `*_DECODER`s below). Prices, amounts,
+funds and ids are typed as in the domain (`bourse.domain.values`): plain integers on the wire.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId
 
 
 class Deposit(msgspec.Struct, frozen=True, tag_field="kind", tag="deposit"):
     """Credit a member (demo seeding, or a wallet service). `ref` makes it idempotent."""
 
-    member_id: int
+    member_id: MemberId
     currency: str
     amount: int
     ref: str
@@ -143,11 +145,11 @@ class AccountsReports(msgspec.Struct, frozen=True):
 class Decision(msgspec.Struct, frozen=True, array_like=True):
     """The accounts stage's answer about one command: forwarded to matching, or refused."""
 
-    order_id: int
+    order_id: OrderId
     command: str
     accepted: bool
     reason: RejectReason | None = None
-    existing_order_id: int | None = None
+    existing_order_id: OrderId | None = None
     """For a resubmitted `client_order_id`: the order the first submission created."""
 
 
@@ -160,10 +162,10 @@ class Decisions(msgspec.Struct, frozen=True, tag_field="kind", tag="decisions"):
 class Outcome(msgspec.Struct, frozen=True, array_like=True):
     """Where a command left its order in the engine, sent to `MatchBatch.reply_to`."""
 
-    order_id: int
+    order_id: OrderId
     command: str
     status: OrderStatus | None
-    executed: int
+    executed: Amount
     reason: RejectReason | None = None
     """Why the engine refused the command (then `status` is None)."""
     close_reason: CloseReason | None = None
@@ -193,20 +195,21 @@ REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
 # (an HTTP-like status: "400", "404", "503") and `Nats-Service-Error` (a message), and a
 # `QueryError` body whose `code` is stable and machine-readable (see docs/architecture.md).
 
-MemberId = Annotated[int, msgspec.Meta(ge=1)]
+PositiveMemberId = Annotated[MemberId, msgspec.Meta(ge=1)]
+"""A member id a request names: 1 or more (0 is the exchange's own account)."""
 
 
 class OrderQuery(msgspec.Struct, frozen=True):
     """`order` -> `OrderView`, or `order_not_found` (also when the order is another member's)."""
 
-    member_id: MemberId
-    order_id: int
+    member_id: PositiveMemberId
+    order_id: OrderId
 
 
 class OrdersQuery(msgspec.Struct, frozen=True):
     """`orders` -> `OrdersReply`: a member's orders, most recent (highest id) first."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
     market: str | None = None
     state: str | None = None
     """"open", "closed" (every final status) or one status name."""
@@ -215,7 +218,7 @@ class OrdersQuery(msgspec.Struct, frozen=True):
     limit: int = 100
     """1..`READ_MAX_LIMIT`: the query service checks it, with the other arguments, by the rule every
     reader shares (`bourse.application.read_queries`), so every reader says the same."""
-    before_id: int | None = None
+    before_id: OrderId | None = None
     """Only orders with a lower id: pass the last id of the previous page."""
 
 
@@ -226,11 +229,11 @@ class OrdersReply(msgspec.Struct, frozen=True):
 class BalancesQuery(msgspec.Struct, frozen=True):
     """`balances` -> `BalancesReply`."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
 
 
 class BalancesReply(msgspec.Struct, frozen=True):
-    member_id: int
+    member_id: MemberId
     balances: list[BalanceView]
     """One per currency the member ever held, sorted by currency code."""
 
@@ -259,14 +262,14 @@ class TradesReply(msgspec.Struct, frozen=True):
 class MemberTradesQuery(msgspec.Struct, frozen=True):
     """`member_trades` -> `MemberTradesReply`: a member's recent trades, most recent first."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
     market: str | None = None
     limit: int = 100
     """Checked as `OrdersQuery.limit` is."""
 
 
 class MemberTradesReply(msgspec.Struct, frozen=True):
-    member_id: int
+    member_id: MemberId
     trades: list[MemberTrade]
 
 
@@ -325,7 +328,7 @@ OrderIdText = str | int
 class AmqpCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="create"):
     """`POST /order`'s body (`bourse.entrypoints.rest.schemas.OrderIn`) for member `member_id`."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
     market: str
     side: Side
     amount: DecimalText
@@ -340,7 +343,7 @@ class AmqpCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fi
 class AmqpCancel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="command", tag="cancel"):
     """`DELETE /order/{order_id}`; `market` is optional (the accounts shard knows the order's)."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
     order_id: OrderIdText
     market: str | None = None
 
@@ -349,7 +352,7 @@ class AmqpAmend(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fie
     """`PATCH /order/{order_id}`'s body (`AmendIn`); `market` is required here: the ingress reads no
     order state, and the new price and amount are parsed on the market's grid."""
 
-    member_id: MemberId
+    member_id: PositiveMemberId
     order_id: OrderIdText
     market: str
     price: DecimalText | None = None

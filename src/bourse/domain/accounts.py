@@ -83,6 +83,7 @@ from bourse.domain.orders import (
     Side,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, TradeId
 
 __all__ = [
     "Accounts",
@@ -98,7 +99,7 @@ __all__ = [
 class BalanceChanged(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="balance"):
     """A member's (or the exchange's, member_id 0) balance of one currency, as it is now."""
 
-    member_id: int
+    member_id: MemberId
     currency: str
     available: int
     locked: int
@@ -129,14 +130,14 @@ class FeeSchedule(msgspec.Struct, frozen=True):
 class OrderLock(msgspec.Struct, frozen=True, array_like=True):
     """What the accounts stage tracks for an open order."""
 
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     side: Side
     type: OrderType
-    price: int | None
-    amount: int
-    remaining: int
+    price: Price | None
+    amount: Amount
+    remaining: Amount
     """Amount not yet filled, as far as the events applied so far tell."""
     locked: int
     """Ledger units still locked for the order (quote for a buy, base for a sell)."""
@@ -151,9 +152,9 @@ class AccountsSnapshot(msgspec.Struct, frozen=True, array_like=True):
     ledger: LedgerState
     orders: list[OrderLock]
     """Sorted by order id."""
-    closed: list[int]
+    closed: list[OrderId]
     """Recently closed order ids, oldest first (duplicate detection)."""
-    last_trade_ids: list[tuple[str, int]]
+    last_trade_ids: list[tuple[str, TradeId]]
     """Highest trade id applied per market, by market."""
 
 
@@ -161,7 +162,7 @@ class LockExceededError(LedgerError):
     """A trade spends more than is locked for one of its orders: the engine and the accounts
     stage disagree. Nothing was changed; this is a bug, not a member's mistake."""
 
-    def __init__(self, order_id: int, spent: int, locked: int) -> None:
+    def __init__(self, order_id: OrderId, spent: int, locked: int) -> None:
         super().__init__(f"order {order_id}: trade spends {spent}, only {locked} locked for it")
         self.order_id = order_id
         self.spent = spent
@@ -201,13 +202,13 @@ class _Order:
 
     def __init__(
         self,
-        member: int,
+        member: MemberId,
         market: str,
         mk: Market,
         is_buy: bool,
-        price: int | None,
-        amount: int,
-        remaining: int,
+        price: Price | None,
+        amount: Amount,
+        remaining: Amount,
         locked: int,
         pending: int,
         accepted: bool,
@@ -232,7 +233,7 @@ class _Order:
             return self.mk.funds(self.price, self.remaining)
         return self.mk.base_units(self.remaining)
 
-    def view(self, order_id: int) -> OrderLock:
+    def view(self, order_id: OrderId) -> OrderLock:
         return OrderLock(
             order_id,
             self.member,
@@ -301,11 +302,11 @@ class Accounts:
             self._currencies.add(market.base.code)
             self._currencies.add(market.quote.code)
         self._ledger = Ledger()
-        self._orders: dict[int, _Order] = {}
-        self._last_trade: dict[str, int] = {}
-        self._closed: deque[int] = deque()
-        self._closed_ids: set[int] = set()
-        self._touched: dict[tuple[int, str], None] = {}
+        self._orders: dict[OrderId, _Order] = {}
+        self._last_trade: dict[str, TradeId] = {}
+        self._closed: deque[OrderId] = deque()
+        self._closed_ids: set[OrderId] = set()
+        self._touched: dict[tuple[MemberId, str], None] = {}
         self._entries: list[LedgerEntry] | None = [] if record_entries else None
 
     # --- queries ---
@@ -328,11 +329,11 @@ class Accounts:
         """Codes of every currency of the markets (the only ones that can be deposited)."""
         return frozenset(self._currencies)
 
-    def balance(self, member_id: int, currency: str) -> BalanceChanged:
+    def balance(self, member_id: MemberId, currency: str) -> BalanceChanged:
         available, locked = self._ledger.balance(member_id, currency)
         return BalanceChanged(member_id, currency, available, locked)
 
-    def order_lock(self, order_id: int) -> OrderLock | None:
+    def order_lock(self, order_id: OrderId) -> OrderLock | None:
         order = self._orders.get(order_id)
         return None if order is None else order.view(order_id)
 
@@ -366,13 +367,13 @@ class Accounts:
 
     # --- deposits and withdrawals ---
 
-    def deposit(self, member_id: int, currency: str, amount: int, ref_id: int) -> None:
+    def deposit(self, member_id: MemberId, currency: str, amount: int, ref_id: int) -> None:
         """Credit a member. Raises `UnknownCurrencyError` or `InvalidAmountError` (nothing changed)."""
         self._check_member_currency(member_id, currency)
         self._ledger.deposit(member_id, currency, amount, ref_id, self._entries)
         self._touched[(member_id, currency)] = None
 
-    def withdraw(self, member_id: int, currency: str, amount: int, ref_id: int) -> None:
+    def withdraw(self, member_id: MemberId, currency: str, amount: int, ref_id: int) -> None:
         """Debit a member's available balance. Raises `InsufficientFundsError`, `UnknownCurrencyError` or
         `InvalidAmountError` (nothing changed)."""
         self._check_member_currency(member_id, currency)
@@ -420,6 +421,7 @@ class Accounts:
         ):
             return _reject(cmd, RejectReason.INVALID_ORDER, "place")
         is_buy = cmd.side == _BUY
+        lock: int  # ledger units: quote for a buy, base for a sell
         if price is not None:  # a limit order: the shape rule holds
             if is_buy:
                 currency = market.quote.code
@@ -466,7 +468,7 @@ class Accounts:
             return _reject(cmd, RejectReason.AMEND_INVALID, "amend")
         price = old_price if cmd.price is None else cmd.price
         amount = order.amount if cmd.amount is None else cmd.amount
-        remaining = amount - (order.amount - order.remaining)
+        remaining = Amount(amount - (order.amount - order.remaining))
         if (
             not 0 < price <= market.max_price
             or not market.min_amount <= amount <= market.max_amount
@@ -586,7 +588,7 @@ class Accounts:
             touched[(buy.member, quote)] = None
             touched[(buy.member, base)] = None
             buy.locked -= funds
-            buy.remaining -= trade.amount
+            buy.remaining = Amount(buy.remaining - trade.amount)
             if buy.price is not None and not buy.pending:
                 surplus = buy.locked - mk.funds(buy.price, buy.remaining)
                 if surplus > 0:
@@ -596,13 +598,13 @@ class Accounts:
             touched[(sell.member, base)] = None
             touched[(sell.member, quote)] = None
             sell.locked -= base_amount
-            sell.remaining -= trade.amount
+            sell.remaining = Amount(sell.remaining - trade.amount)
         if buy_fee:
             touched[(EXCHANGE_MEMBER, base)] = None
         if sell_fee:
             touched[(EXCHANGE_MEMBER, quote)] = None
 
-    def _amend_done(self, order_id: int, order: _Order) -> None:
+    def _amend_done(self, order_id: OrderId, order: _Order) -> None:
         order.pending -= 1
         if order.pending or order.price is None:
             return
@@ -612,14 +614,14 @@ class Accounts:
             order.locked -= surplus
             self._touched[(order.member, order.currency)] = None
 
-    def _forget(self, order_id: int, order: _Order) -> None:
+    def _forget(self, order_id: OrderId, order: _Order) -> None:
         del self._orders[order_id]
         if order.locked:
             self._ledger.unlock(order.member, order.currency, order.locked, order_id, self._entries)
             self._touched[(order.member, order.currency)] = None
         self._remember_closed(order_id)
 
-    def _remember_closed(self, order_id: int) -> None:
+    def _remember_closed(self, order_id: OrderId) -> None:
         if not self._closed_memory:
             return
         closed = self._closed

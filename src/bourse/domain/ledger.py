@@ -17,6 +17,12 @@ negative; an operation that cannot be done raises and changes nothing.
 
 Fees are integer parts-per-million rates, see `fee_for`.
 
+Types (`bourse.domain.values`): members are `MemberId`s, orders `OrderId`s, trades `TradeId`s, the
+quote side of a trade `QuoteUnits`. Balances, locks and the base side of a trade stay plain `int`:
+ledger units of whichever currency the balance is in. An account (`LedgerEntry.account`) is a
+plain `int` too, a member id or one of the system accounts below, and so is `LedgerEntry.ref_id`
+(an order id, a trade id or a deposit's reference).
+
 Speed: balances live in one dict keyed by (account, currency) whose values are 2-item lists
 [available, locked] mutated in place. Entries are only built when the caller passes a list to
 append them to.
@@ -30,7 +36,9 @@ from typing import NamedTuple
 
 import msgspec
 
-EXCHANGE_MEMBER = 0
+from bourse.domain.values import MemberId, OrderId, QuoteUnits, TradeId
+
+EXCHANGE_MEMBER = MemberId(0)
 """The exchange's own account: receives every fee."""
 WORLD_ACCOUNT = -1
 """The outside world: counterparty of deposits and withdrawals."""
@@ -183,7 +191,12 @@ class Ledger:
         return bal
 
     def deposit(
-        self, member: int, currency: str, amount: int, ref_id: int, entries: list[LedgerEntry] | None = None
+        self,
+        member: MemberId,
+        currency: str,
+        amount: int,
+        ref_id: int,
+        entries: list[LedgerEntry] | None = None,
     ) -> None:
         """Credit `amount` to the member's available balance, from the world."""
         if amount <= 0:
@@ -195,7 +208,12 @@ class Ledger:
             entries.append(LedgerEntry(member, currency, _AVAILABLE, amount, _DEPOSIT, ref_id))
 
     def withdraw(
-        self, member: int, currency: str, amount: int, ref_id: int, entries: list[LedgerEntry] | None = None
+        self,
+        member: MemberId,
+        currency: str,
+        amount: int,
+        ref_id: int,
+        entries: list[LedgerEntry] | None = None,
     ) -> None:
         """Debit `amount` from the member's available balance, to the world. Raises
         `InsufficientFundsError` (nothing changed) if the member has less available."""
@@ -212,7 +230,12 @@ class Ledger:
             entries.append(LedgerEntry(WORLD_ACCOUNT, currency, _AVAILABLE, amount, _WITHDRAWAL, ref_id))
 
     def lock(
-        self, member: int, currency: str, amount: int, order_id: int, entries: list[LedgerEntry] | None = None
+        self,
+        member: MemberId,
+        currency: str,
+        amount: int,
+        order_id: OrderId,
+        entries: list[LedgerEntry] | None = None,
     ) -> None:
         """Move `amount` from available to locked for an order. Raises `InsufficientFundsError`
         (nothing changed) if the member has less available. Locking 0 does nothing."""
@@ -230,7 +253,12 @@ class Ledger:
             entries.append(LedgerEntry(member, currency, _LOCKED, amount, _ORDER, order_id))
 
     def unlock(
-        self, member: int, currency: str, amount: int, order_id: int, entries: list[LedgerEntry] | None = None
+        self,
+        member: MemberId,
+        currency: str,
+        amount: int,
+        order_id: OrderId,
+        entries: list[LedgerEntry] | None = None,
     ) -> None:
         """Move `amount` from locked back to available (an order's lock released). Raises
         `InsufficientFundsError` (nothing changed) if less is locked. Unlocking 0 does nothing."""
@@ -249,13 +277,13 @@ class Ledger:
 
     def settle_trade(
         self,
-        trade_id: int,
+        trade_id: TradeId,
         base: str,
         quote: str,
-        buyer: int,
-        seller: int,
+        buyer: MemberId,
+        seller: MemberId,
         base_amount: int,
-        quote_amount: int,
+        quote_amount: QuoteUnits,
         buyer_fee_ppm: int,
         seller_fee_ppm: int,
         entries: list[LedgerEntry] | None = None,
@@ -309,12 +337,12 @@ class Ledger:
 
     def settle_buy(
         self,
-        trade_id: int,
+        trade_id: TradeId,
         base: str,
         quote: str,
-        buyer: int,
+        buyer: MemberId,
         base_amount: int,
-        quote_amount: int,
+        quote_amount: QuoteUnits,
         fee_ppm: int,
         entries: list[LedgerEntry] | None = None,
     ) -> int:
@@ -328,12 +356,12 @@ class Ledger:
 
     def settle_sell(
         self,
-        trade_id: int,
+        trade_id: TradeId,
         base: str,
         quote: str,
-        seller: int,
+        seller: MemberId,
         base_amount: int,
-        quote_amount: int,
+        quote_amount: QuoteUnits,
         fee_ppm: int,
         entries: list[LedgerEntry] | None = None,
     ) -> int:
@@ -347,12 +375,12 @@ class Ledger:
 
     def _settle_half(
         self,
-        trade_id: int,
+        trade_id: TradeId,
         base: str,
         quote: str,
-        member: int,
+        member: MemberId,
         base_amount: int,
-        quote_amount: int,
+        quote_amount: QuoteUnits,
         fee_ppm: int,
         entries: list[LedgerEntry] | None,
         buy: bool,
@@ -367,6 +395,8 @@ class Ledger:
             raise InvalidAmountError(quote_amount)
         if not 0 <= fee_ppm <= PPM:
             raise InvalidFeeRateError(fee_ppm)
+        paid_amount: int  # ledger units of `paid`
+        got_amount: int
         if buy:
             paid = quote
             paid_amount = quote_amount

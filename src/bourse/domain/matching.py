@@ -80,7 +80,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
@@ -106,6 +106,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 
 __all__ = ["SNAPSHOT_VERSION", "MatchingEngine", "OpenOrder"]
 
@@ -115,6 +116,10 @@ DEFAULT_RECENT_IDS: Final = 100_000
 _NO_LIMIT: Final = 1 << 62
 """A key beyond every price (prices are below 10**18): market orders match the whole side."""
 _NO_FUNDS_CAP: Final = -1
+_NO_PRICE: Final = Price(0)
+"""The price of a market order's `RestingOrder` (it never rests)."""
+_ZERO_AMOUNT: Final = Amount(0)
+_ZERO_FUNDS: Final = QuoteUnits(0)
 
 _BUY = Side.BUY
 _SELL = Side.SELL
@@ -132,15 +137,15 @@ _FILLED = CloseReason.FILLED
 class OpenOrder(msgspec.Struct, frozen=True):
     """Read-only view of an order resting in the book."""
 
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     side: Side
-    price: int
-    amount: int
-    executed: int
-    remaining: int
-    funds: int
+    price: Price
+    amount: Amount
+    executed: Amount
+    remaining: Amount
+    funds: QuoteUnits
     """Quote units exchanged so far."""
     status: OrderStatus
     post_only: bool
@@ -150,13 +155,13 @@ class OpenOrder(msgspec.Struct, frozen=True):
 
 
 class _OrderState(msgspec.Struct, frozen=True, array_like=True):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     side: Side
-    price: int
-    amount: int
-    executed: int
-    funds: int
+    price: Price
+    amount: Amount
+    executed: Amount
+    funds: QuoteUnits
     post_only: bool
     created_at: int
     received_at: int
@@ -166,9 +171,9 @@ class _OrderState(msgspec.Struct, frozen=True, array_like=True):
 class _EngineState(msgspec.Struct, frozen=True):
     version: int
     market: str
-    next_trade_id: int
+    next_trade_id: TradeId
     recent_ids_capacity: int
-    recent_ids: list[int]
+    recent_ids: list[OrderId]
     """Recently closed order ids, oldest first."""
     bids: list[_OrderState]
     """Priority order: best price first, oldest first."""
@@ -211,10 +216,11 @@ class MatchingEngine:
         self._book = OrderBook()
         self._bids: BookSide = self._book.bids
         self._asks: BookSide = self._book.asks
-        self._orders: dict[int, RestingOrder] = self._book.orders
+        self._orders: dict[OrderId, RestingOrder] = self._book.orders
         self._next_trade_id = 1
-        self._recent: deque[int] = deque()
-        self._recent_set: set[int] = set()
+        """A plain int counter; `Trade.trade_id` is a `TradeId`."""
+        self._recent: deque[OrderId] = deque()
+        self._recent_set: set[OrderId] = set()
         self._recent_capacity = recent_ids
 
     # ------------------------------------------------------------------ commands
@@ -273,10 +279,10 @@ class MatchingEngine:
             oid,
             c.member_id,
             _BUY if is_buy else _SELL,
-            0 if price is None else price,
+            _NO_PRICE if price is None else price,
             amount,
-            0,
-            0,
+            _ZERO_AMOUNT,
+            _ZERO_FUNDS,
             post_only,
             c.created_at,
             ts,
@@ -373,7 +379,7 @@ class MatchingEngine:
                     market=self._symbol,
                     price=price,
                     amount=amount,
-                    remaining=amount - order.executed,
+                    remaining=cast(Amount, amount - order.executed),
                     priority_kept=True,
                 )
             ]
@@ -383,7 +389,7 @@ class MatchingEngine:
             own = self._bids
             opp = self._asks
             new_key = -price
-            limit_key = price
+            limit_key: int = price
         else:
             own = self._asks
             opp = self._bids
@@ -415,7 +421,7 @@ class MatchingEngine:
                 market=self._symbol,
                 price=price,
                 amount=amount,
-                remaining=amount - order.executed,
+                remaining=cast(Amount, amount - order.executed),
                 priority_kept=False,
             )
         ]
@@ -451,6 +457,9 @@ class MatchingEngine:
 
         `funds_cap` >= 0 bounds the quote units the taker may spend (market buy). Returns True
         when the funds cap stopped the taker before its amount or the book ran out.
+
+        The arithmetic is on plain ints; each value an event carries is `cast` to its type once
+        (a NewType call would cost more, see `bourse.domain.values`).
         """
         keys = opp.keys
         levels = opp.levels
@@ -463,7 +472,7 @@ class MatchingEngine:
         t_side = taker.side
         t_amount = taker.amount
         t_exec = taker.executed
-        t_funds = taker.funds
+        t_funds: int = taker.funds
         trade_id = self._next_trade_id
         exhausted = False
         while keys:
@@ -503,19 +512,19 @@ class MatchingEngine:
                         qty = afford
                         if not qty:
                             break
-                funds = price * qty * ff
-                t_exec += qty
+                funds = cast(QuoteUnits, price * qty * ff)
+                t_exec = cast(Amount, t_exec + qty)
                 t_funds += funds
-                m_exec = maker.executed + qty
+                m_exec = cast(Amount, maker.executed + qty)
                 maker.executed = m_exec
-                m_funds = maker.funds + funds
+                m_funds = cast(QuoteUnits, maker.funds + funds)
                 maker.funds = m_funds
                 append(
                     Trade(
-                        trade_id=trade_id,
+                        trade_id=cast(TradeId, trade_id),
                         market=symbol,
                         price=price,
-                        amount=qty,
+                        amount=cast(Amount, qty),
                         funds=funds,
                         maker_order_id=m_id,
                         maker_member_id=m_member,
@@ -526,7 +535,7 @@ class MatchingEngine:
                     )
                 )
                 trade_id += 1
-                m_rem -= qty
+                m_rem = cast(Amount, m_rem - qty)
                 append(
                     OrderUpdated(
                         order_id=m_id,
@@ -537,7 +546,7 @@ class MatchingEngine:
                         status=_PARTIAL if m_rem else _EXECUTED,
                     )
                 )
-                t_rem = t_amount - t_exec
+                t_rem = cast(Amount, t_amount - t_exec)
                 append(
                     OrderUpdated(
                         order_id=t_id,
@@ -571,7 +580,7 @@ class MatchingEngine:
             if t_exec == t_amount or exhausted:
                 break
         taker.executed = t_exec
-        taker.funds = t_funds
+        taker.funds = cast(QuoteUnits, t_funds)
         self._next_trade_id = trade_id
         return exhausted
 
@@ -621,7 +630,7 @@ class MatchingEngine:
         )
         return events
 
-    def _remember(self, order_id: int) -> None:
+    def _remember(self, order_id: OrderId) -> None:
         capacity = self._recent_capacity
         if not capacity:
             return
@@ -658,24 +667,24 @@ class MatchingEngine:
         return self._market
 
     @property
-    def next_trade_id(self) -> int:
+    def next_trade_id(self) -> TradeId:
         """The id the next trade will get."""
-        return self._next_trade_id
+        return TradeId(self._next_trade_id)
 
-    def best_bid(self) -> int | None:
+    def best_bid(self) -> Price | None:
         return self._bids.best_price()
 
-    def best_ask(self) -> int | None:
+    def best_ask(self) -> Price | None:
         return self._asks.best_price()
 
-    def depth(self, limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    def depth(self, limit: int) -> tuple[list[tuple[Price, Amount]], list[tuple[Price, Amount]]]:
         """Aggregated levels, best first: (bids, asks), each a list of (price, remaining amount)."""
         return self._bids.depth(limit), self._asks.depth(limit)
 
     def open_order_count(self) -> int:
         return len(self._orders)
 
-    def open_order(self, order_id: int) -> OpenOrder | None:
+    def open_order(self, order_id: OrderId) -> OpenOrder | None:
         order = self._orders.get(order_id)
         return None if order is None else self._view(order)
 
@@ -697,7 +706,7 @@ class MatchingEngine:
             price=order.price,
             amount=order.amount,
             executed=order.executed,
-            remaining=order.amount - order.executed,
+            remaining=order.remaining,
             funds=order.funds,
             status=order.status,
             post_only=order.post_only,
@@ -732,7 +741,7 @@ class MatchingEngine:
         state = _EngineState(
             version=SNAPSHOT_VERSION,
             market=self._symbol,
-            next_trade_id=self._next_trade_id,
+            next_trade_id=TradeId(self._next_trade_id),
             recent_ids_capacity=self._recent_capacity,
             recent_ids=list(self._recent),
             bids=dump(self._bids),

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from bourse.domain.values import Amount, Price, QuoteUnits
+
 _DECIMAL = re.compile(r"(?P<sign>[+-]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")
 
 
@@ -50,6 +52,9 @@ class TooSmall(MoneyError):
 
 MAX_SCALED = 10**18 - 1
 """Largest scaled integer accepted anywhere: fits a signed 64-bit column and DECIMAL(36, 18)."""
+_ONE_AMOUNT = Amount(1)
+_MAX_AMOUNT = Amount(MAX_SCALED)
+_MAX_PRICE = Price(MAX_SCALED)
 
 
 def parse_scaled(text: str, precision: int, *, field_name: str = "value") -> int:
@@ -113,10 +118,10 @@ class Market:
     quote: Currency
     amount_precision: int
     price_precision: int
-    min_amount: int = 1
+    min_amount: Amount = _ONE_AMOUNT
     """Smallest order amount, in amount units."""
-    max_amount: int = MAX_SCALED
-    max_price: int = MAX_SCALED
+    max_amount: Amount = _MAX_AMOUNT
+    max_price: Price = _MAX_PRICE
     _base_factor: int = field(init=False, repr=False, compare=False)
     _funds_factor: int = field(init=False, repr=False, compare=False)
 
@@ -136,32 +141,34 @@ class Market:
             10 ** (self.quote.precision - self.amount_precision - self.price_precision),
         )
 
-    def base_units(self, amount: int) -> int:
+    def base_units(self, amount: Amount) -> int:
         """Ledger units of the base currency for a market amount."""
         return amount * self._base_factor
 
-    def funds(self, price: int, amount: int) -> int:
+    def funds(self, price: Price, amount: Amount) -> QuoteUnits:
         """Exact ledger units of the quote currency for `amount` at `price`."""
-        return price * amount * self._funds_factor
+        return QuoteUnits(price * amount * self._funds_factor)
 
     @property
     def funds_factor(self) -> int:
         """Quote units per (price unit x amount unit); the engine inlines it on the hot path."""
         return self._funds_factor
 
-    def parse_amount(self, text: str) -> int:
-        amount = parse_scaled(text, self.amount_precision, field_name="amount")
+    def parse_amount(self, text: str) -> Amount:
+        amount = Amount(parse_scaled(text, self.amount_precision, field_name="amount"))
         if amount < self.min_amount:
             raise TooSmall("amount", f"{text!r} is below the minimum {self.format_amount(self.min_amount)}")
         if amount > self.max_amount:
             raise TooLarge("amount", f"{text!r} is above the maximum {self.format_amount(self.max_amount)}")
         return amount
 
-    def parse_price(self, text: str) -> int:
-        price = parse_scaled(text, self.price_precision, field_name="price")
+    def parse_price(self, text: str) -> Price:
+        price = Price(parse_scaled(text, self.price_precision, field_name="price"))
         if price > self.max_price:
             raise TooLarge("price", f"{text!r} is above the maximum {self.format_price(self.max_price)}")
         return price
+
+    # The formatters take any int on the grid (an `Amount`, or a sum or difference of them).
 
     def format_amount(self, amount: int) -> str:
         return format_scaled(amount, self.amount_precision)

@@ -14,7 +14,9 @@ implements the rules. It is built for speed in CPython:
 - A price level is a `dict[order_id, RestingOrder]`: dicts keep insertion order, so the first
   entry is the oldest order (time priority), and removing any order (cancel, amend) is O(1).
 
-All prices and amounts are integers in the market's scales (see `bourse.domain.money`).
+All prices and amounts are integers in the market's scales (see `bourse.domain.money`), typed
+`Price`, `Amount`, `QuoteUnits` and ids (`bourse.domain.values`); a level key is a plain `int`
+(a price or a negated price).
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from bourse.domain.orders import OrderStatus, Side
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits
 
-Level = dict[int, "RestingOrder"]
+Level = dict[OrderId, "RestingOrder"]
 """One price level: order id -> order, oldest first."""
+
+_NOTHING_EXECUTED = Amount(0)
+_NO_FUNDS = QuoteUnits(0)
 
 
 class RestingOrder:
@@ -52,13 +58,13 @@ class RestingOrder:
 
     def __init__(
         self,
-        order_id: int,
-        member_id: int,
+        order_id: OrderId,
+        member_id: MemberId,
         side: Side,
-        price: int,
-        amount: int,
-        executed: int = 0,
-        funds: int = 0,
+        price: Price,
+        amount: Amount,
+        executed: Amount = _NOTHING_EXECUTED,
+        funds: QuoteUnits = _NO_FUNDS,
         post_only: bool = False,
         created_at: int = 0,
         received_at: int = 0,
@@ -81,15 +87,15 @@ class RestingOrder:
         self.client_order_id = client_order_id
 
     @property
-    def remaining(self) -> int:
-        return self.amount - self.executed
+    def remaining(self) -> Amount:
+        return Amount(self.amount - self.executed)
 
     @property
     def status(self) -> OrderStatus:
         """Status of an order that is still open."""
         return OrderStatus.PARTIALLY_FILLED if self.executed else OrderStatus.SUBMITTED
 
-    def set_price(self, price: int) -> None:
+    def set_price(self, price: Price) -> None:
         self.price = price
         self.key = -price if self.is_buy else price
 
@@ -131,22 +137,22 @@ class BookSide:
             keys = self.keys
             del keys[bisect_left(keys, key)]
 
-    def best_price(self) -> int | None:
+    def best_price(self) -> Price | None:
         if not self.keys:
             return None
         key = self.keys[0]
-        return -key if self.is_buy else key
+        return Price(-key if self.is_buy else key)
 
-    def depth(self, limit: int) -> list[tuple[int, int]]:
+    def depth(self, limit: int) -> list[tuple[Price, Amount]]:
         """Up to `limit` levels, best first, as (price, total remaining amount)."""
-        out: list[tuple[int, int]] = []
+        out: list[tuple[Price, Amount]] = []
         levels = self.levels
         sign = -1 if self.is_buy else 1
         for key in self.keys[: max(limit, 0)]:
             total = 0
             for order in levels[key].values():
                 total += order.amount - order.executed
-            out.append((sign * key, total))
+            out.append((Price(sign * key), Amount(total)))
         return out
 
     def orders(self) -> Iterator[RestingOrder]:
@@ -167,7 +173,7 @@ class OrderBook:
     def __init__(self) -> None:
         self.bids = BookSide(is_buy=True)
         self.asks = BookSide(is_buy=False)
-        self.orders: dict[int, RestingOrder] = {}
+        self.orders: dict[OrderId, RestingOrder] = {}
 
     def side(self, is_buy: bool) -> BookSide:
         return self.bids if is_buy else self.asks

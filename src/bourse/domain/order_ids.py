@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bourse.domain.values import OrderId
+
 EPOCH_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z in Unix milliseconds: timestamp 0 of an id."""
 
@@ -66,7 +68,7 @@ class OrderIdGenerator:
         """Unix ms of the newest id issued (or the starting mark): the generator's high-water mark."""
         return self._last_ms
 
-    def next_id(self) -> int:
+    def next_id(self) -> OrderId:
         now = self._clock_ms()
         if now > self._last_ms:
             self._last_ms = now
@@ -82,9 +84,9 @@ class OrderIdGenerator:
         timestamp = self._last_ms - EPOCH_MS
         if timestamp > MAX_TIMESTAMP:
             raise OverflowError("order id timestamp beyond 2095: the id layout needs a new epoch")
-        return (timestamp << TIMESTAMP_SHIFT) | self._worker_bits | self._sequence
+        return OrderId((timestamp << TIMESTAMP_SHIFT) | self._worker_bits | self._sequence)
 
-    def next_ids(self, count: int) -> list[int]:
+    def next_ids(self, count: int) -> list[OrderId]:
         next_id = self.next_id
         return [next_id() for _ in range(count)]
 

@@ -57,6 +57,7 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 
 
 class EventBatch(Protocol):
@@ -123,19 +124,19 @@ class OrderView(msgspec.Struct, kw_only=True):
     price units, `amount`/`executed`/`remaining` in amount units, `funds` in quote currency units.
     Times are nanoseconds since the epoch."""
 
-    id: int
-    member_id: int
+    id: OrderId
+    member_id: MemberId
     market: str
     side: Side | None
     """None only for an order the accounts stage rejected (it never reached the engine)."""
     type: OrderType | None
-    price: int | None
+    price: Price | None
     """Limit price; None for market orders (and rejected ones)."""
-    amount: int | None
-    executed: int = 0
-    remaining: int = 0
+    amount: Amount | None
+    executed: Amount = Amount(0)
+    remaining: Amount = Amount(0)
     """Unfilled amount: still in the book while the order is open, left unfilled once closed."""
-    funds: int = 0
+    funds: QuoteUnits = QuoteUnits(0)
     """Quote units exchanged so far (spent by a buy, received by a sell), before fees."""
     status: OrderStatus
     close_reason: CloseReason | None = None
@@ -165,12 +166,12 @@ class BalanceView(msgspec.Struct, frozen=True):
 class PublicTrade(msgspec.Struct, frozen=True):
     """A trade as anyone may see it (no member or order ids)."""
 
-    id: int
+    id: TradeId
     """Per market, from 1."""
     market: str
-    price: int
-    amount: int
-    funds: int
+    price: Price
+    amount: Amount
+    funds: QuoteUnits
     taker_side: Side
     ts: int
 
@@ -178,13 +179,13 @@ class PublicTrade(msgspec.Struct, frozen=True):
 class MemberTrade(msgspec.Struct, frozen=True):
     """A trade from one member's side of it."""
 
-    id: int
+    id: TradeId
     market: str
-    price: int
-    amount: int
-    funds: int
+    price: Price
+    amount: Amount
+    funds: QuoteUnits
     side: Side
-    order_id: int
+    order_id: OrderId
     role: str
     """"maker" or "taker"."""
     ts: int
@@ -194,9 +195,9 @@ class DepthView(msgspec.Struct, frozen=True):
     """Aggregated price levels, best first: `[price, remaining amount]`."""
 
     market: str
-    bids: list[tuple[int, int]]
-    asks: list[tuple[int, int]]
-    last_price: int | None
+    bids: list[tuple[Price, Amount]]
+    asks: list[tuple[Price, Amount]]
+    last_price: Price | None
     seq: int
     """The last engine input sequence applied for this market (0: nothing yet)."""
 
@@ -233,7 +234,7 @@ class _Levels:
         self.levels: dict[int, int] = {}
         self.keys: list[int] = []
 
-    def add(self, price: int, amount: int) -> None:
+    def add(self, price: Price, amount: Amount) -> None:
         key = price * self.sign
         levels = self.levels
         total = levels.get(key)
@@ -243,7 +244,7 @@ class _Levels:
         else:
             levels[key] = total + amount
 
-    def sub(self, price: int, amount: int) -> None:
+    def sub(self, price: Price, amount: Amount) -> None:
         key = price * self.sign
         levels = self.levels
         total = levels[key] - amount
@@ -254,9 +255,9 @@ class _Levels:
             keys = self.keys
             del keys[bisect_left(keys, key)]
 
-    def top(self, limit: int) -> list[tuple[int, int]]:
+    def top(self, limit: int) -> list[tuple[Price, Amount]]:
         sign, levels = self.sign, self.levels
-        return [(key * sign, levels[key]) for key in self.keys[:limit]]
+        return [(Price(key * sign), Amount(levels[key])) for key in self.keys[:limit]]
 
 
 class _Market:
@@ -266,7 +267,7 @@ class _Market:
         self.bids = _Levels(-1)
         self.asks = _Levels(1)
         self.trades: deque[PublicTrade] = deque(maxlen=trades)
-        self.last_price: int | None = None
+        self.last_price: Price | None = None
         self.seq = 0
 
 
@@ -274,8 +275,8 @@ class _Member:
     __slots__ = ("balances", "closed", "open", "trades")
 
     def __init__(self, trades: int) -> None:
-        self.open: dict[int, OrderView] = {}
-        self.closed: OrderedDict[int, OrderView] = OrderedDict()
+        self.open: dict[OrderId, OrderView] = {}
+        self.closed: OrderedDict[OrderId, OrderView] = OrderedDict()
         """In the order they closed, oldest first (evicted first)."""
         self.balances: dict[str, BalanceView] = {}
         self.trades: deque[MemberTrade] = deque(maxlen=trades)
@@ -348,7 +349,7 @@ def rejected_view(e: OrderRejected, ts: int) -> OrderView | None:
 
 def fold_trade(view: OrderView, t: Trade) -> None:
     """`trade` adds its funds to the order (called for the maker and the taker)."""
-    view.funds += t.funds
+    view.funds = QuoteUnits(view.funds + t.funds)
 
 
 def fold_updated(view: OrderView, e: OrderUpdated, ts: int) -> None:
@@ -365,7 +366,7 @@ def fold_amended(view: OrderView, e: OrderAmended, ts: int) -> None:
     view.price = e.price
     view.amount = e.amount
     view.remaining = e.remaining
-    view.executed = e.amount - e.remaining
+    view.executed = Amount(e.amount - e.remaining)
     view.status = _PARTIAL if view.executed else _SUBMITTED
     view.updated_at = ts
 
@@ -376,7 +377,7 @@ def fold_closed(view: OrderView, e: OrderClosed, ts: int) -> None:
     view.status = e.status
     view.close_reason = e.reason
     view.executed = e.executed
-    view.remaining = (view.amount or 0) - e.executed
+    view.remaining = Amount((view.amount or 0) - e.executed)
     view.funds = e.funds_spent
     view.updated_at = ts
 
@@ -394,8 +395,8 @@ class OrderViews:
         self.closed_per_member = closed_per_member
         self.trades_per_market = trades_per_market
         self.trades_per_member = trades_per_member
-        self._orders: dict[int, OrderView] = {}
-        self._members: dict[int, _Member] = {}
+        self._orders: dict[OrderId, OrderView] = {}
+        self._members: dict[MemberId, _Member] = {}
         self._markets: dict[str, _Market] = {}
         self._accounts_seq: dict[int, int] = {}
         self.events_applied = 0
@@ -448,7 +449,7 @@ class OrderViews:
             market = self._markets[symbol] = _Market(self.trades_per_market)
         return market
 
-    def _member(self, member_id: int) -> _Member:
+    def _member(self, member_id: MemberId) -> _Member:
         member = self._members.get(member_id)
         if member is None:
             member = self._members[member_id] = _Member(self.trades_per_member)
@@ -543,7 +544,7 @@ class OrderViews:
 
     # ------------------------------------------------------------------ queries
 
-    def order(self, member_id: int, order_id: int) -> OrderView | None:
+    def order(self, member_id: MemberId, order_id: OrderId) -> OrderView | None:
         """The order, or None if it is unknown or belongs to another member."""
         view = self._orders.get(order_id)
         if view is None or view.member_id != member_id:
@@ -552,11 +553,11 @@ class OrderViews:
 
     def orders(
         self,
-        member_id: int,
+        member_id: MemberId,
         market: str | None = None,
         state: str | None = None,
         limit: int = 100,
-        before_id: int | None = None,
+        before_id: OrderId | None = None,
         status: OrderStatus | None = None,
     ) -> list[OrderView]:
         """A member's orders, most recent (highest id) first. `state`: None (all), "open",
@@ -588,7 +589,7 @@ class OrderViews:
 
         return heapq.nlargest(limit, matching(), key=_order_id)
 
-    def open_orders(self, member_id: int, market: str | None = None) -> list[OrderView]:
+    def open_orders(self, member_id: MemberId, market: str | None = None) -> list[OrderView]:
         """Every open order of a member (optionally in one market), most recent first."""
         member = self._members.get(member_id)
         if member is None:
@@ -597,7 +598,7 @@ class OrderViews:
         found.sort(key=_order_id, reverse=True)
         return found
 
-    def balances(self, member_id: int) -> list[BalanceView]:
+    def balances(self, member_id: MemberId) -> list[BalanceView]:
         member = self._members.get(member_id)
         if member is None:
             return []
@@ -616,7 +617,9 @@ class OrderViews:
             return []
         return list(islice(reversed(state.trades), limit))
 
-    def member_trades(self, member_id: int, market: str | None = None, limit: int = 100) -> list[MemberTrade]:
+    def member_trades(
+        self, member_id: MemberId, market: str | None = None, limit: int = 100
+    ) -> list[MemberTrade]:
         """A member's recent trades (optionally in one market), most recent first."""
         member = self._members.get(member_id)
         if member is None or limit <= 0:
@@ -629,7 +632,7 @@ class OrderViews:
                     break
         return found
 
-    def last_price(self, market: str) -> int | None:
+    def last_price(self, market: str) -> Price | None:
         state = self._markets.get(market)
         return None if state is None else state.last_price
 
@@ -652,5 +655,5 @@ class OrderViews:
         }
 
 
-def _order_id(view: OrderView) -> int:
+def _order_id(view: OrderView) -> OrderId:
     return view.id

@@ -1,7 +1,8 @@
 """Order vocabulary shared by the engine, the ledger and every service.
 
 Commands go into a stage, events come out of it. All quantities are integers scaled by the
-market's precision (see `bourse.domain.money`); nothing here is ever a float.
+market's precision (see `bourse.domain.money`), typed as `bourse.domain.values` says (`Price`,
+`Amount`, `QuoteUnits`, the ids); nothing here is ever a float.
 
 These are `msgspec.Struct`s: immutable value types with no I/O, cheap to create on the hot
 path and encodable as they are, so the engine's output is already the wire contract.
@@ -13,6 +14,8 @@ import re
 from enum import StrEnum
 
 import msgspec
+
+from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 
 
 class Side(StrEnum):
@@ -96,14 +99,14 @@ class CloseReason(StrEnum):
 
 
 class PlaceOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="place"):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     side: Side
     type: OrderType
-    amount: int
+    amount: Amount
     """Base amount, scaled by the market's amount precision."""
-    price: int | None = None
+    price: Price | None = None
     """Limit price scaled by the market's price precision; None for market orders."""
     tif: TimeInForce = TimeInForce.GTC
     post_only: bool = False
@@ -116,8 +119,8 @@ class PlaceOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="place"):
 
 
 class CancelOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="cancel"):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
 
 
@@ -127,11 +130,11 @@ class AmendOrder(msgspec.Struct, frozen=True, tag_field="kind", tag="amend"):
     Decreasing the amount only keeps time priority; any other change loses it
     (cancel-replace done atomically)."""
 
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
-    price: int | None = None
-    amount: int | None = None
+    price: Price | None = None
+    amount: Amount | None = None
     """New total amount (executed part included); must stay above the executed amount."""
 
 
@@ -149,13 +152,13 @@ def command_kind(command: EngineCommand) -> str:
 
 
 class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="accepted"):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     side: Side
     type: OrderType
-    amount: int
-    price: int | None
+    amount: Amount
+    price: Price | None
     tif: TimeInForce
     post_only: bool
     created_at: int
@@ -166,8 +169,8 @@ class OrderAccepted(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag
 
 
 class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="rejected"):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     reason: RejectReason
     command: str
@@ -176,17 +179,17 @@ class OrderRejected(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag
 
 
 class Trade(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="trade"):
-    trade_id: int
+    trade_id: TradeId
     market: str
-    price: int
-    amount: int
+    price: Price
+    amount: Amount
     """Base amount, in market amount scale."""
-    funds: int
+    funds: QuoteUnits
     """Quote amount, in units of the quote currency (price * amount, rescaled; exact)."""
-    maker_order_id: int
-    maker_member_id: int
-    taker_order_id: int
-    taker_member_id: int
+    maker_order_id: OrderId
+    maker_member_id: MemberId
+    taker_order_id: OrderId
+    taker_member_id: MemberId
     taker_side: Side
     ts: int
 
@@ -194,34 +197,34 @@ class Trade(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="trade"
 class OrderUpdated(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="updated"):
     """A fill happened: the order's executed amount changed (and it is still open or now final)."""
 
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
-    executed: int
-    remaining: int
+    executed: Amount
+    remaining: Amount
     status: OrderStatus
 
 
 class OrderAmended(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="amended"):
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
-    price: int
-    amount: int
-    remaining: int
+    price: Price
+    amount: Amount
+    remaining: Amount
     priority_kept: bool
 
 
 class OrderClosed(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="closed"):
     """The order left the book for good. `status` says how: executed, cancelled or closed."""
 
-    order_id: int
-    member_id: int
+    order_id: OrderId
+    member_id: MemberId
     market: str
     status: OrderStatus
     reason: CloseReason
-    executed: int
-    funds_spent: int = 0
+    executed: Amount
+    funds_spent: QuoteUnits = QuoteUnits(0)
     """Quote units the order exchanged over its life (spent by a buy, received by a sell)."""
 
 

@@ -46,6 +46,7 @@ from bourse.domain.order_views import (
     PublicTrade,
 )
 from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
+from bourse.domain.values import Amount, Price, QuoteUnits
 
 T = TypeVar("T")
 
@@ -202,8 +203,8 @@ class SqlReadModel:
             )
 
         async def work(conn: AsyncConnection) -> DepthView:
-            bids = [(int(p), _int(a)) for p, a in (await conn.execute(side(Side.BUY))).all()]
-            asks = [(int(p), _int(a)) for p, a in (await conn.execute(side(Side.SELL))).all()]
+            bids = [(Price(int(p)), Amount(_int(a))) for p, a in (await conn.execute(side(Side.BUY))).all()]
+            asks = [(Price(int(p)), Amount(_int(a))) for p, a in (await conn.execute(side(Side.SELL))).all()]
             last = (
                 await conn.execute(
                     select(trades.c.price)
@@ -219,7 +220,8 @@ class SqlReadModel:
                     )
                 )
             ).scalar()
-            return DepthView(market, bids, asks, None if last is None else int(last), int(seq or 0))
+            last_price = None if last is None else Price(int(last))
+            return DepthView(market, bids, asks, last_price, int(seq or 0))
 
         return await self._read(work)
 
@@ -285,7 +287,8 @@ class SqlReadModel:
                 ).all():
                     taker = Side(taker_side)
                     side = taker if role == "taker" else (Side.SELL if taker is Side.BUY else Side.BUY)
-                    trade = MemberTrade(trade_id, m, price, amount, _int(funds), side, order_id, role, ts)
+                    funds = QuoteUnits(_int(funds))
+                    trade = MemberTrade(trade_id, m, price, amount, funds, side, order_id, role, ts)
                     found.append(((ts, m, trade_id, role == "taker"), trade))
             found.sort(key=lambda pair: pair[0], reverse=True)
             return [trade for _, trade in found[:limit]]

@@ -43,6 +43,7 @@ from bourse.domain.orders import (
     TimeInForce,
     command_kind,
 )
+from bourse.domain.values import MemberId, OrderId
 from bourse.entrypoints.rest.deps import Deps, GatewayDeps, Member
 from bourse.entrypoints.rest.errors import ApiError
 from bourse.entrypoints.rest.schemas import AmendIn, OrderIn, OrderOut, PendingOut, Problem
@@ -407,7 +408,7 @@ async def cancel(deps: GatewayDeps, member: int, order_id: str) -> tuple[int, Or
     """The whole of DELETE /order/{id} once the member is known: shared by the FastAPI route
     and the gateway's lean hot path. Raises `ApiError` for every refusal."""
     oid = order_id_or_404(order_id)
-    applied, outcome = await send_and_wait(deps, CancelOrder(oid, member, ""))
+    applied, outcome = await send_and_wait(deps, CancelOrder(OrderId(oid), MemberId(member), ""))
     if not applied:
         return 202, pending(order_id, "cancel", "the cancel is durable and not applied yet")
     view = await read_after_write(deps, member, oid, 0.5)
@@ -475,7 +476,7 @@ async def cancel_all(member: Member, deps: Deps, market: str | None = None) -> l
         market_or_422(deps, market)
     reads = deps.live_queries or deps.queries  # the freshest: an order placed just now is listed
     views = await query(deps, reads.orders(member, market=market, state="open", limit=READ_MAX_LIMIT))
-    commands = [CancelOrder(view.id, member, view.market) for view in views]
+    commands = [CancelOrder(view.id, MemberId(member), view.market) for view in views]
     submissions = await asyncio.gather(*(submit(deps, command) for command in commands))
     for submission in submissions:
         deps.intake.forget(submission)
