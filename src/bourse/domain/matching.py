@@ -80,7 +80,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator
-from typing import Final, cast
+from typing import Final
 
 import msgspec
 
@@ -359,9 +359,10 @@ class MatchingEngine:
         price = c.price
         amount = c.amount
         old_price = order.price
-        if amend_shape_error(new_price=price is not None, new_amount=amount is not None) is not None:
-            return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]
         if price is None:
+            # only an amend without a price can break the rule: a move with one pays no call
+            if amend_shape_error(new_price=False, new_amount=amount is not None) is not None:
+                return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]
             price = old_price
         elif not 0 < price <= self._max_price:
             return [self._reject(c, RejectReason.AMEND_INVALID, "amend")]
@@ -379,7 +380,7 @@ class MatchingEngine:
                     market=self._symbol,
                     price=price,
                     amount=amount,
-                    remaining=cast(Amount, amount - order.executed),
+                    remaining=amount - order.executed,  # type: ignore[arg-type]
                     priority_kept=True,
                 )
             ]
@@ -421,7 +422,7 @@ class MatchingEngine:
                 market=self._symbol,
                 price=price,
                 amount=amount,
-                remaining=cast(Amount, amount - order.executed),
+                remaining=amount - order.executed,  # type: ignore[arg-type]
                 priority_kept=False,
             )
         ]
@@ -458,8 +459,9 @@ class MatchingEngine:
         `funds_cap` >= 0 bounds the quote units the taker may spend (market buy). Returns True
         when the funds cap stopped the taker before its amount or the book ran out.
 
-        The arithmetic is on plain ints; each value an event carries is `cast` to its type once
-        (a NewType call would cost more, see `bourse.domain.values`).
+        The arithmetic is on plain ints; the values events carry are typed by annotation with a
+        `type: ignore`, not by `cast` or a NewType call: either is a Python call per fill
+        (about 40 and 60 ns), several per fill, a measurable share of the engine's time.
         """
         keys = opp.keys
         levels = opp.levels
@@ -512,19 +514,19 @@ class MatchingEngine:
                         qty = afford
                         if not qty:
                             break
-                funds = cast(QuoteUnits, price * qty * ff)
-                t_exec = cast(Amount, t_exec + qty)
+                funds: QuoteUnits = price * qty * ff  # type: ignore[assignment]
+                t_exec = t_exec + qty  # type: ignore[assignment]
                 t_funds += funds
-                m_exec = cast(Amount, maker.executed + qty)
+                m_exec: Amount = maker.executed + qty  # type: ignore[assignment]
                 maker.executed = m_exec
-                m_funds = cast(QuoteUnits, maker.funds + funds)
+                m_funds: QuoteUnits = maker.funds + funds  # type: ignore[assignment]
                 maker.funds = m_funds
                 append(
                     Trade(
-                        trade_id=cast(TradeId, trade_id),
+                        trade_id=trade_id,  # type: ignore[arg-type]
                         market=symbol,
                         price=price,
-                        amount=cast(Amount, qty),
+                        amount=qty,  # type: ignore[arg-type]
                         funds=funds,
                         maker_order_id=m_id,
                         maker_member_id=m_member,
@@ -535,18 +537,18 @@ class MatchingEngine:
                     )
                 )
                 trade_id += 1
-                m_rem = cast(Amount, m_rem - qty)
+                m_rem = m_rem - qty
                 append(
                     OrderUpdated(
                         order_id=m_id,
                         member_id=m_member,
                         market=symbol,
                         executed=m_exec,
-                        remaining=m_rem,
+                        remaining=m_rem,  # type: ignore[arg-type]
                         status=_PARTIAL if m_rem else _EXECUTED,
                     )
                 )
-                t_rem = cast(Amount, t_amount - t_exec)
+                t_rem: Amount = t_amount - t_exec  # type: ignore[assignment]
                 append(
                     OrderUpdated(
                         order_id=t_id,
@@ -580,7 +582,7 @@ class MatchingEngine:
             if t_exec == t_amount or exhausted:
                 break
         taker.executed = t_exec
-        taker.funds = cast(QuoteUnits, t_funds)
+        taker.funds = t_funds  # type: ignore[assignment]
         self._next_trade_id = trade_id
         return exhausted
 
