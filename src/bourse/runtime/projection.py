@@ -26,6 +26,7 @@ and hold every later one back.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -86,6 +87,9 @@ class Feed:
     transactions: int = 0
     failures: int = 0
     last_error: str | None = None
+    cpu_s: float = 0.0
+    """In `follow()` mode: this process's CPU spent decoding and applying (the writer does not
+    await there, so nothing else runs in between)."""
 
     @property
     def kind(self) -> str:
@@ -103,6 +107,7 @@ class Feed:
             "transactions": self.transactions,
             "failures": self.failures,
             "last_error": self.last_error,
+            "cpu_s": round(self.cpu_s, 3),
         }
 
 
@@ -263,6 +268,7 @@ class Projection:
 
     async def apply_once(self, feed: Feed, msg: Msg) -> None:
         """Apply one message; if the writer fails, count it and go on with the next."""
+        started = time.process_time()
         try:
             position = stream_position(msg)
             envelopes = feed.spec.unpack(position.seq, position.timestamp_ns, msg.data)
@@ -276,6 +282,7 @@ class Projection:
         feed.messages += 1
         feed.items += applied.items
         feed.duplicates += applied.duplicates
+        feed.cpu_s += time.process_time() - started
 
     async def unfollow(self) -> None:
         for subscription in self._subscriptions:

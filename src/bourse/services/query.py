@@ -93,7 +93,6 @@ class Query(Service):
         self._ready = asyncio.Event()
         self._started = 0.0
         self._catch_up_s: float | None = None
-        self._cpu_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,7 +132,6 @@ class Query(Service):
 
     async def write(self, feed: Feed, envelopes: Sequence[Envelope[Any]], watermark: int) -> Applied:
         """Fold one message into the views (they skip what they have applied, by sequence)."""
-        started = time.process_time()
         if feed is self.events:
             for envelope in envelopes:
                 self.views.apply_events(envelope.body)
@@ -141,7 +139,6 @@ class Query(Service):
             for envelope in envelopes:
                 self.views.apply_report(envelope.body, envelope.timestamp_ns)
         feed.watermark = watermark
-        self._cpu_s += time.process_time() - started
         if not self._ready.is_set():
             self._check_ready()
         return Applied(items=len(envelopes))
@@ -265,5 +262,5 @@ class Query(Service):
             "messages": self.events.messages + self.accounts.messages,
             "failures": self.events.failures + self.accounts.failures,
             "last_error": self.events.last_error or self.accounts.last_error,
-            "cpu_s": round(self._cpu_s, 3),
+            "cpu_s": round(self.events.cpu_s + self.accounts.cpu_s, 3),
         }
