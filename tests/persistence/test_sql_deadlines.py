@@ -9,6 +9,8 @@ can end a wait.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -157,3 +159,42 @@ async def test_persistence_goes_not_ok_while_its_database_is_black_holed_and_cat
     assert len(await rows(mariadb_url, "SELECT trade_id FROM trades")) == 10
     report = await audit_url(mariadb_url)
     assert report.ok, report.lines()
+
+
+async def test_persistence_starts_past_row_locks_left_by_a_killed_instance(
+    nc: Client, settings: Settings, mariadb_url: str
+) -> None:
+    """A previous instance killed while its statement waited keeps its row locks until the server
+    gives that statement up. The next instance's start (reading the positions, noting the demo
+    members) is bounded and retried as the writes are, and its sessions give a lock wait up at
+    the transaction deadline, not the server's 50 s: it starts once the locks go, instead of
+    dying of `Lock wait timeout exceeded` (seen in the fault suite's kill-persistence)."""
+    deadline_s = 1.0
+    settings = settings.model_copy(
+        update={"sql_url": mariadb_url, "sql_transaction_timeout_s": deadline_s, "demo_seed": True}
+    )
+    await upgrade_url(mariadb_url)
+    blocker = create_engine(mariadb_url)
+    exchange = Exchange(nc, settings)
+    try:
+        async with blocker.connect() as conn:
+            await conn.execute(text("INSERT INTO members (id, email, created_at) VALUES (1, NULL, 0)"))
+            await conn.commit()
+            # the killed instance's open transaction: member 1's row locked, nothing committed
+            await conn.execute(text("UPDATE members SET created_at = 1 WHERE id = 1"))
+            started = time.monotonic()
+            starting = asyncio.create_task(exchange.start(Persistence))
+            await asyncio.sleep(3 * deadline_s)
+            assert not starting.done(), "started although the row stayed locked"
+            await conn.rollback()  # the server gave the dead statement up
+        host = await asyncio.wait_for(starting, 30)
+        waited_s = time.monotonic() - started
+        assert waited_s >= 3 * deadline_s
+        service = persistence_of(host)
+        assert service.engine is not None
+        async with service.engine.connect() as own:
+            wait = (await own.execute(text("SELECT @@SESSION.innodb_lock_wait_timeout"))).scalar_one()
+        assert int(wait) == math.ceil(deadline_s)
+    finally:
+        await exchange.stop()
+        await blocker.dispose()

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -56,6 +57,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.retry import retrying
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.lock import PersistenceLock
 from bourse.adapters.sql.models import WATERMARK
@@ -73,6 +75,8 @@ from bourse.runtime.projection import (
     RetryPolicy,
 )
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -174,7 +178,7 @@ class Persistence(Service):
         self._lag_task: asyncio.Task[None] | None = None
         self._lag_error: str | None = None
         self._lock: PersistenceLock | None = None
-        self._abandoned: set[asyncio.Future[Written]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
         """Timed-out transactions still stuck on a dead connection (kept referenced)."""
         self.registry = CollectorRegistry(auto_describe=False)
         """This instance's metrics only: several services (and tests) in one process do not collide."""
@@ -190,22 +194,14 @@ class Persistence(Service):
     async def start(self) -> None:
         self._lock = lock = PersistenceLock(self.url)
         await lock.acquire(self.LOCK_WAIT_S)  # first: nothing is touched while another holds it
-        self.engine = engine = create_engine(self.url)
+        self.engine = engine = create_engine(
+            self.url, lock_wait_s=math.ceil(self.ctx.settings.sql_transaction_timeout_s)
+        )
         await upgrade(engine)
         self._store = store = SqlStore(engine)
         if store.dialect == "sqlite":
             self._serial = asyncio.Lock()  # one writer at a time: SQLite has one write lock anyway
-        async with engine.begin() as conn:
-            for feed in (self.events, self.accounts):
-                self._stored(feed, await store.positions(conn, feed.durable, feed.stream))
-            if self.ctx.settings.demo_seed:
-                await store.upsert_member_emails(
-                    conn,
-                    [
-                        member_row(member.id, member.email or None, 0)
-                        for member in self.ctx.catalog.demo_members
-                    ],
-                )
+        await self._load_positions(engine, store)
         self.log.info(
             "database ready",
             extra={
@@ -215,6 +211,40 @@ class Persistence(Service):
             },
         )
         self._lag_task = asyncio.create_task(self._watch_lag(), name="persistence:lag")
+
+    async def _load_positions(self, engine: AsyncEngine, store: SqlStore) -> None:
+        """Read what is applied (and note the demo members' emails), in a transaction bounded and
+        retried as the writes are: a previous instance killed in the middle of a statement can
+        hold row locks until the server gives its statement up (the session's lock wait timeout),
+        and this start must outlast that, not die of it."""
+        members = (
+            [member_row(member.id, member.email or None, 0) for member in self.ctx.catalog.demo_members]
+            if self.ctx.settings.demo_seed
+            else []
+        )
+
+        async def load(conn: AsyncConnection) -> dict[str, dict[str, Position]]:
+            found = {feed.kind: await store.positions(conn, feed.durable, feed.stream) for feed in self.feeds}
+            if members:
+                await store.upsert_member_emails(conn, members)
+            return found
+
+        def failed(exc: BaseException, pause_s: float) -> None:
+            self.log.warning(
+                "reading the positions failed, retrying",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:500], "pause_s": round(pause_s, 3)},
+            )
+
+        deadline_s = self.ctx.settings.sql_transaction_timeout_s
+        async for attempt in retrying(first_s=self.RETRY.first_s, max_s=self.RETRY.max_s, on_failure=failed):
+            with attempt:
+                found = await self._attempt(engine, load, deadline_s)
+        for feed in self.feeds:
+            self._stored(feed, found[feed.kind])
+
+    @property
+    def feeds(self) -> tuple[Feed, Feed]:
+        return (self.events, self.accounts)
 
     async def stop(self) -> None:
         if self._lag_task is not None:
@@ -328,8 +358,8 @@ class Persistence(Service):
     """How long a timed-out attempt may take to roll back before it is left behind."""
 
     async def _attempt(
-        self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[Written]], deadline_s: float
-    ) -> Written:
+        self, engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]], deadline_s: float
+    ) -> T:
         """One transaction, bounded as a whole: a deadline inside `engine.begin()` would still
         wait, unbounded, for the rollback on a connection whose server stopped answering (seen
         with a black-holed MariaDB: the consumer stuck long after the network came back). Past
@@ -337,7 +367,7 @@ class Persistence(Service):
         left behind with its connection and the pool is replaced, so the next attempt connects
         afresh."""
 
-        async def transaction() -> Written:
+        async def transaction() -> T:
             async with engine.begin() as conn:
                 return await work(conn)
 

@@ -10,6 +10,7 @@ which takes no gap locks for the service's keyed upserts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,13 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(parsed.database)
 
 
-def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
-    """An async engine for `url`; for a SQLite file, its folder is created if missing."""
+def create_engine(url: str | URL, *, lock_wait_s: int | None = None, **options: Any) -> AsyncEngine:
+    """An async engine for `url`; for a SQLite file, its folder is created if missing.
+
+    `lock_wait_s` (MariaDB/MySQL): how long a statement of this engine's sessions waits for a row
+    lock (`innodb_lock_wait_timeout`, the server's default 50 s). The server does not notice that
+    a client died while its statement waits; the statement keeps the locks it took until it gives
+    up, so a writer with a deadline wants its statements to give up by that deadline too."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_file(parsed)
@@ -57,7 +63,20 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
         options.setdefault("pool_recycle", 3600)
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        engine = create_async_engine(parsed, **options)
+        if lock_wait_s is not None:
+            event.listen(engine.sync_engine, "connect", _lock_wait(lock_wait_s))
+        return engine
     return create_async_engine(parsed, **options)
+
+
+def _lock_wait(seconds: int) -> Callable[[Any, Any], None]:
+    def set_lock_wait(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(seconds))}")
+        cursor.close()
+
+    return set_lock_wait
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
