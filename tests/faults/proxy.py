@@ -114,7 +114,7 @@ class FaultProxy:
                 w.transport.abort()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
+        try:
             while True:
                 data = await reader.read(65536)
                 if not data:
@@ -127,6 +127,12 @@ class FaultProxy:
                     return
                 writer.write(data)
                 await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            # one side reset (a client killed with unread data in its socket sends RST, not FIN):
+            # pass the reset on, as the network would. Swallowed, it left the other side's
+            # connection open forever: a killed persistence's transaction kept its row locks
+            # in MariaDB, and the next instance waited on them (fault suite, kill-persistence).
+            writer.transport.abort()
 
 
 class ThreadedProxy:
