@@ -25,7 +25,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, ServiceConfig
+from nats.micro.service import EndpointConfig, ServiceConfig, ServiceStats
 from nats.micro.service import Service as MicroService
 
 from bourse import __version__
@@ -321,6 +321,22 @@ class RunningService:
         return facts
 
 
+class _HealthInStats(MicroService):
+    """A nats.micro service whose `$SRV.STATS` carries the service's health as each endpoint's
+    data, computed once per request (nats.micro's `stats_handler` is called per endpoint)."""
+
+    def __init__(self, client: Any, config: ServiceConfig, running: RunningService) -> None:
+        super().__init__(client, config)
+        self._running = running
+
+    def stats(self) -> ServiceStats:
+        stats = super().stats()
+        data = msgspec.to_builtins(self._running.health())
+        for endpoint in stats.endpoints:
+            endpoint.data = data
+        return stats
+
+
 class ServiceHost:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -339,7 +355,7 @@ class ServiceHost:
         async def answer_health(request: Request) -> None:
             await request.respond(msgspec.json.encode(running.health()))
 
-        running.micro = micro = MicroService(
+        running.micro = micro = _HealthInStats(
             self.ctx.nc,
             ServiceConfig(
                 name=micro_name(self.ctx.namespace, service.name),
@@ -347,8 +363,8 @@ class ServiceHost:
                 description=service.description,
                 metadata=self.metadata(service),
                 queue_group=f"{self.ctx.namespace}.{service.name}",
-                stats_handler=lambda _endpoint: msgspec.to_builtins(running.health()),
             ),
+            running,
         )
         health = Endpoint(HEALTH_ENDPOINT, service.subject(HEALTH_ENDPOINT), answer_health)
         for endpoint in [*service.endpoints(), health]:
