@@ -14,15 +14,20 @@ import pytest
 
 from bourse.application.ports import QueryFailed
 from bourse.application.read_queries import (
+    KLINES_DEFAULT_LIMIT,
     ORDER_STATES,
     ORDERS_DEFAULT_LIMIT,
     READ_MAX_LIMIT,
+    CheckedKlinesQuery,
     InvalidReadQuery,
     check_depth_query,
+    check_klines_query,
     check_member_trades_query,
     check_orders_query,
     check_trades_query,
+    parse_time_ms,
 )
+from bourse.domain.candles import Period
 from bourse.domain.orders import FINAL_STATUSES, OrderStatus
 
 MARKETS = ("btc_usd", "eth_usd")
@@ -233,3 +238,48 @@ def test_the_first_argument_at_fault_is_the_one_named() -> None:
     with pytest.raises(InvalidReadQuery) as refused:
         check_member_trades_query(market="doge_usd", limit=0, markets=MARKETS)
     assert refused.value.field == "limit"
+
+
+# ---------------------------------------------------------------------- k-lines
+
+
+BAD_KLINES_QUERIES: list[tuple[dict[str, Any], str, str]] = [
+    ({"market": "doge_usd"}, "unknown_market", "market"),
+    ({"period": "2m"}, "unknown_period", "period"),
+    ({"period": "1M"}, "unknown_period", "period"),
+    ({"start": "yesterday"}, "invalid_time", "start"),
+    ({"start": -1}, "invalid_time", "start"),
+    ({"end": "2024-13-01T00:00:00Z"}, "invalid_time", "end"),
+    ({"end": "99999999999999999"}, "invalid_time", "end"),
+    ({"start": 2_000, "end": 1_000}, "start_after_end", "start"),
+    ({"start": 0, "end": 1000 * 60_000}, "range_too_large", "end"),
+    ({"limit": 0}, "invalid_request", "limit"),
+    ({"limit": 1001}, "invalid_request", "limit"),
+]
+"""(arguments over a valid query, code, field): what every k-line reader refuses."""
+
+
+@pytest.mark.parametrize(("arguments", "code", "field"), BAD_KLINES_QUERIES)
+def test_a_bad_klines_query_is_refused_with_a_stable_code_and_its_field(
+    arguments: dict[str, Any], code: str, field: str
+) -> None:
+    query: dict[str, Any] = {"market": "btc_usd", "period": "1m", **arguments}
+    market = query.pop("market")
+    with pytest.raises(InvalidReadQuery) as refused:
+        check_klines_query(market, markets=MARKETS, **query)
+    assert (refused.value.code, refused.value.field) == (code, field)
+    assert refused.value.status == (404 if code == "unknown_market" else 400)
+
+
+def test_klines_times_are_epoch_milliseconds_or_iso_8601_in_utc() -> None:
+    assert parse_time_ms("1710115200000", "start") == 1_710_115_200_000
+    assert parse_time_ms(1_710_115_200_000, "start") == 1_710_115_200_000
+    assert parse_time_ms("2024-03-11T00:00:00Z", "start") == 1_710_115_200_000
+    assert parse_time_ms("2024-03-11T01:00:00+01:00", "start") == 1_710_115_200_000
+    assert parse_time_ms("2024-03-11T00:00:00.250", "start") == 1_710_115_200_250  # no offset: UTC
+    assert parse_time_ms(None, "start") is None
+
+
+def test_a_klines_range_of_exactly_one_page_is_accepted_and_defaults_apply() -> None:
+    checked = check_klines_query("btc_usd", period="1h", start=0, end=999 * 3_600_000, markets=MARKETS)
+    assert checked == CheckedKlinesQuery("btc_usd", Period.H1, 0, 999 * 3_600_000, KLINES_DEFAULT_LIMIT)

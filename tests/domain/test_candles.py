@@ -22,6 +22,9 @@ from bourse.domain.candles import (
     Candle,
     CandleBook,
     Period,
+    fill_gaps,
+    merged,
+    page_bounds,
 )
 from bourse.domain.orders import CloseReason, EngineEvent, OrderClosed, OrderStatus, Side, Trade
 from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
@@ -276,7 +279,7 @@ def reference(trades: list[tuple[int, int, int]], period: Period, now_ms: int) -
     return out
 
 
-def merged(parts: list[Candle], open_time: int, previous_close: int) -> Candle:
+def folded(parts: list[Candle], open_time: int, previous_close: int) -> Candle:
     """The fold of finer candles into one coarse candle: only those with trades count."""
     traded = [c for c in parts if c.trades]
     if not traded:
@@ -344,7 +347,7 @@ def test_a_coarse_candle_is_the_fold_of_its_1m_candles(steps: list[tuple[int, in
         previous_close = 0
         for coarse in book.candles(period, limit=ALL):
             # the first coarse candle may open before the first minute: its minutes are all there
-            assert coarse == merged(inside.get(coarse.open_time, []), coarse.open_time, previous_close)
+            assert coarse == folded(inside.get(coarse.open_time, []), coarse.open_time, previous_close)
             previous_close = coarse.close
 
 
@@ -397,3 +400,71 @@ def test_replays_give_the_same_bytes_and_restore_resumes(
         resumed.apply(seq, at * NS_PER_MS, [trade(p, a, at)])
     for period in PERIODS:
         assert resumed.candles(period, limit=ALL) == straight.candles(period, limit=ALL)
+
+
+class CandleStore:
+    """What SQL and Redis do: candles with trades by (period, open time), and the newest time."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Period, int], Candle] = {}
+        self.time_ms = 0
+
+    def fold(self, batches: list[list[tuple[int, int, int]]], first_seq: int) -> None:
+        book = CandleBook.resume(SYMBOL, self.time_ms)
+        for seq, part in enumerate(batches, start=first_seq):
+            events: list[EngineEvent] = [trade(p, a, at) for p, a, at in part]
+            book.apply(seq, max(at for _, _, at in part) * NS_PER_MS, events)
+        for period, change in book.changes():
+            held = self.rows.get((period, change.open_time))
+            self.rows[(period, change.open_time)] = change if held is None else merged(held, change)
+        self.time_ms = book.time_ms
+
+    def candles(self, period: Period, start: int | None, end: int | None, limit: int) -> list[Candle]:
+        stored = sorted((c for (p, _), c in self.rows.items() if p is period), key=lambda c: c.open_time)
+        if not stored:
+            return []
+        bounds = page_bounds(period, stored[0].open_time, self.time_ms, start, end, limit)
+        if bounds is None:
+            return []
+        lo, hi = bounds
+        before = [c for c in stored if c.open_time < lo]
+        inside = [c for c in stored if lo <= c.open_time <= hi]
+        return fill_gaps(period, lo, hi, inside, before[-1] if before else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=TRADES,
+    groups=st.lists(st.integers(1, 6), min_size=1, max_size=40),
+    start=st.one_of(st.none(), st.integers(-HOUR_MS, 30 * HOUR_MS)),
+    span=st.one_of(st.none(), st.integers(0, 40 * HOUR_MS)),
+    limit=st.integers(1, 60),
+)
+def test_a_store_merging_the_changes_of_resumed_books_answers_as_the_book(
+    steps: list[tuple[int, int, int]],
+    groups: list[int],
+    start: int | None,
+    span: int | None,
+    limit: int,
+) -> None:
+    """The path of persistence and the cache: each group of batches folded by a book resumed at
+    the store's time, its changes merged into the stored candles, pages gap-filled on reading."""
+    trades = timed(steps)
+    book = fold(trades, batch=1)
+    store = CandleStore()
+    i, seq, g = 0, 1, 0
+    while i < len(trades):
+        size = groups[g % len(groups)]
+        batches = [[t] for t in trades[i : i + size]]
+        store.fold(batches, seq)
+        i, seq, g = i + size, seq + size, g + 1
+    assert store.time_ms == book.time_ms
+    start_ms = None if start is None else START + start
+    end_ms = None if span is None or start_ms is None else start_ms + span
+    for period in PERIODS:
+        assert store.candles(period, start_ms, end_ms, limit) == book.candles(period, start_ms, end_ms, limit)
+
+
+def test_merging_candles_of_different_intervals_is_refused() -> None:
+    with pytest.raises(ValueError, match="different intervals"):
+        merged(gap(0, 1), gap(MINUTE_MS, 1))

@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bourse.domain.candles import HOUR_MS, MINUTE_MS, NS_PER_MS
+from bourse.domain.candles import HOUR_MS, MINUTE_MS, NS_PER_MS, CandleBook, Period
 from bourse.domain.orders import EngineEvent, Side, Trade
 from bourse.domain.tickers import RollingTicker, Ticker, change_bp, percent_text
 from bourse.domain.values import Amount, MemberId, OrderId, Price, TradeId
@@ -231,3 +231,32 @@ def test_replays_give_the_same_bytes_and_restore_resumes(
     fold(trades[cut:], 1, resumed)
     assert resumed.snapshot() == straight.snapshot()
     assert msgspec.msgpack.encode(resumed.ticker()) == msgspec.msgpack.encode(straight.ticker())
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=TRADES, idle=st.integers(0, 30 * HOUR_MS))
+def test_a_store_of_1m_candles_answers_the_ticker_of_the_fold(
+    steps: list[tuple[int, int, int]], idle: int
+) -> None:
+    """What SQL and Redis do: the ticker from the stored minutes, last price and newest time."""
+    trades = timed(steps)
+    ticker = RollingTicker(SYMBOL)
+    book = CandleBook(SYMBOL, keep=len(trades) + 1)
+    for seq, (price, amount, at) in enumerate(trades, start=1):
+        events: list[EngineEvent] = [trade(price, amount, at)]
+        ticker.apply(seq, at * NS_PER_MS, events)
+        book.apply(seq, at * NS_PER_MS, events)
+    ticker.advance((ticker.time_ms + idle) * NS_PER_MS)
+    book.advance((book.time_ms + idle) * NS_PER_MS)
+    ticker.set_best(Price(7), None)
+    minutes = [c for c in book.candles(Period.M1, limit=len(trades) + 100_000) if c.trades]
+    stored = RollingTicker.from_minutes(
+        SYMBOL,
+        seq=ticker.seq,
+        time_ms=book.time_ms,
+        last=Price(trades[-1][0]),
+        best_bid=Price(7),
+        best_ask=None,
+        minutes=minutes,
+    )
+    assert stored.ticker() == ticker.ticker()

@@ -9,11 +9,14 @@ settled; `QueryFailed` carries an HTTP-like status and a stable code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from bourse.contracts.messages import Decision, Outcome
+from bourse.domain.candles import Candle, Period
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import AmendOrder, CancelOrder, OrderStatus, PlaceOrder
+from bourse.domain.tickers import Ticker
 from bourse.domain.values import OrderId
 
 Command = PlaceOrder | CancelOrder | AmendOrder
@@ -97,6 +100,26 @@ class ReadModel(Protocol):
     async def member_trades(
         self, member_id: int, market: str | None = None, limit: int = 100
     ) -> list[MemberTrade]: ...
+
+
+class StatisticsReads(Protocol):
+    """The market statistics the gateway reads: the statistics service, the Redis cache, the SQL
+    tables, or a chain of them. Arguments are checked by `bourse.application.read_queries`
+    (`check_klines_query`) before a model is asked; failures raise `QueryFailed`."""
+
+    async def ticker(self, market: str) -> Ticker:
+        """The market's 24-hour ticker; before its first trade, one with no prices."""
+        ...
+
+    async def tickers(self, markets: Sequence[str]) -> list[Ticker]:
+        """`ticker()` of each of `markets`, in that order."""
+        ...
+
+    async def klines(
+        self, market: str, period: Period, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        """Gap-filled candles, oldest first, paged as `bourse.domain.candles.page_bounds` says."""
+        ...
 
 
 class OrderProgress(Protocol):

@@ -20,6 +20,8 @@ from typing import Annotated
 import msgspec
 
 from bourse.domain.accounts import BalanceChanged
+from bourse.domain.candles import Candle, Period
+from bourse.domain.depth_book import DepthSnapshot
 from bourse.domain.ledger import LedgerEntry
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import (
@@ -41,7 +43,8 @@ from bourse.domain.orders import (
     TimeInForce,
     Trade,
 )
-from bourse.domain.values import Amount, MemberId, OrderId
+from bourse.domain.tickers import Ticker
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 
 class Deposit(msgspec.Struct, frozen=True, tag_field="kind", tag="deposit"):
@@ -291,6 +294,90 @@ class QueryError(msgspec.Struct, frozen=True):
     message: str
 
 
+# The statistics service: queries (JSON, as the query service's) and public market data (msgpack,
+# core NATS, `bourse.contracts.subjects.market_data_subject`). Every update names its market, the
+# market's EVENTS batch sequence that caused it (`seq`) and the engine time of that batch (`time`,
+# ms since the epoch): a subscriber drops what it has seen, and a depth subscriber sees a gap.
+
+
+class TickerQuery(msgspec.Struct, frozen=True):
+    """`ticker.<market>` -> `Ticker`."""
+
+    market: str
+
+
+class KlinesQuery(msgspec.Struct, frozen=True):
+    """`klines.<market>` -> `KlinesReply`; the arguments are checked by
+    `bourse.application.read_queries.check_klines_query` (times in ms since the epoch)."""
+
+    market: str
+    period: str
+    start: int | None = None
+    end: int | None = None
+    limit: int = 500
+
+
+class KlinesReply(msgspec.Struct, frozen=True):
+    market: str
+    period: Period
+    candles: list[Candle]
+
+
+class DepthSnapshotQuery(msgspec.Struct, frozen=True):
+    """`depth.<market>` -> `DepthSnapshot`: the levels a depth subscriber starts from."""
+
+    market: str
+    limit: int | None = None
+    """Levels per side; None: every level (a local book needs them all)."""
+
+
+class StatisticsPosition(msgspec.Struct, frozen=True):
+    """`position` -> how far the answering instance is: the EVENTS stream sequence every message
+    up to which is applied, and the stream's last sequence when it started (ready once reached)."""
+
+    events_seq: int
+    events_target: int
+    markets: list[str]
+
+
+class DepthUpdate(msgspec.Struct, frozen=True):
+    """Levels whose total changed: `(price, new total amount)`, 0 removes the level. `prev_seq` is
+    the `seq` of the market's previous depth update: a subscriber that did not see it missed one."""
+
+    market: str
+    seq: int
+    prev_seq: int
+    time: int
+    bids: list[tuple[Price, Amount]]
+    asks: list[tuple[Price, Amount]]
+
+
+class TradesUpdate(msgspec.Struct, frozen=True):
+    """The market's trades since the last update, oldest first."""
+
+    market: str
+    seq: int
+    time: int
+    trades: list[PublicTrade]
+
+
+class TickerUpdate(msgspec.Struct, frozen=True):
+    market: str
+    seq: int
+    time: int
+    ticker: Ticker
+
+
+class KlineUpdate(msgspec.Struct, frozen=True):
+    """The candles of one period changed since the last update, oldest first (the open one last)."""
+
+    market: str
+    seq: int
+    time: int
+    period: Period
+    candles: list[Candle]
+
+
 json_encode = msgspec.json.Encoder().encode
 
 ORDER_QUERY_DECODER = msgspec.json.Decoder(OrderQuery)
@@ -308,6 +395,17 @@ DEPTH_REPLY_DECODER = msgspec.json.Decoder(DepthView)
 TRADES_REPLY_DECODER = msgspec.json.Decoder(TradesReply)
 MEMBER_TRADES_REPLY_DECODER = msgspec.json.Decoder(MemberTradesReply)
 QUERY_READY_DECODER = msgspec.json.Decoder(QueryReady)
+TICKER_QUERY_DECODER = msgspec.json.Decoder(TickerQuery)
+KLINES_QUERY_DECODER = msgspec.json.Decoder(KlinesQuery)
+DEPTH_SNAPSHOT_QUERY_DECODER = msgspec.json.Decoder(DepthSnapshotQuery)
+TICKER_REPLY_DECODER = msgspec.json.Decoder(Ticker)
+KLINES_REPLY_DECODER = msgspec.json.Decoder(KlinesReply)
+DEPTH_SNAPSHOT_REPLY_DECODER = msgspec.json.Decoder(DepthSnapshot)
+STATISTICS_POSITION_DECODER = msgspec.json.Decoder(StatisticsPosition)
+DEPTH_UPDATE_DECODER = msgspec.msgpack.Decoder(DepthUpdate)
+TRADES_UPDATE_DECODER = msgspec.msgpack.Decoder(TradesUpdate)
+TICKER_UPDATE_DECODER = msgspec.msgpack.Decoder(TickerUpdate)
+KLINE_UPDATE_DECODER = msgspec.msgpack.Decoder(KlineUpdate)
 
 
 # RabbitMQ order messages

@@ -79,3 +79,29 @@ def matching_consumer(market: str) -> str:
 def service_subject(namespace: str, service: str, endpoint: str) -> str:
     """Core NATS request/reply subject of a service endpoint (queries, not commands)."""
     return f"{namespace}.svc.{service}.{endpoint}"
+
+
+MARKET_DATA = "md"
+"""Core NATS subjects of public market data (not streams: at most once, the latest state wins),
+published by the statistics service for the pushers: `<ns>.md.<channel>.<market>`, and for
+k-lines `<ns>.md.kline.<period>.<market>`. Messages: `bourse.contracts.messages.DepthUpdate`,
+`TradesUpdate`, `TickerUpdate`, `KlineUpdate`."""
+DEPTH_CHANNEL = "depth"
+TRADES_CHANNEL = "trades"
+TICKER_CHANNEL = "ticker"
+KLINE_CHANNEL = "kline"
+
+
+def market_data_subject(namespace: str, channel: str, market: str, period: str | None = None) -> str:
+    """Where a market's public updates of `channel` are published; `market` may be `*`."""
+    if channel == KLINE_CHANNEL:
+        if period is None:
+            raise ValueError("a k-line subject names its period")
+        return f"{namespace}.{MARKET_DATA}.{channel}.{period}.{market}"
+    return f"{namespace}.{MARKET_DATA}.{channel}.{market}"
+
+
+def statistics_consumer(group: str) -> str:
+    """Durable consumer of a statistics instance on EVENTS: one per market group (`all`, or the
+    group's markets), since each group folds and publishes its markets once."""
+    return f"statistics-{group}"

@@ -27,7 +27,7 @@ trade of the coarse interval.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Final
 
@@ -50,6 +50,9 @@ __all__ = [
     "Candle",
     "CandleBook",
     "Period",
+    "fill_gaps",
+    "merged",
+    "page_bounds",
 ]
 
 MINUTE_MS: Final = 60_000
@@ -147,6 +150,89 @@ def _open_time_of(candle: Candle) -> int:
 
 def _row(c: Candle) -> _Row:
     return (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
+
+
+def merged(stored: Candle, later: Candle) -> Candle:
+    """One interval's candle from its stored part and the part folded since (the same open time):
+    what a store that keeps candles does with `CandleBook.changes()` of a book started where it
+    left off (see `CandleBook.resume`)."""
+    if later.open_time != stored.open_time:
+        raise ValueError(f"candles of different intervals: {stored.open_time} and {later.open_time}")
+    volume: Amount = stored.volume + later.volume  # type: ignore[assignment]
+    quote: QuoteUnits = stored.quote_volume + later.quote_volume  # type: ignore[assignment]
+    return Candle(
+        stored.open_time,
+        stored.open,
+        max(stored.high, later.high),
+        min(stored.low, later.low),
+        later.close,
+        volume,
+        quote,
+        stored.trades + later.trades,
+    )
+
+
+def page_bounds(
+    period: Period,
+    oldest_open_ms: int,
+    time_ms: int,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[int, int] | None:
+    """The open times (first, last) of the page of `period` asked for: the intervals that meet
+    [start_ms, end_ms], never before `oldest_open_ms` (the oldest candle with trades) nor past
+    the interval of `time_ms` (the newest event time); at most `limit` intervals, the first ones
+    from `start_ms` when it is given, else the newest ones up to `end_ms` (or up to now), as the
+    large exchanges' kline endpoints page. None: no interval."""
+    if limit <= 0:
+        return None
+    length = _LENGTH_MS[period]
+    lo = oldest_open_ms
+    if start_ms is not None:
+        lo = max(lo, period.open_time(start_ms))
+    hi = period.open_time(time_ms)
+    if end_ms is not None:
+        hi = min(hi, period.open_time(end_ms))
+    if hi < lo:
+        return None
+    if (hi - lo) // length >= limit:
+        if start_ms is not None:
+            hi = lo + (limit - 1) * length
+        else:
+            lo = hi - (limit - 1) * length
+    return lo, hi
+
+
+def fill_gaps(
+    period: Period, lo: int, hi: int, stored: Sequence[Candle], before: Candle | None
+) -> list[Candle]:
+    """Every interval of `period` from open time `lo` to `hi`: the `stored` candles (those with
+    trades in that range, oldest first) and, for the intervals without, open = high = low =
+    close = the previous close and zero volume. `before` is the last stored candle before `lo`
+    (None if there is none: then `lo` is the oldest stored candle's open time)."""
+    length = _LENGTH_MS[period]
+    if before is not None:
+        close = before.close
+    elif stored:
+        close = stored[0].open
+    else:
+        return []
+    no_volume = Amount(0)
+    no_funds = QuoteUnits(0)
+    i, count = 0, len(stored)
+    out: list[Candle] = []
+    t = lo
+    while t <= hi:
+        if i < count and stored[i].open_time == t:
+            candle = stored[i]
+            close = candle.close
+            i += 1
+        else:
+            candle = Candle(t, close, close, close, close, no_volume, no_funds, 0)
+        out.append(candle)
+        t += length
+    return out
 
 
 class _Series:
@@ -249,6 +335,17 @@ class CandleBook:
         """Per period, (open time, trades) of the open candle at the last `changes()`."""
         self._seq = 0
         self._time_ms = 0
+
+    @classmethod
+    def resume(cls, market: str, time_ms: int, *, keep: int = DEFAULT_KEEP) -> CandleBook:
+        """An empty book whose time is a store's newest event time (`time_ms`): folding the
+        batches after it gives, in `changes()`, the part of each candle folded since, for the
+        store to merge into the candles it holds (`merged`), and the store's next time in
+        `time_ms`. A store folds at most `keep - 1` batches at a time (each batch has one
+        engine time, so it opens at most one interval per period)."""
+        book = cls(market, keep=keep)
+        book._time_ms = time_ms
+        return book
 
     @property
     def seq(self) -> int:
@@ -353,47 +450,19 @@ class CandleBook:
         limit: int = DEFAULT_LIMIT,
     ) -> list[Candle]:
         """The candles of `period` whose intervals meet [start_ms, end_ms] (ms), oldest first,
-        gap-filled, never past the interval of `time_ms` nor before the oldest stored candle.
-
-        At most `limit`: the first ones from `start_ms` when it is given, else the newest ones up
-        to `end_ms` (or up to now), as the large exchanges' kline endpoints page.
-        """
+        gap-filled, never past the interval of `time_ms` nor before the oldest stored candle
+        (`page_bounds`, `fill_gaps`: the rule a store that keeps candles answers by too)."""
         series = self._by_period[period]
         stored = series.stored()
-        if not stored or limit <= 0:
+        if not stored:
             return []
-        length = series.length
-        lo = stored[0].open_time
-        if start_ms is not None:
-            lo = max(lo, period.open_time(start_ms))
-        hi = period.open_time(self._time_ms)
-        if end_ms is not None:
-            hi = min(hi, period.open_time(end_ms))
-        if hi < lo:
+        bounds = page_bounds(period, stored[0].open_time, self._time_ms, start_ms, end_ms, limit)
+        if bounds is None:
             return []
-        if (hi - lo) // length >= limit:
-            if start_ms is not None:
-                hi = lo + (limit - 1) * length
-            else:
-                lo = hi - (limit - 1) * length
+        lo, hi = bounds
         i = bisect_left(stored, lo, key=_open_time_of)
-        # lo >= the oldest open time, so i == 0 only when the oldest candle opens at lo
-        close = stored[i - 1].close if i else stored[0].open
-        no_volume = Amount(0)
-        no_funds = QuoteUnits(0)
-        count = len(stored)
-        out: list[Candle] = []
-        t = lo
-        while t <= hi:
-            if i < count and stored[i].open_time == t:
-                candle = stored[i]
-                close = candle.close
-                i += 1
-            else:
-                candle = Candle(t, close, close, close, close, no_volume, no_funds, 0)
-            out.append(candle)
-            t += length
-        return out
+        j = bisect_left(stored, hi + 1, key=_open_time_of)
+        return fill_gaps(period, lo, hi, stored[i:j], stored[i - 1] if i else None)
 
     def latest(self, period: Period) -> Candle | None:
         """The candle of the interval of `time_ms` (gap-filled if it has no trade yet), or None

@@ -34,7 +34,7 @@ time of the whole stream. The best bid and ask are the depth's (`set_best`, from
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import msgspec
@@ -366,23 +366,49 @@ class RollingTicker:
         state = _decoder.decode(data)
         if state.version != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported ticker snapshot version {state.version}")
-        ticker = cls(state.market)
-        ticker._seq = state.seq
-        ticker._last = state.last
-        ticker._best_bid, ticker._best_ask = state.best_bid, state.best_ask
-        rows = state.minutes
-        t = ticker._time_ms = state.time_ms
-        if not rows and not t:
+        return cls.from_minutes(
+            state.market,
+            seq=state.seq,
+            time_ms=state.time_ms,
+            last=state.last,
+            best_bid=state.best_bid,
+            best_ask=state.best_ask,
+            minutes=[Candle(*row) for row in state.minutes],
+        )
+
+    @classmethod
+    def from_minutes(
+        cls,
+        market: str,
+        *,
+        seq: int,
+        time_ms: int,
+        last: Price | None,
+        best_bid: Price | None,
+        best_ask: Price | None,
+        minutes: Sequence[Candle],
+    ) -> RollingTicker:
+        """The ticker of a store that keeps 1m candles: its newest event time, the market's last
+        price and best prices, and its 1m candles with trades (oldest first; those before the
+        window of `time_ms` are left out). `ticker()` then answers what the fold would."""
+        ticker = cls(market)
+        ticker._seq = seq
+        ticker._last = last
+        ticker._best_bid, ticker._best_ask = best_bid, best_ask
+        t = ticker._time_ms = time_ms
+        if not minutes and not t:
             return ticker  # nothing seen yet: as new
         minute = t - t % MINUTE_MS
         ticker._minute, ticker._minute_end = minute, minute + MINUTE_MS
-        if rows and rows[-1][0] == minute:
-            _, open_, high, low, close, volume, quote, trades = rows[-1]
-            ticker._open, ticker._high, ticker._low, ticker._close = open_, high, low, close
-            ticker._volume, ticker._quote, ticker._trades = volume, quote, trades
-            rows = rows[:-1]
-        past = ticker._minutes
-        past.extend(Candle(*row) for row in rows)
+        window_open = minute - _SPAN_MS
+        past = [c for c in minutes if window_open <= c.open_time <= minute and c.trades]
+        if past and past[-1].open_time == minute:
+            current = past.pop()
+            ticker._open, ticker._high, ticker._low = current.open, current.high, current.low
+            ticker._close = current.close
+            ticker._volume, ticker._quote = current.volume, current.quote_volume
+            ticker._trades = current.trades
+        ticker._minutes.extend(past)
         if past:
             ticker._past_volume = sum(c.volume for c in past)
             ticker._past_quote = sum(c.quote_volume for c in past)
