@@ -105,3 +105,15 @@ def statistics_consumer(group: str) -> str:
     """Durable consumer of a statistics instance on EVENTS: one per market group (`all`, or the
     group's markets), since each group folds and publishes its markets once."""
     return f"statistics-{group}"
+
+
+STATISTICS_SERVICE = "statistics"
+STATISTICS_MARKET_ENDPOINTS = ("ticker", "klines", "depth")
+"""Endpoints of the statistics service answered per market, by the instance whose group holds
+the market: `<ns>.svc.statistics.<endpoint>.<market>`. `position` is one subject for all."""
+
+
+def statistics_subject(namespace: str, endpoint: str, market: str | None = None) -> str:
+    """Request subject of a statistics endpoint (`ticker`, `klines`, `depth` name a market)."""
+    base = service_subject(namespace, STATISTICS_SERVICE, endpoint)
+    return base if market is None else f"{base}.{market}"
