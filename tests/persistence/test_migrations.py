@@ -6,19 +6,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from bourse.adapters.sql.database import create_engine, current_revision, head_revision, upgrade, upgrade_url
+from bourse.adapters.sql.database import (
+    alembic_config,
+    create_engine,
+    current_revision,
+    head_revision,
+    upgrade,
+    upgrade_url,
+)
 from bourse.adapters.sql.models import Base
 from bourse.cli import main
 
-TABLES = {"members", "balances", "ledger_entries", "orders", "trades", "applied_positions"}
+TABLES = {
+    "members",
+    "balances",
+    "ledger_entries",
+    "orders",
+    "trades",
+    "applied_positions",
+    "klines",
+    "market_statistics",
+}
+STATISTICS_TABLES = {"klines", "market_statistics"}
 
 
 async def test_upgrade_from_an_empty_database_creates_every_table_and_index(sql_url: str) -> None:
-    assert await upgrade_url(sql_url) == head_revision() == "0001"
+    assert await upgrade_url(sql_url) == head_revision() == "0002"
     engine = create_engine(sql_url)
     try:
         async with engine.connect() as conn:
@@ -52,6 +71,43 @@ async def test_upgrading_a_database_at_the_newest_revision_changes_nothing(sql_u
         await engine.dispose()
 
 
+async def tables_of(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_the_statistics_revision_upgrades_from_0001_and_downgrades_back_to_it(sql_url: str) -> None:
+    """r0002 adds the k-lines and market statistics to a database at r0001 and takes them away
+    again, leaving the older tables alone."""
+    assert await upgrade_url(sql_url, "0001") == "0001"
+    assert not await tables_of(sql_url) & STATISTICS_TABLES
+    assert await upgrade_url(sql_url) == "0002"
+    assert await tables_of(sql_url) >= TABLES
+    engine = create_engine(sql_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(
+                lambda sync: command.downgrade(_config(sync), "0001"),
+            )
+        assert await current_revision(engine) == "0001"
+    finally:
+        await engine.dispose()
+    tables = await tables_of(sql_url)
+    assert not tables & STATISTICS_TABLES
+    assert tables >= TABLES - STATISTICS_TABLES
+    assert await upgrade_url(sql_url) == "0002"
+
+
+def _config(sync: Connection) -> Config:
+    config = alembic_config()
+    config.attributes["connection"] = sync
+    return config
+
+
 def test_bourse_db_upgrade_creates_the_sqlite_database_in_a_missing_data_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,7 +117,7 @@ def test_bourse_db_upgrade_creates_the_sqlite_database_in_a_missing_data_folder(
     monkeypatch.chdir(tmp_path)  # no .env file
     assert main(["db", "upgrade"]) == 0
     assert (data / "bourse.db").is_file()
-    assert "revision 0001" in capsys.readouterr().out
+    assert "revision 0002" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
 
 

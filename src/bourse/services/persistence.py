@@ -61,10 +61,20 @@ from bourse.adapters.retry import retrying
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.lock import PersistenceLock
 from bourse.adapters.sql.models import WATERMARK
-from bourse.adapters.sql.store import Position, Row, SqlStore, balance_row, ledger_row, member_row
+from bourse.adapters.sql.store import (
+    MarketStatistics,
+    Position,
+    Row,
+    SqlStore,
+    balance_row,
+    kline_row,
+    ledger_row,
+    member_row,
+)
 from bourse.application.projection import Envelope, fresh
 from bourse.contracts.messages import AccountsReport, EventBatch
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
+from bourse.domain.candles import Candle, CandleBook, Period, merged
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.runtime.projection import (
     ACCOUNTS_FEED,
@@ -282,9 +292,15 @@ class Persistence(Service):
         assert engine is not None, "persistence is not started"
 
         async def transaction(conn: AsyncConnection) -> Written:
-            positions = await self.store.positions(conn, feed.durable, feed.stream)
+            statistics: dict[str, MarketStatistics] = {}
+            if feed is self.events:
+                positions, statistics = await self.store.positions_and_statistics(
+                    conn, feed.durable, feed.stream
+                )
+            else:
+                positions = await self.store.positions(conn, feed.durable, feed.stream)
             batch = fresh(envelopes, lambda key: positions[key].seq if key in positions else 0)
-            written = await work(conn, batch.envelopes)
+            written = await work(conn, batch.envelopes, statistics)
             changed = {key: Position(e.seq, e.stream_seq) for key, e in batch.latest.items()}
             current = positions.get(WATERMARK)
             if current is None or watermark > current.stream_seq:
@@ -308,7 +324,12 @@ class Persistence(Service):
     def failed(self, feed: Feed, exc: BaseException) -> None:
         """Nothing to forget: the positions are read again inside the next attempt."""
 
-    async def _events_work(self, conn: AsyncConnection, envelopes: Sequence[Envelope[EventBatch]]) -> Written:
+    async def _events_work(
+        self,
+        conn: AsyncConnection,
+        envelopes: Sequence[Envelope[EventBatch]],
+        statistics: Mapping[str, MarketStatistics],
+    ) -> Written:
         store = self.store
         batches = [e.body for e in envelopes]
         records = OrderRecords(await store.load_orders(conn, orders_to_load(batches)) if batches else {})
@@ -319,10 +340,51 @@ class Persistence(Service):
         await store.insert_trades(conn, records.trades)
         written = Written({}, items=records.events)
         written.rows = len(records.rejected) + len(records.changed) + len(records.trades)
+        written.rows += await self._candles(conn, batches, statistics)
         return written
 
+    async def _candles(
+        self, conn: AsyncConnection, batches: Sequence[EventBatch], statistics: Mapping[str, MarketStatistics]
+    ) -> int:
+        """K-lines and the markets' statistics rows for fresh `batches`, in the caller's
+        transaction: per market, a book resumed at the stored time folds its batches in stream
+        order (`CandleBook.resume`); the stored candles its changes fall on (per period only the
+        interval of the stored time can have one) are loaded in one statement and `merged`.
+        Returns the rows written."""
+        by_market: dict[str, list[EventBatch]] = {}
+        for batch in batches:
+            by_market.setdefault(batch.market, []).append(batch)
+        changes: list[tuple[str, Period, Candle]] = []
+        wanted: list[tuple[str, Period, int]] = []
+        markets: list[Row] = []
+        for market, group in by_market.items():
+            stored = statistics.get(market)
+            time_ms, last = (0, None) if stored is None else (stored.time_ms, stored.last_price)
+            book = CandleBook.resume(market, time_ms, keep=len(group) + 1)
+            for batch in group:
+                book.apply(batch.seq, batch.received_at, batch.events)
+            for period, candle in book.changes():
+                changes.append((market, period, candle))
+                if stored is not None and candle.open_time == period.open_time(time_ms):
+                    wanted.append((market, period, candle.open_time))
+                if period is Period.M1:
+                    last = candle.close  # the newest 1m candle's close: the last trade's price
+            if stored is None or book.time_ms != time_ms or last != stored.last_price:
+                markets.append((market, book.time_ms, last))
+        held = await self.store.load_klines(conn, wanted) if wanted else {}
+        rows = []
+        for market, period, candle in changes:
+            before = held.get((market, period, candle.open_time))
+            rows.append(kline_row(market, period, candle if before is None else merged(before, candle)))
+        await self.store.upsert_klines(conn, rows)
+        await self.store.upsert_market_statistics(conn, markets)
+        return len(rows) + len(markets)
+
     async def _reports_work(
-        self, conn: AsyncConnection, envelopes: Sequence[Envelope[AccountsReport]]
+        self,
+        conn: AsyncConnection,
+        envelopes: Sequence[Envelope[AccountsReport]],
+        statistics: Mapping[str, MarketStatistics],
     ) -> Written:
         store = self.store
         records = OrderRecords({})

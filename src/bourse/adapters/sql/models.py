@@ -29,6 +29,7 @@ MYSQL_TABLE_ARGS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "
 
 MARKET = 32
 CURRENCY = 16
+PERIOD = 8
 ENUM = 24
 """Length of the columns holding a `StrEnum` value (status, side, reasons...)."""
 
@@ -188,6 +189,44 @@ class AppliedPosition(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class KlineRow(Base):
+    """One k-line with trades (`bourse.domain.candles.Candle`) of one market and period; an
+    interval without trades has no row (reads fill it in, `fill_gaps`). Written by the EVENTS
+    consumer in the transaction of the batches it folds, so it is exactly as far as the
+    market's position."""
+
+    __tablename__ = "klines"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    market: Mapped[str] = mapped_column(String(MARKET), primary_key=True)
+    period: Mapped[str] = mapped_column(String(PERIOD), primary_key=True)
+    """`bourse.domain.candles.Period` value: 1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w."""
+    open_time: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """Milliseconds since the epoch, aligned to the period (UTC; weeks open on Monday)."""
+    open: Mapped[int] = mapped_column(BigInteger)
+    high: Mapped[int] = mapped_column(BigInteger)
+    low: Mapped[int] = mapped_column(BigInteger)
+    close: Mapped[int] = mapped_column(BigInteger)
+    volume: Mapped[int] = mapped_column(Units)
+    """Sum of the trades' amounts: below 10**18 each, so a week's sum may pass 2**63."""
+    quote_volume: Mapped[int] = mapped_column(Units)
+    trades: Mapped[int] = mapped_column(BigInteger)
+
+
+class MarketStatisticsRow(Base):
+    """Per market, what a store of candles must know to fold on where it left off
+    (`CandleBook.resume`): the newest event time folded (trades and batch receive times, ms) and
+    the last trade's price (the ticker's `last`). Written with the market's k-lines."""
+
+    __tablename__ = "market_statistics"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    market: Mapped[str] = mapped_column(String(MARKET), primary_key=True)
+    time_ms: Mapped[int] = mapped_column(BigInteger)
+    last_price: Mapped[int | None] = mapped_column(BigInteger)
+    """Null until the market's first trade."""
+
+
 WATERMARK = "*"
 """`AppliedPosition.shard` of a consumer's watermark row."""
 
@@ -197,3 +236,5 @@ ledger_entries = LedgerRow.__table__
 orders = OrderRow.__table__
 trades = TradeRow.__table__
 applied_positions = AppliedPosition.__table__
+klines = KlineRow.__table__
+market_statistics = MarketStatisticsRow.__table__

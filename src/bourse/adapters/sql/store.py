@@ -22,16 +22,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from bourse.adapters.sql import models
 from bourse.domain.accounts import BalanceChanged
+from bourse.domain.candles import Candle, Period
 from bourse.domain.ledger import LedgerEntry
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import CloseReason, OrderStatus, OrderType, RejectReason, Side, TimeInForce, Trade
+from bourse.domain.values import Amount, QuoteUnits
 
 Row = tuple[Any, ...]
 """Values of a table's columns, in the table's order."""
@@ -45,6 +47,8 @@ balances = cast(Table, models.balances)
 ledger_entries = cast(Table, models.ledger_entries)
 members = cast(Table, models.members)
 applied_positions = cast(Table, models.applied_positions)
+klines = cast(Table, models.klines)
+market_statistics = cast(Table, models.market_statistics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,59 @@ def member_row(member_id: int, email: str | None, created_at: int) -> Row:
     return (member_id, email, created_at)
 
 
+@dataclass(frozen=True, slots=True)
+class MarketStatistics:
+    """A market's row of `market_statistics`: where its stored candles stand."""
+
+    time_ms: int
+    """The newest event time folded (ms): a `CandleBook.resume` starts there."""
+    last_price: int | None
+
+
+def kline_row(market: str, period: Period, candle: Candle) -> Row:
+    """A row of `klines`, in column order."""
+    return (
+        market,
+        period.value,
+        candle.open_time,
+        candle.open,
+        candle.high,
+        candle.low,
+        candle.close,
+        candle.volume,
+        candle.quote_volume,
+        candle.trades,
+    )
+
+
+def kline_candle(row: Sequence[Any]) -> Candle:
+    """A `Candle` from the columns open_time .. trades of a row of `klines`."""
+    open_time, open_, high, low, close, volume, quote_volume, trades_ = row
+    return Candle(
+        int(open_time),
+        open_,
+        high,
+        low,
+        close,
+        Amount(volume if type(volume) is int else int(volume)),
+        QuoteUnits(quote_volume if type(quote_volume) is int else int(quote_volume)),
+        int(trades_),
+    )
+
+
+KLINE_VALUES = (
+    klines.c.open_time,
+    klines.c.open,
+    klines.c.high,
+    klines.c.low,
+    klines.c.close,
+    klines.c.volume,
+    klines.c.quote_volume,
+    klines.c.trades,
+)
+"""The columns `kline_candle` reads, in its order."""
+
+
 class SqlStore:
     """The statements, built for the engine's dialect; every method runs inside the caller's
     transaction (`async with store.engine.begin() as conn`)."""
@@ -187,6 +244,8 @@ class SqlStore:
             "insert_members": (members, self.insert_absent(members)),
             "upsert_member_emails": (members, self.upsert(members, ("email",))),
             "upsert_positions": (applied_positions, self.upsert(applied_positions)),
+            "upsert_klines": (klines, self.upsert(klines)),
+            "upsert_market_statistics": (market_statistics, self.upsert(market_statistics)),
         }
         self._sql: dict[str, str] = {}
 
@@ -239,6 +298,45 @@ class SqlStore:
         )
         return {shard: Position(seq, stream_seq) for shard, seq, stream_seq in result.all()}
 
+    async def positions_and_statistics(
+        self, conn: AsyncConnection, consumer: str, stream: str
+    ) -> tuple[dict[str, Position], dict[str, MarketStatistics]]:
+        """`positions()` of the EVENTS consumer and, in the same statement, each market's
+        `market_statistics` row (written in the transactions that move its position)."""
+        ap, ms = applied_positions, market_statistics
+        result = await conn.execute(
+            select(ap.c.shard, ap.c.seq, ap.c.stream_seq, ms.c.time_ms, ms.c.last_price)
+            .select_from(ap.outerjoin(ms, ms.c.market == ap.c.shard))
+            .where(ap.c.consumer == consumer, ap.c.stream == stream)
+        )
+        positions: dict[str, Position] = {}
+        statistics: dict[str, MarketStatistics] = {}
+        for shard, seq, stream_seq, time_ms, last_price in result.all():
+            positions[shard] = Position(seq, stream_seq)
+            if time_ms is not None:
+                statistics[shard] = MarketStatistics(time_ms, last_price)
+        return positions, statistics
+
+    async def load_klines(
+        self, conn: AsyncConnection, keys: Iterable[tuple[str, Period, int]]
+    ) -> dict[tuple[str, Period, int], Candle]:
+        """The stored candles of `keys` (market, period, open time) that exist."""
+        wanted = sorted(set(keys))
+        found: dict[tuple[str, Period, int], Candle] = {}
+        for start in range(0, len(wanted), IN_CHUNK // 4):
+            chunk = wanted[start : start + IN_CHUNK // 4]
+            where = or_(
+                *(
+                    and_(klines.c.market == m, klines.c.period == p.value, klines.c.open_time == t)
+                    for m, p, t in chunk
+                )
+            )
+            result = await conn.execute(select(klines.c.market, klines.c.period, *KLINE_VALUES).where(where))
+            for market, period, *values in result.all():
+                candle = kline_candle(values)
+                found[(market, Period(period), candle.open_time)] = candle
+        return found
+
     async def load_orders(self, conn: AsyncConnection, ids: Iterable[int]) -> dict[int, OrderView]:
         wanted = sorted(ids)
         found: dict[int, OrderView] = {}
@@ -281,6 +379,14 @@ class SqlStore:
     async def upsert_member_emails(self, conn: AsyncConnection, rows: Sequence[Row]) -> None:
         """Rows made by `member_row`: a member's email is set, the rest kept if it exists."""
         await self.write(conn, "upsert_member_emails", rows)
+
+    async def upsert_klines(self, conn: AsyncConnection, rows: Sequence[Row]) -> None:
+        """Rows made by `kline_row`: each replaces the stored candle of its interval."""
+        await self.write(conn, "upsert_klines", rows)
+
+    async def upsert_market_statistics(self, conn: AsyncConnection, rows: Sequence[Row]) -> None:
+        """Rows (market, time_ms, last_price)."""
+        await self.write(conn, "upsert_market_statistics", rows)
 
     async def save_positions(
         self,
