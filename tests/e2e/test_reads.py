@@ -115,12 +115,14 @@ async def test_depth_sums_each_price_level_best_first(
     await exchange.settle()
 
     depth = (await exchange.http.get("/markets/btc_usd/depth")).json()
+    sequence = depth.pop("sequence")
     assert depth == {
         "market": "btc_usd",
         "bids": [["40000.00", "0.300000"], ["39000.00", "0.300000"], ["38000.50", "0.050000"]],
         "asks": [["41000.00", "0.500000"], ["42000.00", "0.200000"]],
         "last_price": None,
     }
+    assert sequence > 0, "the market's engine input sequence the levels include"
     top = (await exchange.http.get("/markets/btc_usd/depth", params={"limit": 1})).json()
     assert (top["bids"], top["asks"]) == ([["40000.00", "0.300000"]], [["41000.00", "0.500000"]])
     other = (await exchange.http.get("/markets/eth_usd/depth")).json()
@@ -129,6 +131,7 @@ async def test_depth_sums_each_price_level_best_first(
     await alice.limit("buy", "0.6", "41000")  # takes the whole 41000 level, rests 0.1 at 41000
     await exchange.settle()
     depth = (await exchange.http.get("/markets/btc_usd/depth")).json()
+    assert depth["sequence"] > sequence, "the sequence grows with every change"
     assert depth["asks"] == [["42000.00", "0.200000"]]
     assert depth["bids"][0] == ["41000.00", "0.100000"]
     assert depth["last_price"] == "41000.00"

@@ -1,4 +1,8 @@
-"""Asking the `query` service over NATS request/reply: the gateway's (and any caller's) side."""
+"""Asking the `query` service over NATS request/reply: the gateway's (and any caller's) side.
+
+`ask` is the request/reply of every JSON service of bourse answered as the query service answers
+(the statistics service too: `bourse.adapters.statistics_client`): the reply decoded, or the
+failure raised as `QueryFailed`."""
 
 from __future__ import annotations
 
@@ -88,19 +92,38 @@ class QueryClient:
 
     async def _ask(self, endpoint: str, body: msgspec.Struct | None, decoder: msgspec.json.Decoder[R]) -> R:
         subject = service_subject(self.namespace, "query", endpoint)
-        payload = b"{}" if body is None else json_encode(body)
+        return await ask(self.nc, subject, body, decoder, timeout=self.timeout, service="query")
+
+
+async def ask(
+    nc: Client,
+    subject: str,
+    body: msgspec.Struct | None,
+    decoder: msgspec.json.Decoder[R],
+    *,
+    timeout: float,
+    service: str,
+) -> R:
+    """One request to a service endpoint, its reply decoded. Every failure is a `QueryFailed`:
+    an error reply (nats.micro's error headers, a `QueryError` body) with its status and code;
+    no instance listening, or a reply that does not decode (another version of the service),
+    503 `unavailable`; no answer within `timeout`, 504 `timeout`."""
+    payload = b"{}" if body is None else json_encode(body)
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout)
+    except NoRespondersError:
+        raise QueryFailed(503, "unavailable", f"no {service} service instance answers") from None
+    except (NatsTimeoutError, TimeoutError):
+        raise QueryFailed(504, "timeout", f"no answer from {subject} in {timeout} s") from None
+    headers = msg.headers or {}
+    status = headers.get(ERROR_CODE_HEADER)
+    if status is not None:
         try:
-            msg = await self.nc.request(subject, payload, timeout=self.timeout)
-        except NoRespondersError:
-            raise QueryFailed(503, "unavailable", "no query service instance answers") from None
-        except (NatsTimeoutError, TimeoutError):
-            raise QueryFailed(504, "timeout", f"no answer from {subject} in {self.timeout} s") from None
-        headers = msg.headers or {}
-        status = headers.get(ERROR_CODE_HEADER)
-        if status is not None:
-            try:
-                error = QUERY_ERROR_DECODER.decode(msg.data)
-            except msgspec.DecodeError:
-                error = QueryError("internal", headers.get(ERROR_HEADER, ""))
-            raise QueryFailed(int(status) if status.isdigit() else 500, error.code, error.message)
+            error = QUERY_ERROR_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            error = QueryError("internal", headers.get(ERROR_HEADER, ""))
+        raise QueryFailed(int(status) if status.isdigit() else 500, error.code, error.message)
+    try:
         return decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise QueryFailed(503, "unavailable", f"undecodable reply from {subject}: {exc}") from None

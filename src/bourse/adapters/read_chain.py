@@ -27,7 +27,14 @@ and the answer is marked stale; if it fails, a model that was passed over only f
 (never one without a watermark) answers, marked stale. `ReadHeaders` puts that on the HTTP
 response: `Bourse-Read-Source` (which model answered) and `Bourse-Read-Stale` (about how many
 seconds of stream the answer may be missing, a lower bound; `unknown` if its position is not
-known)."""
+known).
+
+Two kinds of reads go through chains of the same kind: the `ReadModel` reads (orders, balances,
+depth, trades: `ReadChain`, ending with the query service) and the market statistics
+(`StatisticsReads`: tickers and k-lines, `StatisticsChain`, ending with the statistics service).
+Both are a `Chain` over their protocol, judged by the same watch. The statistics service follows
+EVENTS only: its watermark (`statistics_positions`) says it has applied all of ACCOUNTS
+(`NOT_FOLLOWED`), so it is behind only when it is behind on EVENTS."""
 
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from nats.js import JetStreamContext
 from purgatory import AsyncCircuitBreakerFactory
@@ -52,19 +59,27 @@ from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.query_client import QueryClient
 from bourse.adapters.sql.database import sqlite_file
 from bourse.adapters.sql.models import WATERMARK, applied_positions
-from bourse.application.ports import QueryFailed, ReadModel
+from bourse.adapters.statistics_client import StatisticsClient
+from bourse.application.ports import QueryFailed, ReadModel, StatisticsReads
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
+from bourse.domain.candles import Candle, Period
 from bourse.domain.order_views import BalanceView, DepthView, MemberTrade, OrderView, PublicTrade
 from bourse.domain.orders import OrderStatus
+from bourse.domain.tickers import Ticker
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M")
+"""The protocol a chain's models implement: `ReadModel` or `StatisticsReads`."""
 
 CHECK_TIMEOUT_S = 1.0
 """Deadline of one watermark or stream sample: a hung check must not stop the next ones."""
 HISTORY_S = 120.0
 """How long stream samples are kept: the reach of a stale answer's lag estimate."""
+NOT_FOLLOWED: Final = 2**64 - 1
+"""The position of a model in a stream it does not follow (the statistics service in ACCOUNTS):
+past any sequence a stream can reach (JetStream's are unsigned 64-bit), so never behind there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,10 @@ class Positions:
 
     def covers(self, other: Positions) -> bool:
         return self.events >= other.events and self.accounts >= other.accounts
+
+    def shown(self) -> list[int | None]:
+        """For health: `[events, accounts]`, None for a stream not followed."""
+        return [None if seq == NOT_FOLLOWED else seq for seq in (self.events, self.accounts)]
 
 
 class StreamHistory:
@@ -110,11 +129,13 @@ class StreamHistory:
 
 
 @dataclass(eq=False)
-class ReadSource:
-    """One model of the chain with how to read its watermark (None: empty or rebuilding)."""
+class ReadSource(Generic[M]):
+    """One model of a chain with how to read its watermark (None: empty or rebuilding). `name` is
+    unique in its watch (health, breaker); `label` names it in `Bourse-Read-Source` (the name when
+    empty): the cache's statistics answer as `redis`, as its orders do."""
 
     name: str
-    model: ReadModel
+    model: M
     positions: Callable[[], Awaitable[Positions | None]]
     applied: Positions | None = None
     """The watermark last read; None until read, when missing, or when it could not be read."""
@@ -126,6 +147,11 @@ class ReadSource:
     """Failed reads and checks by exception type (`RuntimeError` under uvloop for a reset)."""
     last_error: str | None = None
     breaker: AsyncCircuitBreaker | None = None
+    label: str = ""
+
+    @property
+    def answers_as(self) -> str:
+        return self.label or self.name
 
     def failed(self, exc: BaseException) -> None:
         self.failures[type(exc).__name__] += 1
@@ -173,7 +199,7 @@ class ReadWatch:
 
     def __init__(
         self,
-        sources: Sequence[ReadSource],
+        sources: Sequence[ReadSource[Any]],
         streams: Callable[[], Awaitable[Positions]],
         *,
         max_lag_s: float,
@@ -196,8 +222,12 @@ class ReadWatch:
         self._tasks: list[asyncio.Task[None]] = []
 
     def chain(self, *names: str) -> ReadChain:
-        """A `ReadModel` asking these models in this order."""
+        """A `ReadModel` asking these models (`ReadModel`s) in this order."""
         return ReadChain(self, [self.sources[name] for name in names])
+
+    def statistics_chain(self, *names: str) -> StatisticsChain:
+        """A `StatisticsReads` asking these models (`StatisticsReads`) in this order."""
+        return StatisticsChain(self, [self.sources[name] for name in names])
 
     async def start(self) -> None:
         """One sample of everything (so the first reads are judged), then the watching tasks."""
@@ -232,7 +262,7 @@ class ReadWatch:
             return
         self.history.add(self.clock(), positions)
 
-    async def _check(self, source: ReadSource) -> None:
+    async def _check(self, source: ReadSource[Any]) -> None:
         applied: Positions | None = None
         if source.breaker is not None and _open(source.breaker):
             source.applied, source.checked_at = None, self.clock()
@@ -269,7 +299,7 @@ class ReadWatch:
         for name, source in self.sources.items():
             applied = source.applied
             facts[name] = {
-                "applied": None if applied is None else [applied.events, applied.accounts],
+                "applied": None if applied is None else applied.shown(),
                 "fresh": self.fresh(name),
                 "answered": source.answered,
                 "passed": dict(source.passed),
@@ -280,10 +310,11 @@ class ReadWatch:
         return facts
 
 
-class ReadChain:
-    """The gateway's `ReadModel`: its models asked in order, see the module docstring."""
+class Chain(Generic[M]):
+    """Models of one protocol `M` asked in order, see the module docstring; `ReadChain` and
+    `StatisticsChain` give it the protocol's methods."""
 
-    def __init__(self, watch: ReadWatch, sources: Sequence[ReadSource]) -> None:
+    def __init__(self, watch: ReadWatch, sources: Sequence[ReadSource[M]]) -> None:
         if not sources:
             raise ValueError("a read chain needs at least one model")
         self.watch = watch
@@ -293,26 +324,26 @@ class ReadChain:
 
     # ------------------------------------------------------------------ reading
 
-    def _answered(self, source: ReadSource, result: T, *, stale: bool, now: float) -> T:
+    def _answered(self, source: ReadSource[M], result: T, *, stale: bool, now: float) -> T:
         source.answered += 1
         if stale:
             self.watch.stale_answers += 1
         note = READ_NOTE.get()
         if note is not None:
-            note.source = source.name
+            note.source = source.answers_as
             if stale:
                 lag = self.watch.history.lag_s(source.applied, now)
                 note.stale = True
                 note.lag_s = lag if note.lag_s is None or lag is None else max(note.lag_s, lag)
         return result
 
-    async def _guarded(self, source: ReadSource, call: Callable[[ReadModel], Awaitable[T]]) -> T:
+    async def _guarded(self, source: ReadSource[M], call: Callable[[M], Awaitable[T]]) -> T:
         if source.breaker is None:
             return await call(source.model)
         async with source.breaker:
             return await call(source.model)
 
-    async def _try(self, source: ReadSource, call: Callable[[ReadModel], Awaitable[T]]) -> T | _Passed:
+    async def _try(self, source: ReadSource[M], call: Callable[[M], Awaitable[T]]) -> T | _Passed:
         """The model's answer, or `PASSED` when the next model should be asked."""
         breaker = source.breaker
         if breaker is not None and _open(breaker):
@@ -333,10 +364,10 @@ class ReadChain:
             source.failed(exc)
         return PASSED
 
-    async def _read(self, call: Callable[[ReadModel], Awaitable[T]]) -> T:
+    async def _read(self, call: Callable[[M], Awaitable[T]]) -> T:
         now = self.watch.clock()
         required = self.watch.history.required(now)
-        behind: list[ReadSource] = []
+        behind: list[ReadSource[M]] = []
         for source in self.leading:
             applied = source.applied
             if applied is None:
@@ -377,7 +408,9 @@ class ReadChain:
         another chain count its reads too)."""
         return sum(sum(source.passed.values()) for source in self.sources)
 
-    # ------------------------------------------------------------------ the ReadModel methods
+
+class ReadChain(Chain[ReadModel]):
+    """The gateway's `ReadModel`: orders, balances, depth and trades."""
 
     async def order(self, member_id: int, order_id: int) -> OrderView:
         return await self._read(lambda m: m.order(member_id, order_id))
@@ -411,6 +444,22 @@ class ReadChain:
         self, member_id: int, market: str | None = None, limit: int = 100
     ) -> list[MemberTrade]:
         return await self._read(lambda m: m.member_trades(member_id, market, limit))
+
+
+class StatisticsChain(Chain[StatisticsReads]):
+    """The gateway's `StatisticsReads`: tickers and k-lines."""
+
+    async def ticker(self, market: str) -> Ticker:
+        return await self._read(lambda m: m.ticker(market))
+
+    async def tickers(self, markets: Sequence[str]) -> list[Ticker]:
+        """One read: every ticker from the same model."""
+        return await self._read(lambda m: m.tickers(markets))
+
+    async def klines(
+        self, market: str, period: Period, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        return await self._read(lambda m: m.klines(market, period, start_ms, end_ms, limit))
 
 
 # ---------------------------------------------------------------------- positions of each kind
@@ -458,6 +507,17 @@ def query_positions(client: QueryClient) -> Callable[[], Awaitable[Positions | N
     async def read() -> Positions | None:
         ready = await client.ready()
         return Positions(ready.events_seq, ready.accounts_seq)
+
+    return read
+
+
+def statistics_positions(client: StatisticsClient) -> Callable[[], Awaitable[Positions | None]]:
+    """What one instance of the statistics service has applied (its `position` endpoint). It
+    follows EVENTS only: ACCOUNTS is `NOT_FOLLOWED`, so it is never behind there."""
+
+    async def read() -> Positions | None:
+        position = await client.position()
+        return Positions(position.events_seq, NOT_FOLLOWED)
 
     return read
 

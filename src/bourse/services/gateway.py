@@ -7,7 +7,8 @@ the streams (by position), has no watermark (empty, rebuilding), fails or has it
 open (`bourse.adapters.read_chain`): with `BOURSE_REDIS_URL` set, the cache's Redis, then the
 persistence service's database (`SqlReadModel`), then the query service; without it, the
 database, then the query service. The last answers anyway, marked stale when it is behind.
-Writes never touch Redis or the database."""
+Market statistics (tickers, k-lines) go the same way, ending with the statistics service instead
+of the query service. Writes never touch Redis or the database."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ from bourse.adapters.read_chain import (
     ReadHeaders,
     ReadSource,
     ReadWatch,
+    StatisticsChain,
     query_positions,
     sql_positions,
+    statistics_positions,
     stream_positions,
 )
 from bourse.adapters.redis_read_model import RedisReadModel, read_client
 from bourse.adapters.sql.read_model import SqlReadModel
+from bourse.adapters.statistics_client import StatisticsClient
 from bourse.config.auth import verifier_for
 from bourse.config.intake import order_intake
 from bourse.entrypoints.rest.app import create_app
@@ -61,6 +65,7 @@ class Gateway(Service):
         self.watch: ReadWatch | None = None
         self.live_reads: ReadChain | None = None
         self.reads: ReadChain | None = None
+        self.statistics: StatisticsChain | None = None
 
     async def start(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
@@ -73,9 +78,14 @@ class Gateway(Service):
         self._sql = SqlReadModel.from_url(
             settings.effective_sql_url, markets=ctx.catalog.markets, timeout_s=settings.sql_read_timeout_s
         )
-        sources = [
+        sources: list[ReadSource[Any]] = [
             ReadSource("sql", self._sql, sql_positions(self._sql.engine, ctx.namespace)),
             ReadSource("query", query, query_positions(query)),
+        ]
+        # Tickers and k-lines: the statistics service, which folds EVENTS as they come.
+        statistics = StatisticsClient(ctx.nc, ctx.namespace)
+        statistics_sources: list[ReadSource[Any]] = [
+            ReadSource("statistics", statistics, statistics_positions(statistics)),
         ]
         if settings.redis_url:
             self._redis = read_client(
@@ -86,7 +96,7 @@ class Gateway(Service):
             redis = RedisReadModel(self._redis, ctx.namespace)
             sources.insert(0, ReadSource("redis", redis, redis.positions))
         self.watch = ReadWatch(
-            sources,
+            [*sources, *statistics_sources],
             stream_positions(ctx.js, ctx.namespace),
             max_lag_s=settings.read_max_lag_s,
             interval_s=settings.read_check_interval_s,
@@ -99,6 +109,7 @@ class Gateway(Service):
         # service, and from the database when no instance answers or it is behind.
         self.live_reads = self.watch.chain("query", "sql")
         self.reads = reads
+        self.statistics = self.watch.statistics_chain(*(source.name for source in statistics_sources))
         deps = GatewayDeps(
             catalog=ctx.catalog,
             intake=self.intake,
@@ -106,6 +117,7 @@ class Gateway(Service):
             verifier=self.verifier,
             queries=reads,
             live_queries=self.live_reads,
+            statistics=self.statistics,
             decision_timeout_s=settings.order_decision_timeout_s,
             progress=OrderProgress(
                 ctx.js,

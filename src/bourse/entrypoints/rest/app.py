@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from bourse import __version__
-from bourse.entrypoints.rest import market_data, orders
+from bourse.entrypoints.rest import market_data, orders, statistics
 from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.errors import ApiError, install_error_handlers
 from bourse.entrypoints.rest.schemas import MarketOut, Problem
@@ -44,4 +44,5 @@ def create_app(deps: GatewayDeps) -> FastAPI:
     app.include_router(router)
     app.include_router(orders.router)
     app.include_router(market_data.router)
+    app.include_router(statistics.router)
     return app

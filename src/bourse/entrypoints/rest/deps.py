@@ -9,7 +9,14 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bourse.application.catalog import Catalog
-from bourse.application.ports import IdSource, OrderProgress, OrderSubmitter, ReadModel, TokenVerifier
+from bourse.application.ports import (
+    IdSource,
+    OrderProgress,
+    OrderSubmitter,
+    ReadModel,
+    StatisticsReads,
+    TokenVerifier,
+)
 from bourse.entrypoints.rest.errors import ApiError
 
 
@@ -28,6 +35,9 @@ class GatewayDeps:
     """How long POST /order waits for the accounts decision before answering 202."""
     progress: OrderProgress | None = None
     """Asked before an order is called not found; None: no stage can be behind (tests)."""
+    statistics: StatisticsReads | None = None
+    """Tickers and k-lines, by the same rule as `queries` (the statistics service last); None:
+    no statistics source, those reads answer 503 `unavailable`."""
 
 
 # Both dependencies are `async def` although they never await: FastAPI runs a plain `def`

@@ -28,8 +28,10 @@ another argument (`limit`), a 422 (`read_refused`)."""
 
 @router.get("/markets/{market}/depth", tags=["markets"], responses=PROBLEMS)
 async def get_depth(market: str, deps: Deps, limit: ReadLimit = DEPTH_DEFAULT_LIMIT) -> DepthOut:
-    """Aggregated order book, best levels first: `[price, amount]`; `limit` levels per side. The
-    arguments are checked by the rule every reader shares (`bourse.application.read_queries`)."""
+    """Aggregated order book, best levels first: `[price, amount]`; `limit` levels per side, and
+    the market's engine input `sequence` they include (it only grows: a client drops an answer
+    older than one it has). The arguments are checked by the rule every reader shares
+    (`bourse.application.read_queries`)."""
     with read_refused(MARKET_IN_PATH):
         check_depth_query(market, limit=limit, markets=deps.catalog.markets)
     found = deps.catalog.markets[market]
@@ -39,6 +41,7 @@ async def get_depth(market: str, deps: Deps, limit: ReadLimit = DEPTH_DEFAULT_LI
         bids=[(found.format_price(p), found.format_amount(a)) for p, a in depth.bids],
         asks=[(found.format_price(p), found.format_amount(a)) for p, a in depth.asks],
         last_price=found.format_price(depth.last_price) if depth.last_price is not None else None,
+        sequence=depth.seq,
     )
 
 

@@ -8,7 +8,7 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal, TypeVar
 
 from fastapi import APIRouter, Query
@@ -94,6 +94,16 @@ def market_or_422(deps: GatewayDeps, symbol: str) -> Market:
 
 def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso_ms(ms: int) -> str:
+    """`iso()` of a time in ms since the epoch, exactly (no float: a candle's open time must
+    read as its boundary, not a microsecond before it)."""
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def place_order_out(market: Market, command: PlaceOrder, outcome: Outcome | None) -> OrderOut:

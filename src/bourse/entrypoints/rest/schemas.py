@@ -125,10 +125,18 @@ class PendingOut(BaseModel):
 
 
 class DepthOut(BaseModel):
-    market: str
-    bids: list[tuple[str, str]] = Field(description="[price, amount], best (highest) first")
-    asks: list[tuple[str, str]] = Field(description="[price, amount], best (lowest) first")
-    last_price: str | None = None
+    market: str = Field(examples=["btc_usd"])
+    bids: list[tuple[str, str]] = Field(
+        description="[price, amount], best (highest) first", examples=[[["64990.00", "0.250000"]]]
+    )
+    asks: list[tuple[str, str]] = Field(
+        description="[price, amount], best (lowest) first", examples=[[["65010.00", "0.100000"]]]
+    )
+    last_price: str | None = Field(default=None, examples=["65000.00"])
+    sequence: int = Field(
+        description="The market's last engine input sequence these levels include (0: none yet)",
+        examples=[1842],
+    )
 
 
 class TradeOut(BaseModel):
@@ -157,3 +165,59 @@ class BalanceOut(BaseModel):
     currency: str
     available: str
     locked: str
+
+
+class TickerOut(BaseModel):
+    """A market's rolling 24 hours, minute by minute (the window opens on a UTC minute, 23h59m
+    before the minute of `close_time`). Prices are null before the market's first trade."""
+
+    market: str = Field(examples=["btc_usd"])
+    open_time: str | None = Field(
+        description="ISO-8601 UTC: the window's first minute; null before the first event",
+        examples=["2024-03-10T12:01:00.000000Z"],
+    )
+    open_time_ms: int | None = Field(description="open_time in ms since the epoch", examples=[1710072060000])
+    close_time: str | None = Field(
+        description="ISO-8601 UTC: the newest engine time seen (stream time, not a clock)",
+        examples=["2024-03-11T12:00:41.250000Z"],
+    )
+    close_time_ms: int | None = Field(examples=[1710158441250])
+    open: str | None = Field(description="The window's first trade price", examples=["64000.00"])
+    high: str | None = Field(examples=["65500.00"])
+    low: str | None = Field(examples=["63800.00"])
+    last: str | None = Field(
+        description="The market's latest trade price, even when older than the window",
+        examples=["64800.00"],
+    )
+    volume: str = Field(description="Base amount traded in the window", examples=["12.500000"])
+    quote_volume: str = Field(description="Quote amount traded in the window", examples=["805000.00000000"])
+    change: str = Field(description="last - open (negative when the price fell)", examples=["800.00"])
+    change_percent: str = Field(description="change / open, percent with two decimals", examples=["1.25"])
+    trades: int = Field(description="Trades in the window", examples=[318])
+    best_bid: str | None = Field(examples=["64790.00"])
+    best_ask: str | None = Field(examples=["64810.00"])
+    sequence: int = Field(description="The last EVENTS batch sequence of the market applied", examples=[1842])
+
+
+class KlineOut(BaseModel):
+    """One interval of a period. An interval without trades is open = high = low = close = the
+    previous close, zero volume and trades."""
+
+    open_time: str = Field(
+        description="ISO-8601 UTC, aligned to the period", examples=["2024-03-11T12:00:00.000000Z"]
+    )
+    open_time_ms: int = Field(
+        description="open_time in ms since the epoch: the next page starts after the last one",
+        examples=[1710158400000],
+    )
+    close_time: str = Field(
+        description="ISO-8601 UTC: the interval's last millisecond", examples=["2024-03-11T12:00:59.999000Z"]
+    )
+    close_time_ms: int = Field(examples=[1710158459999])
+    open: str = Field(examples=["64800.00"])
+    high: str = Field(examples=["64850.00"])
+    low: str = Field(examples=["64790.00"])
+    close: str = Field(examples=["64810.00"])
+    volume: str = Field(description="Base amount traded", examples=["0.420000"])
+    quote_volume: str = Field(description="Quote amount traded", examples=["27218.40000000"])
+    trades: int = Field(examples=[7])
