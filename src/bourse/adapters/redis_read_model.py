@@ -9,8 +9,14 @@ Keys, all under `<namespace>:` (the `RedisKeys` below are the one place that nam
 - `member:<id>:balances` (hash): currency -> msgpack `[available, locked]`;
 - `member:<id>:trades` (list): the member's recent `MemberTrade`s, newest first, capped;
 - `market:<m>:bids`, `market:<m>:asks` (hashes): price -> amount of the open GTC limit orders;
-- `market:<m>` (hash): `last_price`;
+- `market:<m>` (hash): `last_price`; `time_ms`, the market's newest event time (ms: the
+  largest of its trades' engine times and its batches' `received_at`, as `CandleBook.time_ms`);
+  `first_ms`, the open time of its first 1m candle (every period's first candle opens at the
+  interval holding it);
 - `market:<m>:trades` (list): the market's recent `PublicTrade`s, newest first, capped;
+- `market:<m>:candles:<period>` (sorted set, one per `Period`): the candles with trades, each
+  a msgpack array `[open_time, open, high, low, close, volume, quote_volume, trades]` scored by
+  its open time (ms < 2**53: exact as a score); the newest `CANDLES_KEPT[period]` are kept;
 - `positions` (hash): `events:<market>` / `accounts:<shard>` -> the envelope seq last applied,
   `events:*` / `accounts:*` -> the stream watermark, and `ready` once caught up.
 
@@ -24,13 +30,24 @@ knows no markets, and finds nothing in an unknown one. `positions()` is its wate
 gateway's read chain (`bourse.adapters.read_chain`), and `read_client` the gateway's client:
 short timeouts, no retry, a bounded pool.
 `FallbackReadModel` tries one read model and asks another on a 503 or any other failure.
+
+Statistics (`bourse.application.ports.StatisticsReads`): `ticker()` is
+`RollingTicker.from_minutes` over the market's newest 1440 1m candles, its `time_ms`, last
+price, best levels and events position, read in one round trip; `klines()` pages by
+`page_bounds` from the market's first candle (`first_ms`) and gap-fills by `fill_gaps`, in two
+round trips (the market's times and the oldest candle held, then the page and the candle before
+it). A page that reaches the candles trimmed away (the page's first interval at or before the
+oldest candle still held, when older ones existed) is not answered as if complete: it raises
+`QueryFailed(503, "not_held")`, which the read chain passes to the next model (SQL keeps every
+candle), and which does not count against Redis in the chain's circuit breaker (only
+`unavailable` does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from operator import methodcaller
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -42,11 +59,13 @@ from bourse.adapters.read_chain import Positions
 from bourse.application.ports import QueryFailed, ReadModel
 from bourse.application.read_queries import (
     check_depth_query,
+    check_klines_query,
     check_member_trades_query,
     check_orders_query,
     check_trades_query,
 )
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
+from bourse.domain.candles import Candle, Period, fill_gaps, page_bounds
 from bourse.domain.order_views import (
     BalanceView,
     DepthView,
@@ -55,7 +74,8 @@ from bourse.domain.order_views import (
     PublicTrade,
 )
 from bourse.domain.orders import OrderStatus
-from bourse.domain.values import Amount, Price
+from bourse.domain.tickers import WINDOW_MINUTES, RollingTicker, Ticker
+from bourse.domain.values import Amount, Price, QuoteUnits
 
 T = TypeVar("T")
 
@@ -68,6 +88,50 @@ ORDER_DECODER = msgspec.msgpack.Decoder(OrderView)
 PUBLIC_TRADE_DECODER = msgspec.msgpack.Decoder(PublicTrade)
 MEMBER_TRADE_DECODER = msgspec.msgpack.Decoder(MemberTrade)
 BALANCE_DECODER = msgspec.msgpack.Decoder(tuple[int, int])
+
+CandleRow = tuple[int, Price, Price, Price, Price, Amount, QuoteUnits, int]
+"""A candle as stored: its fields in order (an array costs a third of a map)."""
+CANDLE_DECODER = msgspec.msgpack.Decoder(CandleRow)
+
+CANDLES_KEPT: Final[Mapping[Period, int]] = {
+    Period.M1: 2880,
+    Period.M5: 2016,
+    Period.M15: 1344,
+    Period.M30: 1440,
+    Period.H1: 1440,
+    Period.H4: 1080,
+    Period.D1: 1100,
+    Period.W1: 1100,
+}
+"""Candles with trades kept per period (the newest). Each is more than a page can span (1000
+intervals) plus the candle before it, so the newest page is always answered from Redis; 1m
+keeps two days of busy minutes (the ticker's window is 1440 minutes); 5m a week, 15m two weeks,
+30m and 1h a month and two, 4h six months, 1d and 1w three years and twenty. Older pages come
+from SQL (`not_held`)."""
+NOT_HELD: Final = "not_held"
+TIME_MS: Final = "time_ms"
+FIRST_MS: Final = "first_ms"
+LAST_PRICE: Final = "last_price"
+
+
+def candle_bytes(candle: Candle) -> bytes:
+    """A candle as its sorted set member (see `CandleRow`)."""
+    return ORDER_ENCODER.encode(
+        (
+            candle.open_time,
+            candle.open,
+            candle.high,
+            candle.low,
+            candle.close,
+            candle.volume,
+            candle.quote_volume,
+            candle.trades,
+        )
+    )
+
+
+def candle_of(raw: bytes) -> Candle:
+    return Candle(*CANDLE_DECODER.decode(raw))
 
 
 def id_member(order_id: int) -> str:
@@ -103,6 +167,9 @@ class RedisKeys:
 
     def trades(self, market: str) -> str:
         return f"{self.prefix}market:{market}:trades"
+
+    def candles(self, market: str, period: Period) -> str:
+        return f"{self.prefix}market:{market}:candles:{period.value}"
 
 
 class RedisReadModel:
@@ -198,7 +265,7 @@ class RedisReadModel:
         bids, asks, last_price, seq = await self._read(
             lambda p: p.hgetall(keys.levels(market, True)),
             lambda p: p.hgetall(keys.levels(market, False)),
-            lambda p: p.hget(keys.market(market), "last_price"),
+            lambda p: p.hget(keys.market(market), LAST_PRICE),
             lambda p: p.hget(keys.positions, f"events:{market}"),
         )
         return DepthView(
@@ -227,6 +294,87 @@ class RedisReadModel:
                 if len(found) == limit:
                     break
         return found
+
+    # ------------------------------------------------------------------ statistics
+
+    async def ticker(self, market: str) -> Ticker:
+        return (await self.tickers([market]))[0]
+
+    async def tickers(self, markets: Sequence[str]) -> list[Ticker]:
+        """One round trip for all of `markets`: per market its times and last price, its events
+        position, both sides of its depth and its newest 1440 1m candles (the window's minutes
+        are among them; `from_minutes` leaves out the older ones)."""
+        commands: list[Callable[[Any], Any]] = []
+        for market in markets:
+            commands += self._ticker_reads(market)
+        replies = await self._read(*commands)
+        found: list[Ticker] = []
+        for i, market in enumerate(markets):
+            (time_ms, last), seq, bids, asks, minutes = replies[5 * i : 5 * i + 5]
+            found.append(
+                RollingTicker.from_minutes(
+                    market,
+                    seq=0 if seq is None else int(seq),
+                    time_ms=0 if time_ms is None else int(time_ms),
+                    last=None if last is None else Price(int(last)),
+                    best_bid=max((Price(int(price)) for price in bids), default=None),
+                    best_ask=min((Price(int(price)) for price in asks), default=None),
+                    minutes=[candle_of(raw) for raw in minutes],
+                ).ticker()
+            )
+        return found
+
+    def _ticker_reads(self, market: str) -> list[Callable[[Any], Any]]:
+        keys = self.keys
+        return [
+            methodcaller("hmget", keys.market(market), [TIME_MS, LAST_PRICE]),
+            methodcaller("hget", keys.positions, f"{EVENTS.kind}:{market}"),
+            methodcaller("hkeys", keys.levels(market, True)),
+            methodcaller("hkeys", keys.levels(market, False)),
+            methodcaller("zrange", keys.candles(market, Period.M1), -WINDOW_MINUTES, -1),
+        ]
+
+    async def klines(
+        self, market: str, period: Period, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Candle]:
+        """The page `page_bounds` gives from the market's first candle, gap-filled; 503
+        `not_held` when it reaches candles trimmed away (see the module docstring)."""
+        check_klines_query(market, period=period.value, start=start_ms, end=end_ms, limit=limit)
+        key = self.keys.candles(market, period)
+        (time_ms, first_ms), oldest = await self._read(
+            lambda p: p.hmget(self.keys.market(market), [TIME_MS, FIRST_MS]),
+            lambda p: p.zrange(key, 0, 0),
+        )
+        if time_ms is None or not oldest:
+            return []
+        held_from = candle_of(oldest[0]).open_time
+        # no first_ms: filled from a stream that lost its first messages, older candles may
+        # exist (in SQL), so the cache answers as if it had trimmed them
+        first_open = held_from - period.length_ms if first_ms is None else period.open_time(int(first_ms))
+        bounds = page_bounds(period, first_open, int(time_ms), start_ms, end_ms, limit)
+        if bounds is None:
+            return []
+        lo, hi = bounds
+        if held_from > first_open and lo <= held_from:
+            raise _not_held(market, period, lo, held_from)
+        inside, before = await self._read(
+            lambda p: p.zrangebyscore(key, lo, hi),
+            lambda p: p.zrevrangebyscore(key, f"({lo}", "-inf", start=0, num=1),
+        )
+        previous = candle_of(before[0]) if before else None
+        if previous is None and lo > first_open:
+            # trimmed between the two reads: the candle before the page is gone
+            raise _not_held(market, period, lo, held_from)
+        return fill_gaps(period, lo, hi, [candle_of(raw) for raw in inside], previous)
+
+
+def _not_held(market: str, period: Period, lo: int, held_from: int) -> QueryFailed:
+    return QueryFailed(
+        503,
+        NOT_HELD,
+        f"the cache holds {market} {period.value} candles from open time {held_from} on, "
+        f"not the page from {lo}: older candles are in SQL",
+    )
 
 
 def _text(value: bytes | str) -> str:

@@ -5,8 +5,17 @@ Two durable consumers, `cache-events` (`<ns>.events.>`) and `cache-accounts`
 (`<ns>.accounts.>`). Per fetched batch: the orders it touches are loaded from Redis
 (`orders_to_load`), folded with `OrderRecords` (the persistence service's fold, the query
 service's rules), and everything (orders and their per-member indexes, depth levels, last price,
-trades, balances) is written with the positions in ONE `MULTI/EXEC`. A batch is acked only after
-its EXEC.
+trades, balances, candles) is written with the positions in ONE `MULTI/EXEC`. A batch is acked
+only after its EXEC.
+
+Candles: the cache is their single writer and stores them as `bourse.domain.candles` says a
+store does. Per write and per market, a `CandleBook.resume`d at the market's stored `time_ms`
+folds the fresh EventBatches of that market in stream order; its `changes()` are the parts of
+each candle folded since, merged (`merged`) into the newest stored candle of their period when
+it has the same open time, else added; the book's `time_ms` is the market's new one. What the
+merge needs (the markets' times, the newest candle of every period of a market that traded)
+is read in the round trip that loads the orders, before the MULTI. Each period's sorted set is
+trimmed to `CANDLES_KEPT` in the same MULTI.
 
 Exactly once: `<ns>:positions` holds, per market (`events:<m>`) and accounts shard
 (`accounts:<s>`), the envelope seq last applied, and each consumer's stream watermark
@@ -16,10 +25,14 @@ On start each durable consumer is recreated to deliver from the stored watermark
 not the consumer's acks, says what is done: an empty Redis (first start, or its data lost while
 the service was down) makes the consumers start again from the first message of the streams.
 
-Redis losing its data while the service runs (a restart without persistence) is seen as
-"positions missing but some were applied": the service replays each stream from its first
-message up to what it had applied (an ephemeral consumer, the same write path), then carries on
-with the durable consumers where they are. Until then, and until the cache has reached the
+Redis losing its data while the service runs (a restart without persistence, a FLUSHALL) is
+seen as "a stream watermark in Redis below the one applied": by the ping, by the read before an
+events write, or on the next read of the positions after an error. A write never lands on the
+lost state (the events write refuses it; merging candles into nothing would store partial ones
+as whole): the service deletes what is left of the namespace, replays each stream from its
+first message up to what it had applied (an ephemeral consumer, the same write path, so the
+candles and times are rebuilt like the rest), then carries on with the durable consumers where
+they are. Until then, and until the cache has reached the
 streams' last sequences noted at start, the `ready` position is absent and the read model
 answers `not_ready` (the gateway then asks the query service).
 
@@ -43,16 +56,23 @@ from redis.asyncio import Redis
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.redis_read_model import (
+    CANDLES_KEPT,
+    FIRST_MS,
+    LAST_PRICE,
     ORDER_DECODER,
     ORDER_ENCODER,
     READY,
+    TIME_MS,
     RedisKeys,
+    candle_bytes,
+    candle_of,
     id_member,
     redis_client,
 )
 from bourse.application.projection import Envelope, fresh
 from bourse.contracts.messages import AccountsReport, EventBatch
 from bourse.contracts.subjects import ACCOUNTS, EVENTS
+from bourse.domain.candles import PERIODS, Candle, CandleBook, Period, merged
 from bourse.domain.order_records import OrderRecords, orders_to_load
 from bourse.domain.order_views import (
     TRADES_PER_MARKET,
@@ -63,7 +83,7 @@ from bourse.domain.order_views import (
     _rests,
     listed,
 )
-from bourse.domain.orders import Side
+from bourse.domain.orders import Side, Trade
 from bourse.runtime.projection import (
     ACCOUNTS_FEED,
     EVENTS_FEED,
@@ -75,6 +95,11 @@ from bourse.runtime.projection import (
 from bourse.runtime.service import Service, ServiceContext, StreamConsumer
 
 WATERMARK = "*"
+
+
+class RedisDataLost(Exception):
+    """Redis holds less than the cache applied: its data was lost (the write is retried after
+    the rebuild)."""
 
 
 class Cache(Service):
@@ -101,6 +126,9 @@ class Cache(Service):
         self.rebuilds = 0
         self.redis_error: str | None = None
         self._ping: asyncio.Task[None] | None = None
+        self._history_cut = False
+        """EVENTS no longer starts at its first message: a market's first candle in Redis may
+        not be its first one, so its `first_ms` is not written (pages before it go to SQL)."""
 
     @property
     def redis(self) -> Redis:
@@ -115,6 +143,7 @@ class Cache(Service):
             raise RuntimeError("the cache service needs BOURSE_REDIS_URL")
         self._redis = redis_client(url.get_secret_value())
         await self.projection.note_targets()
+        await self._note_history()
         try:
             await self._load_positions()
             if not self._ready:
@@ -136,6 +165,10 @@ class Cache(Service):
     def consumers(self) -> Sequence[StreamConsumer]:
         return self.projection.consumers()
 
+    async def _note_history(self) -> None:
+        info = await self.ctx.js.stream_info(self.events.stream)
+        self._history_cut = info.state.first_seq > 1
+
     async def _load_positions(self) -> None:
         raw = await self.redis.hgetall(self.keys.positions)
         events: dict[str, int] = {}
@@ -154,14 +187,24 @@ class Cache(Service):
         self._ready = ready
 
     async def _sync(self) -> None:
-        """Read the positions again (after an error); if Redis lost them while some were applied,
-        rebuild from the start of the streams."""
-        had = bool(self.events.positions or self.accounts.positions)
-        previous = {feed.durable: feed.watermark for feed in (self.events, self.accounts)}
+        """Read the positions again (after an error); if Redis holds less than was applied (its
+        data lost), rebuild from the start of the streams."""
+        feeds = (self.events, self.accounts)
+        previous = {feed.durable: feed.watermark for feed in feeds}
         await self._load_positions()
-        if had and not (self.events.positions or self.accounts.positions):
+        if any(feed.watermark < previous[feed.durable] for feed in feeds):
             await self._rebuild(previous)
         self._stale = False
+
+    def _lost(self, events: Any, accounts: Any, applied: tuple[int, int] | None = None) -> bool:
+        """Redis's stream watermarks (raw replies) are below those applied (read before them):
+        its data was lost. Redis's are never below while it keeps its data: the positions in
+        memory change only after the EXEC that wrote them."""
+        events_applied, accounts_applied = applied or (self.events.watermark, self.accounts.watermark)
+        return int(events or 0) < events_applied or int(accounts or 0) < accounts_applied
+
+    def _watermark_fields(self) -> list[str]:
+        return [f"{self.events.kind}:{WATERMARK}", f"{self.accounts.kind}:{WATERMARK}"]
 
     async def _rebuild(self, upto: Mapping[str, int]) -> None:
         """Redis lost the read model: replay both streams from their first message up to what was
@@ -169,6 +212,9 @@ class Cache(Service):
         self.rebuilds += 1
         self.log.warning("redis lost its data: rebuilding from the streams", extra={"upto": dict(upto)})
         self._ready = False
+        # what is left (a write after the loss, an old snapshot) would be skipped or merged into
+        await self._forget()
+        await self._note_history()
         for feed in (self.events, self.accounts):
             feed.target = max(feed.target, upto[feed.durable])
             last = upto[feed.durable]
@@ -195,16 +241,35 @@ class Cache(Service):
                     await sub.unsubscribe()
         await self._mark_ready_if_caught_up()
 
+    async def _forget(self) -> None:
+        """Delete every key of the namespace, positions first (the reads say `not_ready`)."""
+        await self.redis.delete(self.keys.positions)
+        found: list[Any] = []
+        async for key in self.redis.scan_iter(match=f"{self.keys.prefix}*", count=1000):
+            found.append(key)
+            if len(found) >= 1000:
+                await self.redis.delete(*found)
+                found = []
+        if found:
+            await self.redis.delete(*found)
+        for feed in (self.events, self.accounts):
+            feed.positions = {}
+            feed.watermark = 0
+
     async def _mark_ready_if_caught_up(self) -> None:
         if self.projection.caught_up():
             await self.redis.hset(self.keys.positions, READY, 1)
             self._ready = True
 
     async def _watch(self) -> None:
-        """Ping Redis; on its return with its data gone (or after an error) resynchronise."""
+        """Read the watermarks (the ping); on Redis's return with its data gone, after an error,
+        or when it lost its data without an error (FLUSHALL), resynchronise."""
         while True:
             try:
-                await self.redis.ping()
+                applied = (self.events.watermark, self.accounts.watermark)
+                events, accounts = await self.redis.hmget(self.keys.positions, self._watermark_fields())
+                if self._lost(events, accounts, applied):
+                    self._stale = True
                 if self._stale or self.redis_error is not None:
                     async with self._lock:
                         await self._sync()
@@ -260,12 +325,101 @@ class Cache(Service):
 
     async def _events_written(self, envelopes: Sequence[Envelope[EventBatch]]) -> list[Any]:
         batches = [envelope.body for envelope in envelopes]
-        known = await self._load(orders_to_load(batches)) if batches else {}
+        if not batches:
+            return []
+        by_market: dict[str, list[EventBatch]] = {}
+        for batch in batches:
+            by_market.setdefault(batch.market, []).append(batch)
+        traded = [m for m, its in by_market.items() if any(type(e) is Trade for b in its for e in b.events)]
+        known, times, newest = await self._read_before(orders_to_load(batches), list(by_market), traded)
         before = {oid: (view.side, view.price, view.remaining) for oid, view in known.items() if _rests(view)}
         records = OrderRecords(known)
         for batch in batches:
             records.apply_events(batch)
-        return await self._event_ops(records, before)
+        ops = await self._event_ops(records, before)
+        for market, its in by_market.items():
+            ops += self._candle_ops(market, its, times[market], newest)
+        return ops
+
+    async def _read_before(
+        self, ids: set[int], markets: list[str], traded: list[str]
+    ) -> tuple[
+        dict[int, OrderView], dict[str, tuple[int, bool]], dict[tuple[str, Period], tuple[Candle, bytes]]
+    ]:
+        """One round trip: the orders the batch touches, the stream watermarks (a loss of data
+        is refused here), per market its time and whether its first candle is known, and per
+        market that traded the newest candle of every period (the one a change may merge into)."""
+        keys = self.keys
+        ordered = sorted(ids)
+        applied = (self.events.watermark, self.accounts.watermark)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.positions, self._watermark_fields())
+            if ordered:
+                pipe.mget([keys.order(order_id) for order_id in ordered])
+            for market in markets:
+                pipe.hmget(keys.market(market), [TIME_MS, FIRST_MS])
+            for market in traded:
+                for period in PERIODS:
+                    pipe.zrange(keys.candles(market, period), -1, -1)
+            replies: list[Any] = await pipe.execute()
+        events, accounts = replies[0]
+        if self._lost(events, accounts, applied):
+            raise RedisDataLost(f"redis holds events {events!r} and accounts {accounts!r}, below {applied}")
+        i = 1
+        found: dict[int, OrderView] = {}
+        if ordered:
+            for oid, raw in zip(ordered, replies[1], strict=True):
+                if raw is not None:
+                    found[oid] = ORDER_DECODER.decode(raw)
+            i = 2
+        times: dict[str, tuple[int, bool]] = {}
+        for market in markets:
+            time_ms, first_ms = replies[i]
+            times[market] = (0 if time_ms is None else int(time_ms), first_ms is not None)
+            i += 1
+        newest: dict[tuple[str, Period], tuple[Candle, bytes]] = {}
+        for market in traded:
+            for period in PERIODS:
+                held = replies[i]
+                i += 1
+                if held:
+                    newest[(market, period)] = (candle_of(held[0]), held[0])
+        return found, times, newest
+
+    def _candle_ops(
+        self,
+        market: str,
+        batches: Sequence[EventBatch],
+        stored: tuple[int, bool],
+        newest: Mapping[tuple[str, Period], tuple[Candle, bytes]],
+    ) -> list[Any]:
+        """The market's candles and time after `batches` (fresh, in stream order), merged into
+        what Redis holds (`CandleBook.resume`, `merged`), and each changed period trimmed."""
+        keys = self.keys
+        time_ms, first_known = stored
+        # a resumed book opens at most one interval per period and batch: keep them all
+        book = CandleBook.resume(market, time_ms, keep=len(batches) + 1)
+        for batch in batches:
+            book.apply(batch.seq, batch.received_at, batch.events)
+        ops: list[Any] = []
+        market_key = keys.market(market)
+        if book.time_ms > time_ms:
+            ops.append(lambda p, t=book.time_ms: p.hset(market_key, TIME_MS, t))
+        changed: set[Period] = set()
+        for period, candle in book.changes():
+            key = keys.candles(market, period)
+            held = newest.get((market, period))
+            if held is not None and held[0].open_time == candle.open_time:
+                candle = merged(held[0], candle)
+                ops.append(lambda p, k=key, old=held[1]: p.zrem(k, old))
+            elif period is Period.M1 and held is None and not first_known and not self._history_cut:
+                ops.append(lambda p, t=candle.open_time: p.hsetnx(market_key, FIRST_MS, t))
+            ops.append(lambda p, k=key, c=candle: p.zadd(k, {candle_bytes(c): c.open_time}))
+            changed.add(period)
+        for period in changed:
+            key, kept = keys.candles(market, period), CANDLES_KEPT[period]
+            ops.append(lambda p, k=key, n=kept: p.zremrangebyrank(k, 0, -n - 1))
+        return ops
 
     def _reports_written(self, envelopes: Sequence[Envelope[AccountsReport]]) -> list[Any]:
         records = OrderRecords({})
@@ -276,17 +430,6 @@ class Cache(Service):
             for change in envelope.body.balances:
                 balances[(change.member_id, change.currency)] = (change.available, change.locked)
         return self._report_ops(records, balances)
-
-    async def _load(self, ids: set[int]) -> dict[int, OrderView]:
-        if not ids:
-            return {}
-        ordered = sorted(ids)
-        raws: list[Any] = await self.redis.mget([self.keys.order(order_id) for order_id in ordered])
-        found: dict[int, OrderView] = {}
-        for oid, raw in zip(ordered, raws, strict=True):
-            if raw is not None:
-                found[oid] = ORDER_DECODER.decode(raw)
-        return found
 
     def _order_ops(self, view: OrderView, *, only_if_absent: bool = False) -> list[Any]:
         keys = self.keys
@@ -356,7 +499,7 @@ class Cache(Service):
                 ops.append(lambda p, m=member_id, d=mine: p.lpush(keys.member_trades(m), d))
                 ops.append(lambda p, m=member_id: p.ltrim(keys.member_trades(m), 0, TRADES_PER_MEMBER - 1))
         for market, price in last_price.items():
-            ops.append(lambda p, m=market, x=price: p.hset(keys.market(m), "last_price", x))
+            ops.append(lambda p, m=market, x=price: p.hset(keys.market(m), LAST_PRICE, x))
             ops.append(lambda p, m=market: p.ltrim(keys.trades(m), 0, TRADES_PER_MARKET - 1))
         return ops
 
