@@ -78,7 +78,7 @@ class World:
         self.check_raises: dict[str, BaseException] = {}
         self.models = {name: Model(name) for name in self.applied}
 
-    def positions(self, name: str) -> ReadSource:
+    def positions(self, name: str) -> ReadSource[Model]:
         async def read() -> Positions | None:
             if name in self.check_raises:
                 raise self.check_raises[name]
