@@ -88,7 +88,7 @@ NEEDS = {
     "auth": {"BOURSE_JWT_KEYS_DIR"},
 }
 """Settings without which a service runs wrong or not at all (beyond `EVERY_SERVICE_NEEDS`)."""
-SINGLE_WRITERS = {"accounts", "matching", "persistence", "cache"}
+SINGLE_WRITERS = {"accounts", "matching", "persistence", "cache", "statistics"}
 SCALED = {"gateway", "query"}
 CATALOG = load_catalog()
 
@@ -216,10 +216,12 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
 
 
 def shard_problems(compose: dict[str, Any]) -> list[str]:
-    """Accounts containers cover every member shard once, matching containers every market once."""
+    """Accounts containers cover every member shard once, matching and statistics containers every
+    market once."""
     problems: list[str] = []
     shards: list[int] = []
     markets: list[str] = []
+    statistics: list[str] = []
     counts: set[str] = set()
     for name, spec in bourse_containers(compose).items():
         env, names = environment(spec), run_services(spec)
@@ -233,6 +235,8 @@ def shard_problems(compose: dict[str, Any]) -> list[str]:
             if not json_list(env.get("BOURSE_MATCHING_MARKETS")):
                 problems.append(f"{name}: matching without BOURSE_MATCHING_MARKETS (every market in one)")
             markets += json_list(env.get("BOURSE_MATCHING_MARKETS"))
+        if "statistics" in names:
+            statistics += json_list(env.get("BOURSE_STATISTICS_MARKETS")) or list(CATALOG.markets)
     if len(counts) != 1:
         problems.append(f"containers disagree on BOURSE_ACCOUNTS_SHARDS: {sorted(counts)}")
     else:
@@ -241,6 +245,10 @@ def shard_problems(compose: dict[str, Any]) -> list[str]:
             problems.append(f"accounts shards run {sorted(shards)}, expected each of {expected} once")
     if sorted(markets) != sorted(CATALOG.markets):
         problems.append(f"matching runs {sorted(markets)}, expected each of {sorted(CATALOG.markets)} once")
+    if sorted(statistics) != sorted(CATALOG.markets):
+        problems.append(
+            f"statistics runs {sorted(statistics)}, expected each of {sorted(CATALOG.markets)} once"
+        )
     return problems
 
 
@@ -322,7 +330,7 @@ def k8s_problems(compose: dict[str, Any], docs: list[dict[str, Any]]) -> list[st
         if keys != env.keys():
             problems.append(f"k8s {name}: settings keys differ from compose: {sorted(keys ^ env.keys())}")
         values = {item["name"]: item.get("value") for item in container.get("env") or []}
-        for key in ("BOURSE_ACCOUNTS_SHARD_IDS", "BOURSE_MATCHING_MARKETS"):
+        for key in ("BOURSE_ACCOUNTS_SHARD_IDS", "BOURSE_MATCHING_MARKETS", "BOURSE_STATISTICS_MARKETS"):
             if json_list(values.get(key)) != json_list(env.get(key)):
                 problems.append(f"k8s {name}: {key} {values.get(key)} != compose {env.get(key)}")
         names = run_services(spec)
@@ -388,7 +396,7 @@ def test_the_checks_catch_incomplete_files() -> None:
         "BOURSE_HEALTH_PORT": "8001",
     }
     variants["gateway environment replaced"] = old_gateway
-    for name in ("cache", "accounts-1", "matching-2", "db-upgrade"):
+    for name in ("cache", "accounts-1", "matching-2", "statistics-2", "db-upgrade"):
         variants[f"{name} missing"] = copy.deepcopy(compose)
         del variants[f"{name} missing"]["services"][name]
     no_sql = copy.deepcopy(compose)

@@ -155,13 +155,14 @@ def test_bourse_up_in_two_processes_trades_restarts_a_killed_child_and_exits_zer
         health = httpx.get(healthz).json()
         assert [p["services"] for p in health["processes"]] == [
             ["accounts", "matching", "persistence"],
-            ["query", "auth", "ids", "gateway"],
+            ["query", "statistics", "auth", "ids", "gateway"],
         ]
         assert set(health["services"]) == {
             "accounts",
             "matching",
             "persistence",
             "query",
+            "statistics",
             "auth",
             "ids",
             "gateway",

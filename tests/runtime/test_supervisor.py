@@ -47,20 +47,22 @@ def test_one_process_runs_everything_in_start_order() -> None:
 
 
 def test_groups_balance_the_measured_cpu_and_keep_the_start_order() -> None:
-    assert START_ORDER == ["accounts", "matching", "persistence", "query", "auth", "ids", "gateway"]
+    assert START_ORDER == [
+        "accounts", "matching", "persistence", "query", "statistics", "auth", "ids", "gateway"
+    ]  # fmt: skip
     assert group_services(START_ORDER, 2) == [
         ["accounts", "matching", "persistence"],
-        ["query", "auth", "ids", "gateway"],
+        ["query", "statistics", "auth", "ids", "gateway"],
     ]
     assert group_services(START_ORDER, 3) == [
         ["accounts", "matching"],
-        ["persistence", "query", "auth", "ids"],
-        ["gateway"],
+        ["persistence", "query", "statistics"],
+        ["auth", "ids", "gateway"],
     ]
     assert group_services(START_ORDER, 4) == [
         ["accounts", "matching"],
         ["persistence"],
-        ["query", "auth", "ids"],
+        ["query", "statistics", "auth", "ids"],
         ["gateway"],
     ]
 
@@ -68,13 +70,15 @@ def test_groups_balance_the_measured_cpu_and_keep_the_start_order() -> None:
 def test_the_cache_runs_only_with_a_redis_url() -> None:
     assert "cache" in SERVICES
     assert "cache" not in START_ORDER
-    assert WITH_CACHE == ["accounts", "matching", "persistence", "cache", "query", "auth", "ids", "gateway"]
+    assert WITH_CACHE == [
+        "accounts", "matching", "persistence", "cache", "query", "statistics", "auth", "ids", "gateway"
+    ]  # fmt: skip
     assert [
         service.name for service in services_for(Settings(redis_url=None, _env_file=None), ["cache"])
     ] == ["cache"]
     assert group_services(WITH_CACHE, 2) == [
         ["accounts", "matching", "persistence"],
-        ["cache", "query", "auth", "ids", "gateway"],
+        ["cache", "query", "statistics", "auth", "ids", "gateway"],
     ]
 
 

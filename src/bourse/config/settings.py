@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     matching_markets: list[str] | None = Field(
         default=None, description="Markets this process matches (JSON list); unset: all of them."
     )
+    statistics_markets: list[str] | None = Field(
+        default=None,
+        description="Markets this statistics instance folds and publishes (JSON list), one instance per "
+        "group; unset: all of them.",
+    )
     order_decision_timeout_s: float = Field(
         default=2.0, gt=0, description="How long POST /order waits for the accounts decision before a 202."
     )

@@ -312,8 +312,9 @@ class KlinesQuery(msgspec.Struct, frozen=True):
 
     market: str
     period: str
-    start: int | None = None
-    end: int | None = None
+    start: int | str | None = None
+    """Ms since the epoch, or text the check parses (ISO-8601), as the REST query takes it."""
+    end: int | str | None = None
     limit: int = 500
 
 

@@ -84,6 +84,8 @@ class Feed:
     rows: int = 0
     duplicates: int = 0
     undecodable: int = 0
+    skipped: int = 0
+    """Messages the projection does not want (`Projection.wanted`), passed over undecoded."""
     transactions: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -104,6 +106,7 @@ class Feed:
             "rows": self.rows,
             "duplicates": self.duplicates,
             "undecodable": self.undecodable,
+            "skipped": self.skipped,
             "transactions": self.transactions,
             "failures": self.failures,
             "last_error": self.last_error,
@@ -140,6 +143,9 @@ class Projection:
     batch: int = 512
     linger_s: float = 0.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    wanted: Callable[[str], bool] | None = None
+    """For a projection of part of a stream (a market group): whether a subject's messages are
+    its; the others are not decoded, and the watermark still moves past them."""
     _subscriptions: list[JetStreamContext.PushSubscription] = field(default_factory=list)
 
     @classmethod
@@ -152,14 +158,19 @@ class Projection:
         batch: int = 512,
         linger_s: float = 0.0,
         retry: RetryPolicy | None = None,
+        consumer: str | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> Projection:
-        """Feeds named `<service>-<stream kind>` (the durable consumers' names)."""
+        """Feeds named `<consumer>-<stream kind>` (the durable consumers' names); `consumer` is
+        the service's name unless instances of the service follow the streams apart (e.g. one
+        per market group)."""
         ns = service.ctx.namespace
+        prefix = consumer or service.name
         feeds = {
-            spec.stream.kind: Feed(spec, f"{service.name}-{spec.stream.kind}", spec.stream.name(ns))
+            spec.stream.kind: Feed(spec, f"{prefix}-{spec.stream.kind}", spec.stream.name(ns))
             for spec in specs
         }
-        return cls(service, writer, feeds, batch, linger_s, retry or RetryPolicy())
+        return cls(service, writer, feeds, batch, linger_s, retry or RetryPolicy(), wanted)
 
     def feed(self, kind: str) -> Feed:
         return self.feeds[kind]
@@ -205,7 +216,11 @@ class Projection:
     def unpack(self, feed: Feed, messages: Sequence[Msg]) -> list[Envelope[Any]]:
         """The envelopes of `messages`, in stream order; undecodable messages logged and skipped."""
         envelopes: list[Envelope[Any]] = []
+        wanted = self.wanted
         for msg in messages:
+            if wanted is not None and not wanted(msg.subject):
+                feed.skipped += 1
+                continue
             position = stream_position(msg)
             try:
                 envelopes.extend(feed.spec.unpack(position.seq, position.timestamp_ns, msg.data))

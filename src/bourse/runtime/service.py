@@ -21,19 +21,53 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
 from bourse.application.catalog import Catalog
+from bourse.application.ports import QueryFailed
 from bourse.config.settings import Settings
+from bourse.contracts.messages import QueryError, json_encode
 from bourse.contracts.subjects import StreamSpec, service_subject
 
 RequestHandler = Callable[[Request], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
+Q = TypeVar("Q")
+
+
+def query_endpoint(
+    decoder: msgspec.json.Decoder[Q],
+    answer: Callable[[Q], msgspec.Struct],
+    *,
+    ready: Callable[[], bool] | None = None,
+) -> RequestHandler:
+    """A read endpoint: JSON query in, JSON answer out. A refusal (`QueryFailed`, or a body that
+    does not decode: 400 `invalid_request`; not `ready()` yet: 503 `not_ready`) is answered with
+    the nats.micro error headers (status, message) and a `QueryError` body with its stable code,
+    which the callers' clients raise again as `QueryFailed`."""
+
+    async def handle(request: Request) -> None:
+        try:
+            if ready is not None and not ready():
+                raise QueryFailed(503, "not_ready", "this instance is still reading the streams")
+            try:
+                query = decoder.decode(request.data)
+            except msgspec.DecodeError as exc:  # ValidationError included
+                raise QueryFailed(400, "invalid_request", str(exc)) from None
+            reply = answer(query)
+        except QueryFailed as failed:
+            await request.respond_error(
+                str(failed.status), failed.message, json_encode(QueryError(failed.code, failed.message))
+            )
+            return
+        await request.respond(json_encode(reply))
+
+    return handle
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ SERVICE_WEIGHTS: dict[str, int] = {
     "matching": 160,
     "persistence": 250,
     "query": 100,
+    "statistics": 60,  # to be measured (bench/e2e_bench.py); the folds cost ~3 us per trade
     "cache": 100,  # not measured yet: about the query service's fold plus one Redis round trip per batch
     "auth": 1,
     "ids": 1,

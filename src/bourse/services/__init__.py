@@ -16,6 +16,7 @@ from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
+from bourse.services.statistics import Statistics
 
 SERVICES: dict[str, type[Service]] = {
     service.name: service
@@ -25,6 +26,7 @@ SERVICES: dict[str, type[Service]] = {
         Persistence,
         Cache,
         Query,
+        Statistics,
         Auth,
         Ids,
         AmqpIngress,

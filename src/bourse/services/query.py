@@ -56,7 +56,6 @@ from bourse.contracts.messages import (
     OrderQuery,
     OrdersQuery,
     OrdersReply,
-    QueryError,
     QueryReady,
     TradesQuery,
     TradesReply,
@@ -69,7 +68,7 @@ from bourse.domain.order_views import (
     OrderViews,
 )
 from bourse.runtime.projection import ACCOUNTS_FEED, EVENTS_FEED, Applied, Feed, Projection
-from bourse.runtime.service import Endpoint, RequestHandler, Service, ServiceContext
+from bourse.runtime.service import Endpoint, RequestHandler, Service, ServiceContext, query_endpoint
 
 Q = TypeVar("Q")
 R = TypeVar("R")
@@ -171,23 +170,7 @@ class Query(Service):
     def _serve(
         self, decoder: msgspec.json.Decoder[Q], answer: Callable[[Q], msgspec.Struct]
     ) -> RequestHandler:
-        async def handle(request: Request) -> None:
-            try:
-                if not self._ready.is_set():
-                    raise QueryFailed(503, "not_ready", "this instance is still reading the streams")
-                try:
-                    query = decoder.decode(request.data)
-                except msgspec.DecodeError as exc:  # ValidationError included
-                    raise QueryFailed(400, "invalid_request", str(exc)) from None
-                reply = answer(query)
-            except QueryFailed as failed:
-                await request.respond_error(
-                    str(failed.status), failed.message, json_encode(QueryError(failed.code, failed.message))
-                )
-                return
-            await request.respond(json_encode(reply))
-
-        return handle
+        return query_endpoint(decoder, answer, ready=self._ready.is_set)
 
     async def _serve_ready(self, request: Request) -> None:
         await request.respond(json_encode(self.readiness()))
