@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from bourse.application.market_statistics import MarketStatistics
+from bourse.contracts.messages import EventBatch, encode
 from bourse.domain.candles import CandleBook
 from bourse.domain.depth_book import DepthBook
 from bourse.domain.matching import MatchingEngine
@@ -276,6 +278,41 @@ def time_engine_stream(
     return Result(name, len(timed), "batches", walls, cpus)
 
 
+def time_service_aggregate(
+    prefill: list[Batch], timed: list[Batch], repeats: int, *, drain_every: int
+) -> Result:
+    """The statistics service's own work per batch: `MarketStatistics.apply` (the three folds),
+    then every `drain_every` batches `drain()` (the update messages) and their msgpack encoding,
+    as the service does per fetched group (NATS publishing itself not included)."""
+    name = f"service aggregate, drained every {drain_every}"
+    walls: list[float] = []
+    cpus: list[float] = []
+    symbol = bench_market(SYMBOL).symbol
+    prefill_batches = [EventBatch(symbol, seq, at, events) for seq, at, events in prefill]
+    timed_batches = [EventBatch(symbol, seq, at, events) for seq, at, events in timed]
+    for r in range(repeats):
+        progress(f"{name}: repeat {r + 1}/{repeats}")
+        stats = MarketStatistics(symbol)
+        for batch in prefill_batches:
+            stats.apply(batch)
+        stats.drain()
+        gc.collect()
+        span = Span()
+        apply, drain = stats.apply, stats.drain
+        with span:
+            for i, batch in enumerate(timed_batches, start=1):
+                apply(batch)
+                if i % drain_every == 0:
+                    updates = drain()
+                    for message in (updates.depth, updates.trades, updates.ticker, *updates.klines):
+                        if message is not None:
+                            encode(message)
+        walls.append(span.wall)
+        cpus.append(span.cpu)
+    done()
+    return Result(name, len(timed), "batches", walls, cpus)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -349,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             time_engine_stream(
                 "depth + candles + ticker + changes()", prefill, timed, args.repeats, full=True
             ),
+            time_service_aggregate(prefill, timed, args.repeats, drain_every=1),
+            time_service_aggregate(prefill, timed, args.repeats, drain_every=16),
         ]
         rows = [
             [
