@@ -9,7 +9,15 @@ service writes):
 - **conservation**: per currency, the ledger entries of every account (members, the exchange,
   the outside world, clearing) sum to zero: money is only moved, never made or lost;
 - **orders**: every order's executed amount equals the sum of its trades' amounts, and its funds
-  the sum of their funds (as maker or as taker).
+  the sum of their funds (as maker or as taker);
+- **klines_1m**: per market and minute, the 1m k-line is the trades table's minute: volume, quote
+  volume, count, high and low, open and close by trade id; no 1m k-line without trades. A
+  trade counts at the newest time seen by then (the running maximum of the timestamps in trade
+  order), as the fold counts it; this assumes no batch's receive time ran ahead of a later
+  trade's timestamp (the engine stamps a trade with its batch's receive time, which JetStream
+  keeps increasing unless the server's clock steps back);
+- **klines**: every k-line of a coarser period is the merge of the 1m k-lines inside its interval
+  (open of the first, close of the last, extremes, sums), and every such group has one.
 
 They hold when the persistence service has applied the streams from their first message (the
 streams keep 7 days: a database started later lacks the older entries and trades). The two
@@ -20,12 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bourse.adapters.sql.database import create_engine
+from bourse.domain.candles import MONDAY_MS, NS_PER_MS, WEEK_MS, Period
 
 SHOWN = 20
 """Differences listed per check."""
@@ -113,17 +123,112 @@ _ORDERS = text(
 )
 
 
+_NO_CANDLE = "NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+
+
+def _minutes_sql(div: str) -> TextClause:
+    """1m k-lines against the trades table's minutes, both ways (`div`: the dialect's integer
+    division). Each row: market, open time, the k-line's values, the trades' values (a side
+    is NULLs when it has no row)."""
+    minute_ns = 60_000 * NS_PER_MS
+    return text(
+        f"""
+        WITH timed AS (
+            SELECT market, trade_id, price, amount, funds,
+                   MAX(ts) OVER (PARTITION BY market ORDER BY trade_id
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS at
+            FROM trades
+        ), grouped AS (
+            SELECT market, (at - at % {minute_ns}) {div} {NS_PER_MS} AS open_time,
+                   MIN(trade_id) AS first_id, MAX(trade_id) AS last_id, MAX(price) AS high,
+                   MIN(price) AS low, SUM(amount) AS volume, SUM(funds) AS quote_volume,
+                   COUNT(*) AS trades
+            FROM timed
+            GROUP BY market, (at - at % {minute_ns}) {div} {NS_PER_MS}
+        ), traded AS (
+            SELECT g.market, g.open_time, f.price AS open, l.price AS close, g.high, g.low,
+                   g.volume, g.quote_volume, g.trades
+            FROM grouped g
+            JOIN trades f ON f.market = g.market AND f.trade_id = g.first_id
+            JOIN trades l ON l.market = g.market AND l.trade_id = g.last_id
+        )
+        SELECT t.market, t.open_time,
+               k.open, k.close, k.high, k.low, k.volume, k.quote_volume, k.trades,
+               t.open, t.close, t.high, t.low, t.volume, t.quote_volume, t.trades
+        FROM traded t
+        LEFT JOIN klines k ON k.market = t.market AND k.period = '1m' AND k.open_time = t.open_time
+        UNION ALL
+        SELECT k.market, k.open_time, k.open, k.close, k.high, k.low, k.volume, k.quote_volume,
+               k.trades, {_NO_CANDLE}
+        FROM klines k
+        LEFT JOIN traded t ON t.market = k.market AND t.open_time = k.open_time
+        WHERE k.period = '1m' AND t.market IS NULL
+        """
+    )
+
+
+_ORIGIN_MS = MONDAY_MS - 10_000 * WEEK_MS
+"""Aligned to every period (a Monday), and early enough that `open_time - origin` is positive
+(`%` keeps the dividend's sign in SQL)."""
+
+
+def _periods_sql() -> TextClause:
+    """Coarser k-lines against the merge of the 1m k-lines in their intervals, both ways. Each
+    row: period, market, open time, the k-line's values, the merge's values."""
+    periods = " UNION ALL ".join(
+        f"SELECT '{period.value}' AS period, {period.length_ms} AS length_ms"
+        for period in Period
+        if period is not Period.M1
+    )
+    return text(
+        f"""
+        WITH periods AS ({periods}), grouped AS (
+            SELECT p.period, m.market,
+                   m.open_time - (m.open_time - {_ORIGIN_MS}) % p.length_ms AS open_time,
+                   MIN(m.open_time) AS first_time, MAX(m.open_time) AS last_time,
+                   MAX(m.high) AS high, MIN(m.low) AS low, SUM(m.volume) AS volume,
+                   SUM(m.quote_volume) AS quote_volume, SUM(m.trades) AS trades
+            FROM klines m CROSS JOIN periods p
+            WHERE m.period = '1m'
+            GROUP BY p.period, m.market, m.open_time - (m.open_time - {_ORIGIN_MS}) % p.length_ms
+        ), merged AS (
+            SELECT g.period, g.market, g.open_time, f.open, l.close, g.high, g.low, g.volume,
+                   g.quote_volume, g.trades
+            FROM grouped g
+            JOIN klines f ON f.market = g.market AND f.period = '1m' AND f.open_time = g.first_time
+            JOIN klines l ON l.market = g.market AND l.period = '1m' AND l.open_time = g.last_time
+        )
+        SELECT m.period, m.market, m.open_time,
+               k.open, k.close, k.high, k.low, k.volume, k.quote_volume, k.trades,
+               m.open, m.close, m.high, m.low, m.volume, m.quote_volume, m.trades
+        FROM merged m
+        LEFT JOIN klines k ON k.market = m.market AND k.period = m.period AND k.open_time = m.open_time
+        UNION ALL
+        SELECT k.period, k.market, k.open_time, k.open, k.close, k.high, k.low, k.volume,
+               k.quote_volume, k.trades, {_NO_CANDLE}
+        FROM klines k
+        LEFT JOIN merged m ON m.market = k.market AND m.period = k.period AND m.open_time = k.open_time
+        WHERE k.period <> '1m' AND m.market IS NULL
+        """
+    )
+
+
 async def audit(engine: AsyncEngine) -> AuditReport:
+    div = "/" if engine.dialect.name == "sqlite" else "DIV"
     async with engine.connect() as conn:
         balance_rows = (await conn.execute(_BALANCES)).all()
         orphan_rows = (await conn.execute(_ENTRIES_WITHOUT_BALANCE)).all()
         currency_rows = (await conn.execute(_CONSERVATION)).all()
         order_rows = (await conn.execute(_ORDERS)).all()
+        minute_rows = (await conn.execute(_minutes_sql(div))).all()
+        period_rows = (await conn.execute(_periods_sql())).all()
     return AuditReport(
         [
             _balances(balance_rows, orphan_rows),
             _conservation(currency_rows),
             _orders(order_rows),
+            _minutes(minute_rows),
+            _periods(period_rows),
         ]
     )
 
@@ -170,5 +275,46 @@ def _orders(rows: Sequence[Any]) -> Check:
             check.differences.append(
                 f"order {order_id} ({status}): executed {int(executed)}, funds {int(funds)}; "
                 f"its {int(trades)} trades: amount {int(traded)}, funds {int(traded_funds)}"
+            )
+    return check
+
+
+_FIELDS = ("open", "close", "high", "low", "volume", "quote_volume", "trades")
+
+
+def _values(values: Sequence[Any]) -> tuple[int, ...] | None:
+    return None if values[0] is None else tuple(int(v) for v in values)
+
+
+def _candle_text(values: tuple[int, ...] | None) -> str:
+    if values is None:
+        return "none"
+    return " ".join(f"{name} {value}" for name, value in zip(_FIELDS, values, strict=True))
+
+
+def _when(open_time: int) -> str:
+    return datetime.fromtimestamp(open_time / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _minutes(rows: Sequence[Any]) -> Check:
+    check = Check("klines_1m", "each 1m k-line = its minute of the trades table", len(rows))
+    for market, open_time, *values in rows:
+        stored, traded = _values(values[:7]), _values(values[7:])
+        if stored != traded:
+            check.differences.append(
+                f"{market} 1m {_when(int(open_time))} (open time {int(open_time)}): "
+                f"k-line {_candle_text(stored)}; trades {_candle_text(traded)}"
+            )
+    return check
+
+
+def _periods(rows: Sequence[Any]) -> Check:
+    check = Check("klines", "each coarser k-line = the merge of its 1m k-lines", len(rows))
+    for period, market, open_time, *values in rows:
+        stored, merged = _values(values[:7]), _values(values[7:])
+        if stored != merged:
+            check.differences.append(
+                f"{market} {period} {_when(int(open_time))} (open time {int(open_time)}): "
+                f"k-line {_candle_text(stored)}; its 1m k-lines {_candle_text(merged)}"
             )
     return check

@@ -19,7 +19,7 @@ shards (the exchange, member 0, earns fees in every shard)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, func, or_, select
@@ -28,15 +28,26 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bourse.adapters.sql.database import create_engine, sqlite_file
-from bourse.adapters.sql.models import WATERMARK, applied_positions, balances, orders, trades
-from bourse.adapters.sql.store import order_view
+from bourse.adapters.sql.models import (
+    WATERMARK,
+    applied_positions,
+    balances,
+    klines,
+    market_statistics,
+    orders,
+    trades,
+)
+from bourse.adapters.sql.store import KLINE_VALUES, kline_candle, order_view
 from bourse.application.ports import QueryFailed
 from bourse.application.read_queries import (
+    KLINES_DEFAULT_LIMIT,
     check_depth_query,
+    check_klines_query,
     check_member_trades_query,
     check_orders_query,
     check_trades_query,
 )
+from bourse.domain.candles import MINUTE_MS, Candle, Period, fill_gaps, page_bounds
 from bourse.domain.order_views import (
     UNLISTED_REASON,
     BalanceView,
@@ -46,6 +57,7 @@ from bourse.domain.order_views import (
     PublicTrade,
 )
 from bourse.domain.orders import OrderStatus, OrderType, Side, TimeInForce
+from bourse.domain.tickers import WINDOW_MINUTES, RollingTicker, Ticker
 from bourse.domain.values import Amount, Price, QuoteUnits
 
 T = TypeVar("T")
@@ -213,15 +225,8 @@ class SqlReadModel:
                     .limit(1)
                 )
             ).scalar()
-            seq = (
-                await conn.execute(
-                    select(applied_positions.c.seq).where(
-                        applied_positions.c.consumer == EVENTS_CONSUMER, applied_positions.c.shard == market
-                    )
-                )
-            ).scalar()
             last_price = None if last is None else Price(int(last))
-            return DepthView(market, bids, asks, last_price, int(seq or 0))
+            return DepthView(market, bids, asks, last_price, await _position(conn, market))
 
         return await self._read(work)
 
@@ -294,6 +299,145 @@ class SqlReadModel:
             return [trade for _, trade in found[:limit]]
 
         return await self._read(work)
+
+    # ------------------------------------------------------------------ statistics
+
+    async def ticker(self, market: str) -> Ticker:
+        """The 24-hour ticker from the market's 1m k-lines in the window, its statistics row
+        (newest event time, last price), the depth's best prices and its EVENTS position, all
+        read on one connection (`RollingTicker.from_minutes`: what the fold answers)."""
+        self._known(market)
+        return await self._read(lambda conn: self._ticker(conn, market))
+
+    async def tickers(self, markets: Sequence[str]) -> list[Ticker]:
+        for market in markets:
+            self._known(market)
+
+        async def work(conn: AsyncConnection) -> list[Ticker]:
+            return [await self._ticker(conn, market) for market in markets]
+
+        return await self._read(work)
+
+    def _known(self, market: str) -> None:
+        """404 `unknown_market` as for the other reads of a market (the depth's check, whose
+        default limit passes)."""
+        check_depth_query(market, markets=self.markets)
+
+    async def _ticker(self, conn: AsyncConnection, market: str) -> Ticker:
+        found = (
+            await conn.execute(
+                select(market_statistics.c.time_ms, market_statistics.c.last_price).where(
+                    market_statistics.c.market == market
+                )
+            )
+        ).first()
+        time_ms, last = (0, None) if found is None else (int(found[0]), found[1])
+        minutes: list[Candle] = []
+        if found is not None:
+            minute = time_ms - time_ms % MINUTE_MS
+            query = (
+                select(*KLINE_VALUES)
+                .where(
+                    klines.c.market == market,
+                    klines.c.period == Period.M1.value,
+                    klines.c.open_time >= minute - (WINDOW_MINUTES - 1) * MINUTE_MS,
+                    klines.c.open_time <= minute,
+                )
+                .order_by(klines.c.open_time)
+            )
+            minutes = [kline_candle(row) for row in (await conn.execute(query)).all()]
+        best_bid = (await conn.execute(_best(market, Side.BUY))).scalar()
+        best_ask = (await conn.execute(_best(market, Side.SELL))).scalar()
+        seq = await _position(conn, market)
+        return RollingTicker.from_minutes(
+            market,
+            seq=seq,
+            time_ms=time_ms,
+            last=None if last is None else Price(int(last)),
+            best_bid=None if best_bid is None else Price(int(best_bid)),
+            best_ask=None if best_ask is None else Price(int(best_ask)),
+            minutes=minutes,
+        ).ticker()
+
+    async def klines(
+        self,
+        market: str,
+        period: Period,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = KLINES_DEFAULT_LIMIT,
+    ) -> list[Candle]:
+        """Gap-filled candles, oldest first: the page `page_bounds` names between the oldest
+        stored candle and the market's newest event time, filled by `fill_gaps` from the rows in
+        it and the last row before it (the rule of `CandleBook.candles`)."""
+        check_klines_query(
+            market, period=period.value, start=start_ms, end=end_ms, limit=limit, markets=self.markets
+        )
+        mine = (klines.c.market == market, klines.c.period == period.value)
+
+        async def work(conn: AsyncConnection) -> list[Candle]:
+            # two scalar subqueries: each an index lookup (MIN on the key's prefix)
+            oldest, time_ms = (
+                await conn.execute(
+                    select(
+                        select(func.min(klines.c.open_time)).where(*mine).scalar_subquery(),
+                        select(market_statistics.c.time_ms)
+                        .where(market_statistics.c.market == market)
+                        .scalar_subquery(),
+                    )
+                )
+            ).one()
+            if oldest is None or time_ms is None:
+                return []
+            bounds = page_bounds(period, int(oldest), int(time_ms), start_ms, end_ms, limit)
+            if bounds is None:
+                return []
+            lo, hi = bounds
+            inside = await conn.execute(
+                select(*KLINE_VALUES)
+                .where(*mine, klines.c.open_time >= lo, klines.c.open_time <= hi)
+                .order_by(klines.c.open_time)
+            )
+            stored = [kline_candle(row) for row in inside.all()]
+            before = None
+            if not stored or stored[0].open_time != lo:
+                row = (
+                    await conn.execute(
+                        select(*KLINE_VALUES)
+                        .where(*mine, klines.c.open_time < lo)
+                        .order_by(klines.c.open_time.desc())
+                        .limit(1)
+                    )
+                ).first()
+                before = None if row is None else kline_candle(row)
+            return fill_gaps(period, lo, hi, stored, before)
+
+        return await self._read(work)
+
+
+def _best(market: str, side: Side) -> Select[Any]:
+    """The best price of one side of the depth (as `SqlReadModel.depth` sums it)."""
+    best = func.max(orders.c.price) if side is Side.BUY else func.min(orders.c.price)
+    return select(best).where(
+        orders.c.market == market,
+        orders.c.status.in_(OPEN_STATUSES),
+        orders.c.side == side.value,
+        orders.c.type == OrderType.LIMIT.value,
+        orders.c.tif == TimeInForce.GTC.value,
+        orders.c.remaining > 0,
+    )
+
+
+async def _position(conn: AsyncConnection, market: str) -> int:
+    """The last EVENTS batch of `market` persistence applied (0: none)."""
+    seq = (
+        await conn.execute(
+            select(applied_positions.c.seq).where(
+                applied_positions.c.consumer == EVENTS_CONSUMER, applied_positions.c.shard == market
+            )
+        )
+    ).scalar()
+    return int(seq or 0)
 
 
 def _int(value: Any) -> int:
