@@ -38,6 +38,7 @@ from bourse.adapters.read_chain import (
 from bourse.adapters.redis_read_model import RedisReadModel, read_client
 from bourse.adapters.sql.read_model import SqlReadModel
 from bourse.adapters.statistics_client import StatisticsClient
+from bourse.application.ports import ReadModel, StatisticsReads
 from bourse.config.auth import verifier_for
 from bourse.config.intake import order_intake
 from bourse.entrypoints.rest.app import create_app
@@ -78,13 +79,18 @@ class Gateway(Service):
         self._sql = SqlReadModel.from_url(
             settings.effective_sql_url, markets=ctx.catalog.markets, timeout_s=settings.sql_read_timeout_s
         )
-        sources: list[ReadSource[Any]] = [
-            ReadSource("sql", self._sql, sql_positions(self._sql.engine, ctx.namespace)),
+        sql_watermark = sql_positions(self._sql.engine, ctx.namespace)
+        sources: list[ReadSource[ReadModel]] = [
+            ReadSource("sql", self._sql, sql_watermark),
             ReadSource("query", query, query_positions(query)),
         ]
-        # Tickers and k-lines: the statistics service, which folds EVENTS as they come.
+        # Tickers and k-lines by the same rule, the statistics service last. Redis and the
+        # tables keep them in the transaction of their positions, so each answers by the same
+        # watermark as its orders (a source of its own: its own breaker and counters, answering
+        # as `redis` / `sql` in the read headers).
         statistics = StatisticsClient(ctx.nc, ctx.namespace)
-        statistics_sources: list[ReadSource[Any]] = [
+        statistics_sources: list[ReadSource[StatisticsReads]] = [
+            ReadSource("sql-statistics", self._sql, sql_watermark, label="sql"),
             ReadSource("statistics", statistics, statistics_positions(statistics)),
         ]
         if settings.redis_url:
@@ -95,6 +101,9 @@ class Gateway(Service):
             )
             redis = RedisReadModel(self._redis, ctx.namespace)
             sources.insert(0, ReadSource("redis", redis, redis.positions))
+            statistics_sources.insert(
+                0, ReadSource("redis-statistics", redis, redis.positions, label="redis")
+            )
         self.watch = ReadWatch(
             [*sources, *statistics_sources],
             stream_positions(ctx.js, ctx.namespace),
