@@ -66,6 +66,10 @@ class Exchange:
     def _ctx(self) -> ServiceContext:
         return ServiceContext(self.settings, self.nc, self.nc.jetstream())
 
+    def _ctx_with(self, **settings: Any) -> ServiceContext:
+        """A context whose settings differ in `settings` (e.g. another service's shard)."""
+        return ServiceContext(self.settings.model_copy(update=settings), self.nc, self.nc.jetstream())
+
     async def start_query(self, service: type[Query] = Query) -> None:
         self.query_host = ServiceHost(self._ctx())
         await self.query_host.start([service])

@@ -258,3 +258,29 @@ async def test_bad_klines_queries_are_refused_with_the_rules_code(
     assert QUERY_ERROR_DECODER.decode(reply.data).code == code
     position = STATISTICS_POSITION_DECODER.decode((await run.ask("position", {}, None)).data)
     assert position.markets == list(run.exchange.settings.catalog.markets)
+
+
+async def test_an_instance_per_market_group_folds_and_answers_only_its_markets(exchange: Exchange) -> None:
+    """Two groups, two durable consumers: each instance folds its markets and passes over the
+    others' messages undecoded; a market's endpoints answer from its group's instance."""
+    settings = exchange.settings
+    hosts: list[ServiceHost] = []
+    for markets in (["btc_usd"], ["eth_usd", "eth_btc"]):
+        host = ServiceHost(exchange._ctx_with(statistics_markets=markets))
+        await host.start([Statistics])
+        hosts.append(host)
+    try:
+        run = StatisticsRun(exchange)
+        await trade_script(exchange)
+        await until(run.ticker, lambda t: t.trades == 3)
+        btc, eth = (host.running[0].service for host in hosts)
+        assert isinstance(btc, Statistics) and isinstance(eth, Statistics)
+        assert (btc.group, eth.group) == ("btc_usd", "eth_btc-eth_usd")
+        assert list(btc.stats) == ["btc_usd"] and btc.events.skipped == 0
+        await until(lambda: asyncio.sleep(0.01, eth.events.skipped), lambda skipped: skipped > 0)
+        assert eth.stats["eth_usd"].seq == 0  # nothing traded there
+        assert (await run.ticker("eth_usd")).trades == 0
+        assert settings.namespace == run.ns
+    finally:
+        for host in hosts:
+            await host.stop()
