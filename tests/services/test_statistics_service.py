@@ -274,9 +274,11 @@ async def test_an_instance_per_market_group_folds_and_answers_only_its_markets(e
         await trade_script(exchange)
         await until(run.ticker, lambda t: t.trades == 3)
         btc, eth = (host.running[0].service for host in hosts)
-        assert isinstance(btc, Statistics) and isinstance(eth, Statistics)
+        assert isinstance(btc, Statistics)
+        assert isinstance(eth, Statistics)
         assert (btc.group, eth.group) == ("btc_usd", "eth_btc-eth_usd")
-        assert list(btc.stats) == ["btc_usd"] and btc.events.skipped == 0
+        assert list(btc.stats) == ["btc_usd"]
+        assert btc.events.skipped == 0
         await until(lambda: asyncio.sleep(0.01, eth.events.skipped), lambda skipped: skipped > 0)
         assert eth.stats["eth_usd"].seq == 0  # nothing traded there
         assert (await run.ticker("eth_usd")).trades == 0
