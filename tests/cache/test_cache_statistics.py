@@ -506,3 +506,24 @@ async def test_the_read_chain_passes_a_page_redis_no_longer_holds_to_the_next_mo
     )
     assert await chain.ticker(MARKET) == await stack.expected_ticker(MARKET)
     assert (book.asked, redis_source.answered) == (5, 2), "Redis answered what it holds"
+
+
+async def test_filled_from_a_stream_that_lost_its_first_messages_older_pages_are_not_held(
+    stack: Stack,
+) -> None:
+    await ensure_topology(stack.js, stack.settings.namespace)
+    for i in range(30):
+        at = T0 + i * MINUTE_MS
+        await stack.publish(MARKET, at, [trade(MARKET, 100 + i, 1, at, i + 1)])
+    # retention dropped the first 10 batches before the cache ever saw them
+    await stack.js.purge_stream(EVENTS.name(stack.settings.namespace), seq=11)
+    await stack.start()
+    await stack.caught_up()
+    reads, book = stack.reads, stack.books[MARKET]
+    with pytest.raises(QueryFailed) as failed:  # the market's first candle here is not its first
+        await reads.klines(MARKET, Period.M1, None, None, 1000)
+    assert (failed.value.status, failed.value.code) == (503, "not_held")
+    assert await reads.klines(MARKET, Period.M1, None, None, 5) == book.candles(Period.M1, None, None, 5)
+    assert await reads.klines(MARKET, Period.M1, T0 + 11 * MINUTE_MS, None, 5) == book.candles(
+        Period.M1, T0 + 11 * MINUTE_MS, None, 5
+    )

@@ -127,7 +127,7 @@ class Cache(Service):
         self.redis_error: str | None = None
         self._ping: asyncio.Task[None] | None = None
         self._history_cut = False
-        """EVENTS no longer starts at its first message: a market's first candle in Redis may
+        """EVENTS dropped messages this cache never applied: a market's first candle in Redis may
         not be its first one, so its `first_ms` is not written (pages before it go to SQL)."""
 
     @property
@@ -143,7 +143,6 @@ class Cache(Service):
             raise RuntimeError("the cache service needs BOURSE_REDIS_URL")
         self._redis = redis_client(url.get_secret_value())
         await self.projection.note_targets()
-        await self._note_history()
         try:
             await self._load_positions()
             if not self._ready:
@@ -154,6 +153,7 @@ class Cache(Service):
             self.redis_error = f"{type(exc).__name__}: {exc}"[:500]
             self._stale = True
             self.log.warning("redis unreachable at start", extra={"error": self.redis_error})
+        await self._note_history()
         self._ping = asyncio.create_task(self._watch(), name="cache:ping")
 
     async def stop(self) -> None:
@@ -166,8 +166,10 @@ class Cache(Service):
         return self.projection.consumers()
 
     async def _note_history(self) -> None:
+        """Has EVENTS dropped messages this cache never applied (retention, a purge)? Then a
+        market's first candle here may not be its first one."""
         info = await self.ctx.js.stream_info(self.events.stream)
-        self._history_cut = info.state.first_seq > 1
+        self._history_cut = info.state.first_seq > self.events.watermark + 1
 
     async def _load_positions(self) -> None:
         raw = await self.redis.hgetall(self.keys.positions)
@@ -194,6 +196,8 @@ class Cache(Service):
         await self._load_positions()
         if any(feed.watermark < previous[feed.durable] for feed in feeds):
             await self._rebuild(previous)
+        else:
+            await self._note_history()
         self._stale = False
 
     def _lost(self, events: Any, accounts: Any, applied: tuple[int, int] | None = None) -> bool:
@@ -405,18 +409,20 @@ class Cache(Service):
         market_key = keys.market(market)
         if book.time_ms > time_ms:
             ops.append(lambda p, t=book.time_ms: p.hset(market_key, TIME_MS, t))
-        changed: set[Period] = set()
+        grown: set[Period] = set()
+        """Periods that got a new candle: only they may need trimming."""
         for period, candle in book.changes():
             key = keys.candles(market, period)
             held = newest.get((market, period))
             if held is not None and held[0].open_time == candle.open_time:
                 candle = merged(held[0], candle)
                 ops.append(lambda p, k=key, old=held[1]: p.zrem(k, old))
-            elif period is Period.M1 and held is None and not first_known and not self._history_cut:
-                ops.append(lambda p, t=candle.open_time: p.hsetnx(market_key, FIRST_MS, t))
+            else:
+                grown.add(period)
+                if period is Period.M1 and held is None and not first_known and not self._history_cut:
+                    ops.append(lambda p, t=candle.open_time: p.hsetnx(market_key, FIRST_MS, t))
             ops.append(lambda p, k=key, c=candle: p.zadd(k, {candle_bytes(c): c.open_time}))
-            changed.add(period)
-        for period in changed:
+        for period in grown:
             key, kept = keys.candles(market, period), CANDLES_KEPT[period]
             ops.append(lambda p, k=key, n=kept: p.zremrangebyrank(k, 0, -n - 1))
         return ops
