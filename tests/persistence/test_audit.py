@@ -58,6 +58,8 @@ async def test_the_tables_of_a_busy_exchange_pass_the_audit(
     assert balances.checked > 20
     assert currencies.checked == 3
     assert orders.checked > 100
+    assert minutes.checked >= 3  # a minute or more of each market's trades
+    assert periods.checked >= 3 * 7
     code, out = await cli_audit(written, monkeypatch, capsys)
     assert code == 0, out
     assert "ok: the database agrees with its ledger" in out
@@ -90,6 +92,8 @@ async def test_a_lost_ledger_entry_breaks_the_balance_and_the_conservation_of_it
     assert any("member 1 btc" in line for line in balances.differences)
     assert [line.split(":")[0] for line in currencies.differences] == ["btc"]
     assert orders.ok
+    assert minutes.ok
+    assert periods.ok
 
 
 async def test_an_order_whose_executed_amount_disagrees_with_its_trades_fails_the_audit(written: str) -> None:
@@ -103,6 +107,8 @@ async def test_an_order_whose_executed_amount_disagrees_with_its_trades_fails_th
     assert balances.ok
     assert currencies.ok
     assert len(orders.differences) == 2  # the maker's and the taker's
+    assert len(minutes.differences) == 1  # the trade's minute
+    assert periods.ok
 
 
 async def test_the_audit_of_a_database_without_the_schema_exits_2(
@@ -111,3 +117,72 @@ async def test_the_audit_of_a_database_without_the_schema_exits_2(
     code, out = await cli_audit(f"sqlite+aiosqlite:///{tmp_path}/empty.db", monkeypatch, capsys)
     assert code == 2
     assert "no such table" in out
+
+
+async def a_kline(url: str, period: str) -> tuple[str, int]:
+    """(market, open time) of one stored k-line of `period`."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    text(
+                        "SELECT market, open_time FROM klines WHERE period = :period "
+                        "ORDER BY market, open_time LIMIT 1"
+                    ),
+                    {"period": period},
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    return str(found[0]), int(found[1])
+
+
+async def test_a_1m_kline_that_differs_from_its_trades_fails_the_audit_and_every_coarser_one_too(
+    written: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    market, open_time = await a_kline(written, "1m")
+    await corrupt(
+        written,
+        f"UPDATE klines SET volume = volume + 1 WHERE market = '{market}' AND period = '1m' "
+        f"AND open_time = {open_time}",
+    )
+    report = await audit_url(written)
+    *others, minutes, periods = report.checks
+    assert all(check.ok for check in others)
+    assert len(minutes.differences) == 1
+    assert minutes.differences[0].startswith(f"{market} 1m ")
+    assert f"(open time {open_time})" in minutes.differences[0]
+    # each coarser period's k-line over that minute is no longer the merge of its 1m ones
+    named = sorted(line.split(" ")[1] for line in periods.differences)
+    assert named == sorted(["5m", "15m", "30m", "1h", "4h", "1d", "1w"])
+    code, out = await cli_audit(written, monkeypatch, capsys)
+    assert code == 1
+    assert f"{market} 1m" in out
+
+
+async def test_a_coarser_kline_that_differs_from_its_1m_klines_fails_the_audit(written: str) -> None:
+    market, open_time = await a_kline(written, "1h")
+    await corrupt(
+        written,
+        f"UPDATE klines SET close = close + 1 WHERE market = '{market}' AND period = '1h' "
+        f"AND open_time = {open_time}",
+    )
+    report = await audit_url(written)
+    *others, minutes, periods = report.checks
+    assert all(check.ok for check in others)
+    assert minutes.ok
+    assert len(periods.differences) == 1
+    assert periods.differences[0].startswith(f"{market} 1h ")
+    assert f"(open time {open_time})" in periods.differences[0]
+
+
+async def test_a_lost_coarser_kline_fails_the_audit(written: str) -> None:
+    market, open_time = await a_kline(written, "1d")
+    await corrupt(
+        written, f"DELETE FROM klines WHERE market = '{market}' AND period = '1d' AND open_time = {open_time}"
+    )
+    report = await audit_url(written)
+    *_, minutes, periods = report.checks
+    assert minutes.ok
+    assert [line.split(" k-line ")[1].split(";")[0] for line in periods.differences] == ["none"]

@@ -182,6 +182,7 @@ async def test_the_same_messages_written_twice_leave_the_tables_as_they_were(
         await service.stop()
     assert len(once["orders"]) > 100
     assert len(once["ledger_entries"]) > 100
+    assert len(once["klines"]) >= 3 * 8  # and the k-lines with them: every period of 3 markets
 
 
 async def test_a_batch_published_again_by_its_producer_is_skipped(exchange: Exchange, sql_url: str) -> None:

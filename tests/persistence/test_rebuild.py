@@ -1,7 +1,9 @@
-"""`bourse rebuild`: the tables emptied and refilled from the streams equal the live ones."""
+"""`bourse rebuild`: the tables emptied and refilled from the streams equal the live ones,
+k-lines and market statistics included."""
 
 from __future__ import annotations
 
+from bourse.domain.candles import Period
 from bourse.maintenance import rebuild_sql
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.service import ServiceContext
@@ -28,5 +30,10 @@ async def test_rebuilt_tables_equal_the_tables_written_live_and_pass_the_audit(
     assert report.ok, list(report.lines())
     assert lines[-1] == "rebuild: 0 stream messages left to apply"
     rebuilt = await dump(sql_url)
+    # the k-lines and market statistics too (the audit above checked them against the trades)
+    assert rebuilt["klines"] == live["klines"]
+    assert rebuilt["market_statistics"] == live["market_statistics"]
     assert rebuilt == live
     assert len(live["orders"]) > 100
+    assert {row[1] for row in live["klines"]} == {period.value for period in Period}
+    assert len(live["market_statistics"]) == 3
