@@ -16,6 +16,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
+from bourse.adapters.read_chain import NOT_FOLLOWED, Positions, statistics_positions
 from bourse.adapters.statistics_client import StatisticsClient
 from bourse.application.ports import QueryFailed
 from bourse.contracts.messages import (
@@ -96,6 +97,9 @@ class Responder:
         async def position(request: Request) -> None:
             await request.respond(json_encode(StatisticsPosition(41, 40, ["btc_usd", "eth_usd"])))
 
+        async def behind(request: Request) -> None:
+            await request.respond(json_encode(StatisticsPosition(30, 40, ["eth_btc"])))
+
         async def not_ready(request: Request) -> None:
             message = "this instance is still reading the streams"
             await request.respond_error("503", message, json_encode(QueryError("not_ready", message)))
@@ -120,7 +124,9 @@ class Responder:
             statistics_subject(ns, "ticker", "silent"): silent,
             statistics_subject(ns, "klines", "btc_usd"): klines,
             statistics_subject(ns, "depth", "btc_usd"): depth,
-            statistics_subject(ns, "position"): position,
+            statistics_subject(ns, "position", "btc_usd"): position,
+            statistics_subject(ns, "position", "eth_usd"): position,
+            statistics_subject(ns, "position", "eth_btc"): behind,
         }
         for i, (subject, handler) in enumerate(endpoints.items()):
             await self.service.add_endpoint(EndpointConfig(name=f"e{i}", subject=subject, handler=handler))
@@ -153,7 +159,11 @@ async def test_each_endpoint_is_asked_on_its_market_subject_and_its_reply_decode
     snapshot = await client.depth_snapshot("btc_usd")
     assert (snapshot.sequence, snapshot.bids, snapshot.asks) == (77, [(99, 2)], [(101, 3)])
     assert msgspec.json.decode(responder.asked[-1][1], type=DepthSnapshotQuery).limit is None
-    assert await client.position() == StatisticsPosition(41, 40, ["btc_usd", "eth_usd"])
+    assert await client.position("btc_usd") == StatisticsPosition(41, 40, ["btc_usd", "eth_usd"])
+    assert len(await client.positions(["btc_usd", "eth_usd"])) == 2
+    # one group behind: the service is as far as its least advanced group
+    watermark = statistics_positions(client, ["btc_usd", "eth_usd", "eth_btc"])
+    assert await watermark() == Positions(30, NOT_FOLLOWED)
 
 
 async def test_tickers_are_asked_concurrently_and_answered_in_the_order_asked(
@@ -212,7 +222,7 @@ async def test_without_any_statistics_service_every_read_is_unavailable(nc: Clie
         client.ticker("btc_usd"),
         client.klines("btc_usd", Period.M1, None, None, 10),
         client.depth_snapshot("btc_usd", 5),
-        client.position(),
+        client.position("btc_usd"),
     ):
         with pytest.raises(QueryFailed) as failed:
             await read

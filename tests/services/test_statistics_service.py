@@ -256,7 +256,7 @@ async def test_bad_klines_queries_are_refused_with_the_rules_code(
     headers = reply.headers or {}
     assert headers.get("Nats-Service-Error-Code") in ("400", "404")
     assert QUERY_ERROR_DECODER.decode(reply.data).code == code
-    position = STATISTICS_POSITION_DECODER.decode((await run.ask("position", {}, None)).data)
+    position = STATISTICS_POSITION_DECODER.decode((await run.ask("position", {}, "eth_usd")).data)
     assert position.markets == list(run.exchange.settings.catalog.markets)
 
 

@@ -511,13 +511,17 @@ def query_positions(client: QueryClient) -> Callable[[], Awaitable[Positions | N
     return read
 
 
-def statistics_positions(client: StatisticsClient) -> Callable[[], Awaitable[Positions | None]]:
-    """What one instance of the statistics service has applied (its `position` endpoint). It
-    follows EVENTS only: ACCOUNTS is `NOT_FOLLOWED`, so it is never behind there."""
+def statistics_positions(
+    client: StatisticsClient, markets: Sequence[str]
+) -> Callable[[], Awaitable[Positions | None]]:
+    """What the statistics service has applied: the least watermark of the instances of
+    `markets`' groups (their `position` endpoints; one per group, each a durable consumer of its
+    own), so one group behind makes the service behind. It follows EVENTS only: ACCOUNTS is
+    `NOT_FOLLOWED`, so it is never behind there."""
 
     async def read() -> Positions | None:
-        position = await client.position()
-        return Positions(position.events_seq, NOT_FOLLOWED)
+        positions = await client.positions(markets)
+        return Positions(min((p.events_seq for p in positions), default=0), NOT_FOLLOWED)
 
     return read
 

@@ -73,9 +73,13 @@ class StatisticsClient:
         query = DepthSnapshotQuery(market, limit)
         return await self._ask("depth", market, query, DEPTH_SNAPSHOT_REPLY_DECODER)
 
-    async def position(self) -> StatisticsPosition:
-        """How far the answering instance has applied EVENTS (its watermark for the read chain)."""
-        return await self._ask("position", None, None, STATISTICS_POSITION_DECODER)
+    async def position(self, market: str) -> StatisticsPosition:
+        """How far the instance of `market`'s group has applied EVENTS (its watermark)."""
+        return await self._ask("position", market, None, STATISTICS_POSITION_DECODER)
+
+    async def positions(self, markets: Sequence[str]) -> list[StatisticsPosition]:
+        """`position()` of every market's group, asked concurrently; the first failure raised."""
+        return list(await asyncio.gather(*(self.position(market) for market in markets)))
 
     async def _ask(
         self,

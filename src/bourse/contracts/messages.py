@@ -333,8 +333,9 @@ class DepthSnapshotQuery(msgspec.Struct, frozen=True):
 
 
 class StatisticsPosition(msgspec.Struct, frozen=True):
-    """`position` -> how far the answering instance is: the EVENTS stream sequence every message
-    up to which is applied, and the stream's last sequence when it started (ready once reached)."""
+    """`position.<market>` -> how far the instance of the market's group is: the EVENTS stream
+    sequence every message up to which is applied, and the stream's last sequence when it started
+    (ready once reached); `markets`: its group."""
 
     events_seq: int
     events_target: int

@@ -108,12 +108,12 @@ def statistics_consumer(group: str) -> str:
 
 
 STATISTICS_SERVICE = "statistics"
-STATISTICS_MARKET_ENDPOINTS = ("ticker", "klines", "depth")
-"""Endpoints of the statistics service answered per market, by the instance whose group holds
-the market: `<ns>.svc.statistics.<endpoint>.<market>`. `position` is one subject for all."""
+STATISTICS_MARKET_ENDPOINTS = ("ticker", "klines", "depth", "position")
+"""Endpoints of the statistics service, answered per market by the instance whose group holds the
+market: `<ns>.svc.statistics.<endpoint>.<market>` (`position` too: a group's lag is its own)."""
 
 
 def statistics_subject(namespace: str, endpoint: str, market: str | None = None) -> str:
-    """Request subject of a statistics endpoint (`ticker`, `klines`, `depth` name a market)."""
+    """Request subject of a statistics endpoint of `market` (None: the endpoint's name alone)."""
     base = service_subject(namespace, STATISTICS_SERVICE, endpoint)
     return base if market is None else f"{base}.{market}"

@@ -91,7 +91,7 @@ class Gateway(Service):
         statistics = StatisticsClient(ctx.nc, ctx.namespace)
         statistics_sources: list[ReadSource[StatisticsReads]] = [
             ReadSource("sql-statistics", self._sql, sql_watermark, label="sql"),
-            ReadSource("statistics", statistics, statistics_positions(statistics)),
+            ReadSource("statistics", statistics, statistics_positions(statistics, list(ctx.catalog.markets))),
         ]
         if settings.redis_url:
             self._redis = read_client(

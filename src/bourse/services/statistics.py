@@ -22,8 +22,8 @@ Time is the engine's (each batch's receive time and its trades' timestamps), nev
 service's clock: replaying EVENTS gives the same candles, byte for byte.
 
 Endpoints (JSON, `bourse.contracts.messages`): per market of the group
-`<ns>.svc.statistics.{ticker,klines,depth}.<market>`, and `<ns>.svc.statistics.position` (the
-EVENTS watermark, for the gateway's read chain). Until the instance has reached the stream's last
+`<ns>.svc.statistics.{ticker,klines,depth,position}.<market>` (`position`: the group's EVENTS
+watermark, for the gateway's read chain). Until the instance has reached the stream's last
 sequence noted at start, its queries answer 503 `not_ready`.
 """
 
@@ -239,8 +239,10 @@ class Statistics(Service):
                     statistics_subject(ns, "depth", market),
                     query_endpoint(DEPTH_SNAPSHOT_QUERY_DECODER, self.answer_depth, ready=self._ready.is_set),
                 ),
+                Endpoint(
+                    f"position-{market}", statistics_subject(ns, "position", market), self._serve_position
+                ),
             ]
-        endpoints.append(Endpoint("position", statistics_subject(ns, "position"), self._serve_position))
         return endpoints
 
     def _market(self, market: str) -> MarketStatistics:
