@@ -1,15 +1,15 @@
 """The whole exchange in this process, driven over HTTP as a client would.
 
-`Exchange` runs every service of `bourse up` (auth, ids, accounts, matching, query, persistence
-on a SQLite file in the data folder, gateway) with `BourseProcess` against a test's NATS and
+`Exchange` runs every service of `bourse up` (auth, ids, accounts, matching, query, statistics,
+persistence on a SQLite file in the data folder, gateway) with `BourseProcess` against a test's NATS and
 namespace, signs member tokens with the key ring the auth service uses, and talks to the gateway
 with httpx. `Member` is one member's client.
 
 `settle()` is the barrier that makes read-after-write assertions exact: it returns once every
-command is consumed by accounts and matching and both the query service and persistence (whose
-database the gateway reads first) have applied everything the EVENTS and ACCOUNTS streams hold,
-so balances, order lists and depth read afterwards are final
-(and a check that "nothing changed" is not merely a check made too early).
+command is consumed by accounts and matching and the query service, the statistics service and
+persistence (whose database the gateway reads first) have applied everything the EVENTS and
+ACCOUNTS streams hold, so balances, order lists, depth, tickers and k-lines read afterwards are
+final (and a check that "nothing changed" is not merely a check made too early).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from nats.aio.client import Client
@@ -36,9 +36,11 @@ from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
 from bourse.services.query import Query
+from bourse.services.statistics import Statistics
 
+T = TypeVar("T")
 PROBLEM_JSON = "application/problem+json"
-SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Persistence, Gateway]
+SERVICES = [Auth, Ids, AccountsService, MatchingService, Query, Statistics, Persistence, Gateway]
 
 Balances = dict[str, tuple[Decimal, Decimal]]
 """currency -> (available, locked)"""
@@ -196,6 +198,7 @@ class Exchange:
             and ready.events_seq >= events
             and ready.accounts_seq >= accounts
             and self._persisted(events, accounts)
+            and self._folded(events)
         )
 
     def _persisted(self, events: int, accounts: int) -> bool:
@@ -206,6 +209,23 @@ class Exchange:
             if isinstance(service, Persistence):
                 return service.events.watermark >= events and service.accounts.watermark >= accounts
         return True
+
+    def _folded(self, events: int) -> bool:
+        """Has the statistics service applied every EVENTS message up to this sequence?"""
+        host = self.process.host
+        for running in host.running if host is not None else []:
+            service = running.service
+            if isinstance(service, Statistics):
+                return service.events.watermark >= events
+        return True
+
+    def service(self, kind: type[T]) -> T:
+        """The running instance of a service of this process."""
+        host = self.process.host
+        for running in host.running if host is not None else []:
+            if isinstance(running.service, kind):
+                return running.service
+        raise LookupError(kind.__name__)
 
     async def stream_sizes(self) -> dict[str, int]:
         """Messages in each stream: an input refused at the gateway adds none."""
