@@ -13,7 +13,8 @@ with it once settled. What is checked (`Findings`):
   the other, a final status answered that was not the end, a read showing open an order the
   client was already told ended;
 - **read diffs**: an order whose status or executed amount differs in a read model, or is
-  missing there;
+  missing there; a market's ticker or k-lines (every period) that differ, in SQL, Redis or the
+  statistics service, from the fold of the EVENTS stream (`MarketStatistics`);
 - invariants: no duplicate trade id, no order executed beyond its amount (and trades adding up
   to executed), balances conserved per currency (stream and SQL), none negative, `bourse audit`
   clean, no funds locked for a member without open orders, and, after every member's orders
@@ -39,12 +40,16 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from bourse.adapters.query_client import QueryClient
-from bourse.adapters.redis_read_model import ORDER_DECODER, RedisKeys
+from bourse.adapters.redis_read_model import ORDER_DECODER, RedisKeys, RedisReadModel
 from bourse.adapters.sql.database import create_engine
+from bourse.adapters.sql.read_model import SqlReadModel
+from bourse.adapters.statistics_client import StatisticsClient
 from bourse.application.catalog import load_catalog
-from bourse.application.ports import QueryFailed
+from bourse.application.market_statistics import MarketStatistics
+from bourse.application.ports import QueryFailed, StatisticsReads
 from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER, ACCOUNTS_REPORTS_DECODER, EVENT_BATCH_DECODER
 from bourse.contracts.subjects import ACCOUNTS, EVENTS, ORDERS, STREAMS
+from bourse.domain.candles import PERIODS
 from bourse.domain.orders import (
     OrderAccepted,
     OrderAmended,
@@ -159,6 +164,8 @@ class Observer:
         self.redis = Redis.from_url(system.redis_url, socket_timeout=5)
         self.keys = RedisKeys(system.namespace)
         self.queries = QueryClient(nc, system.namespace, timeout=5.0)
+        self.statistics = StatisticsClient(nc, system.namespace, timeout=5.0)
+        self.markets = list(load_catalog(system.workdir / "markets.toml").markets)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -197,6 +204,9 @@ class Observer:
         ready = await self.queries.ready()
         if ready.events_seq < before[EVENTS.kind] or ready.accounts_seq < before[ACCOUNTS.kind]:
             behind.append("query")
+        folded = await self.statistics.positions(self.markets)
+        if min(position.events_seq for position in folded) < before[EVENTS.kind]:
+            behind.append("statistics")
         connection = await aio_pika.connect(RABBITMQ_URL)
         async with connection:
             channel = await connection.channel()
@@ -496,6 +506,43 @@ async def check_reads(
                 findings.example(f"read diff {source}", f"{order_id}: streams {want}, {source} {got}")
 
 
+async def check_statistics(observer: Observer, findings: Findings) -> None:
+    """Every market's ticker and k-lines (every period, the newest 1000), as SQL, Redis and the
+    statistics service answer them, against the fold of the EVENTS stream."""
+    system = observer.system
+    truth = {market: MarketStatistics(market) for market in observer.markets}
+    for data in await read_stream(observer.nc, EVENTS.wildcard(system.namespace)):
+        batch = EVENT_BATCH_DECODER.decode(data)
+        if batch.market in truth:
+            truth[batch.market].apply(batch)  # a repeat (replay past the dedup window) is skipped
+    sql = SqlReadModel(observer.engine, markets=observer.markets, timeout_s=10.0)
+    models: list[tuple[str, StatisticsReads]] = [
+        ("sql", sql),
+        ("redis", RedisReadModel(observer.redis, system.namespace)),
+        ("statistics", observer.statistics),
+    ]
+    for market, folded in truth.items():
+        want_ticker = folded.current_ticker()
+        want = {period: folded.candles.candles(period, limit=1000) for period in PERIODS}
+        for source, model in models:
+            try:
+                ticker = await model.ticker(market)
+                candles = {period: await model.klines(market, period, None, None, 1000) for period in PERIODS}
+            except QueryFailed as exc:
+                findings.read_diffs[f"statistics {source}"] += 1
+                findings.example(f"statistics diff {source}", f"{market}: {exc}")
+                continue
+            if ticker != want_ticker:
+                findings.read_diffs[f"statistics {source}"] += 1
+                findings.example(
+                    f"statistics diff {source}", f"{market} ticker: fold {want_ticker}, {source} {ticker}"
+                )
+            for period, expected in want.items():
+                if candles[period] != expected:
+                    findings.read_diffs[f"statistics {source}"] += 1
+                    findings.example(f"statistics diff {source}", f"{market} {period.value} k-lines differ")
+
+
 async def _rest_orders(
     http: aiohttp.ClientSession,
     member: int,
@@ -589,6 +636,7 @@ async def full_check(
         members = system.member_ids
         tokens = {member: system.token(member) for member in members}
         await check_reads(observer, truth, members, tokens, findings)
+        await check_statistics(observer, findings)
         await check_sql(observer, truth, system.deposits, findings)
         asked = await cancel_everything(system, members)
         settled, behind = await observer.settle(settle_timeout_s)
