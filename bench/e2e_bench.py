@@ -332,6 +332,7 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
         env[f"BOURSE_{name.upper()}"] = value
     http_port = free_port()
     env["BOURSE_HTTP_PORT"] = str(http_port)
+    env["BOURSE_PUSHER_PORT"] = "0"  # any free port: the bench drives no WebSocket
     api = f"http://127.0.0.1:{http_port}/api/v3"
     # the signing key exists before any process starts, so tokens made here verify there
     key_ring_for(Settings(data_dir=workdir, _env_file=None))

@@ -56,6 +56,7 @@ def settings(nats_url: str, namespace: str, tmp_path: Path) -> Settings:
         namespace=namespace,
         data_dir=tmp_path,
         http_port=0,
+        pusher_port=0,
         health_port=0,
         _env_file=None,
     )

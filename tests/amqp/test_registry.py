@@ -16,11 +16,12 @@ def test_the_ingress_runs_only_with_a_rabbitmq_url() -> None:
     with_url = Settings(rabbitmq_url="amqp://guest:guest@127.0.0.1:5672/", redis_url=None, _env_file=None)
     assert "amqp-ingress" not in names(without)
     assert names(with_url) == [
-        "accounts", "matching", "persistence", "query", "statistics", "auth", "ids", "amqp-ingress", "gateway"
+        "accounts", "matching", "persistence", "query", "statistics", "auth", "ids", "amqp-ingress", "pusher",
+        "gateway",
     ]  # fmt: skip
     assert names(without, ["amqp-ingress"]) == ["amqp-ingress"]
     # its measured CPU per order puts it beside the gateway, both starting after ids and auth
     assert group_services(names(with_url), 2) == [
         ["accounts", "matching", "persistence", "query", "statistics", "auth", "ids"],
-        ["amqp-ingress", "gateway"],
+        ["amqp-ingress", "pusher", "gateway"],
     ]

@@ -4,8 +4,9 @@
 checked statically: every bourse service runs in some container; every bourse container carries the
 whole shared settings map (a service's own `environment` merges it, never replaces it) and what its
 services need; accounts containers cover every member shard once and matching containers every
-market once, each as a single writer; gateway and query are scaled; health checks ask /healthz on
-the health port; only the gateway's HTTP port is published; persistence waits for `db upgrade`;
+market once, each as a single writer; gateway, query and pusher are scaled; health checks ask
+/healthz on the health port; only the gateway's HTTP port and the pusher's WebSocket port are
+published; persistence waits for `db upgrade`;
 every URL names a server of the file with its credentials; every container's settings parse and
 pass the production guard (`BOURSE_ENVIRONMENT=production`). `deploy/k8s/` must have a workload per
 bourse container with the same command and settings keys, single writers with one replica and the
@@ -89,7 +90,7 @@ NEEDS = {
 }
 """Settings without which a service runs wrong or not at all (beyond `EVERY_SERVICE_NEEDS`)."""
 SINGLE_WRITERS = {"accounts", "matching", "persistence", "cache", "statistics"}
-SCALED = {"gateway", "query"}
+SCALED = {"gateway", "query", "pusher"}
 CATALOG = load_catalog()
 
 
@@ -203,11 +204,16 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: {names} should be scaled (replicas >= 2)")
     for name, spec in services.items():
         published = [str(port) for port in spec.get("ports") or []]
-        http_port = environment(spec).get("BOURSE_HTTP_PORT", "8000")
-        allowed = "gateway" in running.get(name, [])
+        env = environment(spec)
+        allowed = {
+            env.get("BOURSE_HTTP_PORT", "8000") if "gateway" in running.get(name, []) else None,
+            env.get("BOURSE_PUSHER_PORT", "8002") if "pusher" in running.get(name, []) else None,
+        }
         for port in published:
-            if not (allowed and port.rsplit(":", 1)[-1] == http_port):
-                problems.append(f"{name}: publishes {port} (only the gateway's HTTP port may be)")
+            if port.rsplit(":", 1)[-1] not in allowed:
+                problems.append(
+                    f"{name}: publishes {port} (only the gateway's HTTP and the pusher's port may be)"
+                )
 
     problems += shard_problems(compose)
     problems += upgrade_problems(compose)
@@ -450,6 +456,7 @@ class Local:
             BOURSE_NAMESPACE=self.namespace,
             BOURSE_DATA_DIR=str(folder),  # the container's own file system
             BOURSE_HTTP_PORT=str(free_port()),
+            BOURSE_PUSHER_PORT=str(free_port()),
         )
         return result
 

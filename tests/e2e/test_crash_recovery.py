@@ -151,6 +151,7 @@ def processes(tmp_path: Path, namespace: str) -> Iterator[System]:
         BOURSE_NAMESPACE=namespace,
         BOURSE_DATA_DIR=str(tmp_path),
         BOURSE_HTTP_PORT=str(free_port()),
+        BOURSE_PUSHER_PORT=str(free_port()),
         BOURSE_LOG_LEVEL="INFO",
     )
     system = System(

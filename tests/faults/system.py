@@ -231,6 +231,7 @@ class FaultSystem:
             BOURSE_DATA_DIR=str(self.workdir),
             BOURSE_MARKETS_FILE=str(markets),
             BOURSE_HTTP_PORT=str(self.http_port),
+            BOURSE_PUSHER_PORT=str(free_port()),
             BOURSE_LOG_LEVEL="WARNING",
             BOURSE_SQL_URL=self._through("mariadb", self.sql_url),
             BOURSE_REDIS_URL=self._through("redis", self.redis_url),

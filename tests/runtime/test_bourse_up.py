@@ -4,6 +4,7 @@ process (`--processes 1`) and supervised in two (children restarted when they di
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.conftest import free_port
 
@@ -46,6 +48,7 @@ def test_bourse_up_in_one_process_serves_the_api_and_exits_zero_on_ctrl_c(tmp_pa
         "BOURSE_DATA_DIR": str(tmp_path),
         "BOURSE_HTTP_PORT": str(http_port),
         "BOURSE_HEALTH_PORT": str(health_port),
+        "BOURSE_PUSHER_PORT": str(free_port()),
         "BOURSE_EMBEDDED_NATS_PORT": str(free_port()),
         "BOURSE_EMBEDDED_NATS_MONITOR_PORT": str(free_port()),
     }
@@ -93,6 +96,7 @@ def _env(tmp_path: Path, http_port: int, health_port: int) -> dict[str, str]:
     env.update(
         BOURSE_DATA_DIR=str(tmp_path),
         BOURSE_HTTP_PORT=str(http_port),
+        BOURSE_PUSHER_PORT=str(free_port()),
         BOURSE_HEALTH_PORT=str(health_port),
         BOURSE_EMBEDDED_NATS_PORT=str(free_port()),
         BOURSE_EMBEDDED_NATS_MONITOR_PORT=str(free_port()),
@@ -151,11 +155,13 @@ def test_bourse_up_in_two_processes_trades_restarts_a_killed_child_and_exits_zer
         banner = [process.stdout.readline() for _ in range(4)]
         assert banner[0].startswith("bourse is up in 2 processes: "), banner
         assert banner[1].split() == ["api", api], banner
+        label, websocket = banner[3].split()
+        assert (label, websocket) == ("websocket", f"ws://127.0.0.1:{env['BOURSE_PUSHER_PORT']}/ws"), banner
         _wait_for(lambda: httpx.get(healthz).status_code == 200, "healthy")
         health = httpx.get(healthz).json()
         assert [p["services"] for p in health["processes"]] == [
             ["accounts", "matching", "persistence"],
-            ["query", "statistics", "auth", "ids", "gateway"],
+            ["query", "statistics", "auth", "ids", "pusher", "gateway"],
         ]
         assert set(health["services"]) == {
             "accounts",
@@ -163,6 +169,7 @@ def test_bourse_up_in_two_processes_trades_restarts_a_killed_child_and_exits_zer
             "persistence",
             "query",
             "statistics",
+            "pusher",
             "auth",
             "ids",
             "gateway",
@@ -193,6 +200,15 @@ def test_bourse_up_in_two_processes_trades_restarts_a_killed_child_and_exits_zer
         _wait_for(lambda: len(httpx.get(f"{api}/markets/btc_usd/trades").json()) == 1, "the trade")
         trade = httpx.get(f"{api}/markets/btc_usd/trades").json()[0]
         assert (trade["price"], trade["amount"]) == ("50000.00", "0.200000")
+
+        # the pusher at the banner's address: the market's ticker, pushed
+        with connect(websocket, open_timeout=5) as ws:
+            ws.send(json.dumps({"op": "subscribe", "channels": ["ticker.btc_usd"], "id": 1}))
+            assert json.loads(ws.recv(timeout=5)) == {
+                "type": "subscribed", "id": 1, "channels": ["ticker.btc_usd@1000ms"]
+            }  # fmt: skip
+            pushed = json.loads(ws.recv(timeout=5))
+            assert (pushed["channel"], pushed["data"]["last"]) == ("ticker.btc_usd@1000ms", "50000.00")
 
         # SIGKILL the gateway's process: the supervisor starts it again and the API answers
         (gateway,) = [pid for pid, cmdline in runs.items() if "gateway" in cmdline]

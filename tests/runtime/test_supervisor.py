@@ -48,21 +48,21 @@ def test_one_process_runs_everything_in_start_order() -> None:
 
 def test_groups_balance_the_measured_cpu_and_keep_the_start_order() -> None:
     assert START_ORDER == [
-        "accounts", "matching", "persistence", "query", "statistics", "auth", "ids", "gateway"
+        "accounts", "matching", "persistence", "query", "statistics", "auth", "ids", "pusher", "gateway"
     ]  # fmt: skip
     assert group_services(START_ORDER, 2) == [
         ["accounts", "matching", "persistence"],
-        ["query", "statistics", "auth", "ids", "gateway"],
+        ["query", "statistics", "auth", "ids", "pusher", "gateway"],
     ]
     assert group_services(START_ORDER, 3) == [
         ["accounts", "matching"],
-        ["persistence", "query", "statistics"],
-        ["auth", "ids", "gateway"],
+        ["persistence", "query", "statistics", "auth", "ids"],
+        ["pusher", "gateway"],
     ]
     assert group_services(START_ORDER, 4) == [
         ["accounts", "matching"],
         ["persistence"],
-        ["query", "statistics", "auth", "ids"],
+        ["query", "statistics", "auth", "ids", "pusher"],
         ["gateway"],
     ]
 
@@ -71,14 +71,15 @@ def test_the_cache_runs_only_with_a_redis_url() -> None:
     assert "cache" in SERVICES
     assert "cache" not in START_ORDER
     assert WITH_CACHE == [
-        "accounts", "matching", "persistence", "cache", "query", "statistics", "auth", "ids", "gateway"
+        "accounts", "matching", "persistence", "cache", "query", "statistics", "auth", "ids", "pusher",
+        "gateway",
     ]  # fmt: skip
     assert [
         service.name for service in services_for(Settings(redis_url=None, _env_file=None), ["cache"])
     ] == ["cache"]
     assert group_services(WITH_CACHE, 2) == [
-        ["accounts", "matching", "persistence"],
-        ["cache", "query", "statistics", "auth", "ids", "gateway"],
+        ["accounts", "matching", "persistence", "cache"],
+        ["query", "statistics", "auth", "ids", "pusher", "gateway"],
     ]
 
 

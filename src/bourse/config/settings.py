@@ -120,6 +120,28 @@ class Settings(BaseSettings):
     matching_markets: list[str] | None = Field(
         default=None, description="Markets this process matches (JSON list); unset: all of them."
     )
+    pusher_host: str = "127.0.0.1"
+    pusher_port: int = Field(
+        default=8002, description="The pusher's WebSocket port (path /ws); 0: any free port."
+    )
+    pusher_max_buffered_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="Bytes waiting for one WebSocket client past which it is closed (4008 slow_consumer).",
+    )
+    pusher_max_subscriptions: int = Field(
+        default=50, ge=1, description="Channels one WebSocket connection may hold."
+    )
+    pusher_connections_per_ip_per_s: int = Field(
+        default=50,
+        ge=1,
+        description="New WebSocket connections one address may open per second (4029 past it).",
+    )
+    pusher_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A WebSocket connection with no subscription, silent this long, is closed (4001).",
+    )
     statistics_markets: list[str] | None = Field(
         default=None,
         description="Markets this statistics instance folds and publishes (JSON list), one instance per "

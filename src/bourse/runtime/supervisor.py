@@ -74,7 +74,8 @@ SERVICE_WEIGHTS: dict[str, int] = {
     "matching": 160,
     "persistence": 250,
     "query": 100,
-    "statistics": 60,  # to be measured (bench/e2e_bench.py); the folds cost ~3 us per trade
+    "statistics": 90,  # bench/e2e_bench.py --mode split at 1000 orders/s
+    "pusher": 50,  # depends on the crowd, not the orders: bench/ws_bench.py
     "cache": 100,  # not measured yet: about the query service's fold plus one Redis round trip per batch
     "auth": 1,
     "ids": 1,
@@ -92,6 +93,7 @@ and waits this long for the answers."""
 STATS_TIMEOUT_S = 2.0
 METRICS_TIMEOUT_S = 2.0
 BANNER_END = "Press Ctrl-C to stop."
+LINKS_FIRST = ("api", "api docs", "websocket")
 
 
 class Ping(msgspec.Struct):
@@ -562,11 +564,14 @@ class Supervisor:
         return "".join(child.metrics for child in self.children if child.alive and child.ready)
 
     def links(self) -> dict[str, str]:
-        links: dict[str, str] = {}
+        found: dict[str, str] = {}
         for child in self.children:
-            links.update(
+            found.update(
                 (label, url) for label, url in child.links.items() if label not in ("health", "nats")
             )
+        # what a person opens first, first; then the rest in the order the services start
+        links = {label: found.pop(label) for label in LINKS_FIRST if label in found}
+        links.update(found)
         if self.health_server is not None:
             links["health"] = f"{self.health_server.url}/healthz"
         if self.nats_server is not None:

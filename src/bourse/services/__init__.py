@@ -15,6 +15,7 @@ from bourse.services.gateway import Gateway
 from bourse.services.ids import Ids
 from bourse.services.matching import MatchingService
 from bourse.services.persistence import Persistence
+from bourse.services.pusher import Pusher
 from bourse.services.query import Query
 from bourse.services.statistics import Statistics
 
@@ -30,6 +31,7 @@ SERVICES: dict[str, type[Service]] = {
         Auth,
         Ids,
         AmqpIngress,
+        Pusher,
         Gateway,
     )
 }
