@@ -7,7 +7,7 @@ only check that a request is refused and changes nothing (bad inputs, authentica
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import nats
 import pytest
@@ -15,13 +15,14 @@ from nats.aio.client import Client
 
 from bourse.config.settings import Settings
 from bourse.runtime.nats_server import EmbeddedNatsServer
+from bourse.runtime.service import Service
 from tests.conftest import SYSTEM_NATS_URL, free_port
-from tests.e2e.harness import DEMO_BALANCES, Exchange, Member, delete_namespace
+from tests.e2e.harness import DEMO_BALANCES, SERVICES, Exchange, Member, delete_namespace
 
 
-async def started(settings: Settings, nc: Client) -> Exchange:
+async def started(settings: Settings, nc: Client, services: Sequence[type[Service]] = SERVICES) -> Exchange:
     """Started, seeded with the demo members' balances, and settled."""
-    running = await Exchange.start(settings, nc)
+    running = await Exchange.start(settings, nc, services)
     try:
         for member_id, expected in DEMO_BALANCES.items():
             balances = await running.member(member_id).balances()

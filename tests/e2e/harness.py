@@ -15,6 +15,7 @@ final (and a check that "nothing changed" is not merely a check made too early).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from bourse.config.auth import issuer_for, key_ring_for
 from bourse.config.settings import Settings
 from bourse.contracts.subjects import ACCOUNTS, EVENTS, MATCH, ORDERS
 from bourse.runtime.process import BourseProcess
+from bourse.runtime.service import Service
 from bourse.services.accounts import AccountsService
 from bourse.services.auth import Auth
 from bourse.services.gateway import Gateway
@@ -142,8 +144,10 @@ class Exchange:
     issuer: TokenIssuer
 
     @classmethod
-    async def start(cls, settings: Settings, nc: Client) -> Exchange:
-        process = BourseProcess(settings, SERVICES, embedded_nats=False)
+    async def start(
+        cls, settings: Settings, nc: Client, services: Sequence[type[Service]] = SERVICES
+    ) -> Exchange:
+        process = BourseProcess(settings, list(services), embedded_nats=False)
         try:
             await process.start()
         except BaseException:
