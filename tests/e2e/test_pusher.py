@@ -312,3 +312,66 @@ async def test_a_client_resumes_its_private_feed_on_another_instance_without_mis
             assert seqs == list(range(1, len(seqs) + 1))
     finally:
         await second_host.stop()
+
+
+async def test_cancel_on_disconnect_cancels_the_members_open_orders_when_its_last_such_connection_drops(
+    exchange: Exchange,
+) -> None:
+    alice = exchange.member(1)
+    url = pusher_of(exchange).url
+    first = await alice.limit("sell", "0.1", "60000")
+    async with client(url) as keeper, client(url) as ws:
+        for conn in (keeper, ws):
+            await conn.send(op="auth", token=alice.token, id=1)
+            await conn.next()
+        await ws.send(op="cancel_on_disconnect", enabled=True, id=2)
+        assert await ws.until(lambda f: f.get("type") == "cancel_on_disconnect") == {
+            "type": "cancel_on_disconnect", "id": 2, "enabled": True
+        }  # fmt: skip
+        second = await alice.limit("buy", "0.1", "40000")
+    # the opted-in connection and the other one dropped: every open order is cancelled
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while {(await alice.order(oid))["status"] for oid in (first, second)} != {"cancelled"}:
+        statuses = [(await alice.order(oid))["status"] for oid in (first, second)]
+        assert loop.time() < deadline, (statuses, pusher_of(exchange).health())
+        await asyncio.sleep(0.1)
+    assert pusher_of(exchange).cancelled_on_disconnect == 2
+
+
+async def test_an_expired_token_ends_the_private_subscriptions_with_a_clear_message(
+    exchange: Exchange,
+) -> None:
+    token = exchange.issuer.issue(1, ttl_s=2)
+    async with client(pusher_of(exchange).url) as ws:
+        await ws.send(op="auth", token=token, id=1)
+        await ws.next()
+        await ws.send(op="subscribe", channels=["orders"], id=2)
+        await ws.next()
+        expired = await ws.until(lambda f: f.get("type") == "error", timeout=10.0)
+        assert expired["code"] == "token_expired"
+        await ws.send(op="subscribe", channels=["balances"], id=3)
+        assert (await ws.until(lambda f: f.get("type") == "error"))["code"] == "not_authenticated"
+
+
+async def test_heartbeats_flow_and_a_silent_connection_without_subscriptions_is_closed_idle(
+    exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Pusher, "HEARTBEAT_S", 0.2)
+    settings = exchange.settings.model_copy(update={"pusher_port": 0, "pusher_idle_timeout_s": 0.5})
+    host = ServiceHost(ServiceContext(settings, exchange.nc, exchange.nc.jetstream()))
+    await host.start([Pusher])
+    pusher = host.running[0].service
+    assert isinstance(pusher, Pusher)
+    try:
+        async with client(pusher.url) as busy, client(pusher.url) as idle:
+            await busy.send(op="subscribe", channels=["ticker.btc_usd"], id=1)
+            assert (await busy.until(lambda f: f.get("type") == "heartbeat"))["time"] > 0
+            with pytest.raises(ConnectionClosed) as closed:
+                await idle.until(lambda f: False, timeout=5.0)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "idle")
+            await busy.send(op="ping", id=2)
+            assert (await busy.until(lambda f: f.get("type") == "pong"))["id"] == 2
+    finally:
+        await host.stop()

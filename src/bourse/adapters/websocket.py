@@ -36,6 +36,9 @@ from picows import (
 )
 
 log = logging.getLogger(__name__)
+CONNECTION_LOG = logging.getLogger("bourse.pusher.ws")
+CONNECTION_LOG.setLevel(logging.WARNING)
+"""picows logs every connection and disconnection at INFO: tens of thousands of lines a crowd."""
 
 CLOSE_GRACE_S = 1.0
 """After a close frame is queued, how long a peer has to read it before the socket is cut."""
@@ -136,7 +139,7 @@ async def serve_websockets(
         "read_buffer_init_size": 1024,
         # picows makes a child logger per connection from a Logger (kilobytes each): an adapter
         # is shared; picows' aiofastnet transports cost ~5 KB more per connection
-        "logger_name": logging.LoggerAdapter(logging.getLogger("bourse.pusher.ws")),
+        "logger_name": logging.LoggerAdapter(CONNECTION_LOG),
         "use_aiofastnet": False,
     }
     server: asyncio.Server = await ws_create_server(_typed(factory), host, port, **options)

@@ -117,6 +117,8 @@ class Client:
     expiry: asyncio.TimerHandle | None = None
     private_seq: dict[str, int] = field(default_factory=dict)
     cancel_on_disconnect: bool = False
+    cancel_for: int | None = None
+    """The member whose orders a drop cancels, when their token expired on this connection."""
     last_heard: float = field(default_factory=time.monotonic)
     replaying: list[tuple[int, int, PrivateMessage]] | None = None
     """While a resume replays the streams: the live messages held back ((stream, seq, message))."""
@@ -129,6 +131,8 @@ class Pusher(Service):
     description = "WebSocket market data and private orders, trades and balances"
 
     HEARTBEAT_S = 10.0
+    CANCEL_PASSES_S = (1.0, 2.0)
+    """Cancel-on-disconnect looks for open orders at once, then after these pauses."""
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -368,7 +372,7 @@ class Pusher(Service):
             self.feeds.close(channel)
         if client.expiry is not None:
             client.expiry.cancel()
-        member = client.member_id
+        member = client.member_id if client.member_id is not None else client.cancel_for
         if member is not None:
             others = self.members.get(member, set())
             others.discard(client)
@@ -510,12 +514,20 @@ class Pusher(Service):
         )
 
     def _expired(self, client: Client) -> None:
+        """The token ran out: the connection is no longer the member's (public channels go on);
+        an opt-in to cancel-on-disconnect stays, for the member who made it."""
+        member = client.member_id
         client.private.clear()
-        if client.member_id is not None:
-            self.members.get(client.member_id, set()).discard(client)
-        self._reply(
-            client, Error("token_expired", "the token expired: private subscriptions ended; auth again")
-        )
+        client.member_id = None
+        if member is not None:
+            others = self.members.get(member, set())
+            others.discard(client)
+            if not others:
+                self.members.pop(member, None)
+            if client.cancel_on_disconnect:
+                client.cancel_for = member
+        message = "the token expired: the private subscriptions ended; auth again to resume"
+        self._reply(client, Error("token_expired", message))
 
     async def _replay(self, client: Client, resume: ResumeFrom, upto: ResumeFrom) -> None:
         """Send the member's private messages after `resume` up to `upto` (the live position at
@@ -580,28 +592,35 @@ class Pusher(Service):
 
     async def _cancel_all(self, member: int) -> None:
         """Cancel-on-disconnect: the member's open orders, each cancel through the order intake
-        (ORDERS, the accounts stage, the engine), as `DELETE /orders` does."""
-        try:
-            orders = await self.queries.orders(member, state="open", limit=1000)
-        except QueryFailed as exc:
-            self.log.warning(
-                "cancel on disconnect: open orders unknown", extra={"member": member, "error": str(exc)}
-            )
-            return
-        if self.intake is None:
-            self.intake = order_intake(self.ctx.nc, self.ctx.settings)
-            await self.intake.start()
-        sent = 0
-        for view in orders:
+        (ORDERS, the accounts stage, the engine), as `DELETE /orders` does. The open orders are
+        the query service's; an order still on its way through the stages when the connection
+        dropped is not there yet, so the pass is made again after `CANCEL_PASSES_S`."""
+        cancelled: set[int] = set()
+        for pause_s in (0.0, *self.CANCEL_PASSES_S):
+            await asyncio.sleep(pause_s)
+            if member in self.members and any(c.cancel_on_disconnect for c in self.members[member]):
+                return  # the member opted in again meanwhile
             try:
-                await self.intake.submit(CancelOrder(OrderId(view.id), MemberId(member), view.market))
-                sent += 1
-            except Exception as exc:
-                self.log.warning(
-                    "cancel on disconnect: not sent", extra={"order": view.id, "error": repr(exc)}
-                )
-        self.cancelled_on_disconnect += sent
-        self.log.info("cancel on disconnect", extra={"member": member, "orders": sent})
+                orders = await self.queries.orders(member, state="open", limit=1000)
+            except QueryFailed as exc:
+                failure = {"member": member, "error": str(exc)}
+                self.log.warning("cancel on disconnect: open orders unknown", extra=failure)
+                continue
+            if self.intake is None:
+                self.intake = order_intake(self.ctx.nc, self.ctx.settings)
+                await self.intake.start()
+            for view in orders:
+                if view.id in cancelled:
+                    continue
+                try:
+                    await self.intake.submit(CancelOrder(OrderId(view.id), MemberId(member), view.market))
+                except Exception as exc:
+                    failure = {"order": view.id, "error": repr(exc)}
+                    self.log.warning("cancel on disconnect: not sent", extra=failure)
+                    continue
+                cancelled.add(view.id)
+                self.cancelled_on_disconnect += 1
+        self.log.info("cancel on disconnect", extra={"member": member, "orders": len(cancelled)})
 
     async def _heartbeats(self) -> None:
         while True:
