@@ -1409,6 +1409,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             ticks0 = machine_ticks()
             feed0 = dict(feed.counts) if feed is not None else {}
             collector.measuring = True
+            spy = start_profile(args, pusher_pid)
             t0 = time.monotonic()
             say(f"measuring {args.duration:g} s")
             print(
@@ -1440,6 +1441,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             totals1 = collector.totals
             health1 = await pusher_health(system, session)
             rss_end = rss_bytes(pusher_pid) or 0
+            profile = finish_profile(spy)
             load_result: Json = {}
             if load_task is not None:
                 load_task.cancel()
@@ -1554,6 +1556,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 else None
             ),
             "order_load": load_result or None,
+            "profile": profile,
             "_intervals": intervals,
             "_hist": {k: dict(v) for k, v in collector.hist.items()},
         }
@@ -1574,6 +1577,32 @@ async def run_bench(args: argparse.Namespace) -> Json:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_profile(args: argparse.Namespace, pid: int) -> tuple[Path, subprocess.Popen[bytes]] | None:
+    """py-spy on the pusher for the measured window (samples holding the GIL: its CPU)."""
+    if not args.profile:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    REPORTS.mkdir(exist_ok=True)
+    out = REPORTS / f"ws-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-pusher.stacks"
+    command = [spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "200"]
+    command += ["--format", "raw", "--nolineno", "--gil", "--nonblocking", "--output", str(out)]
+    return out, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_profile(spy: tuple[Path, subprocess.Popen[bytes]] | None) -> Json | None:
+    if spy is None:
+        return None
+    from e2e_bench import summarize_stacks
+
+    path, process = spy
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return summarize_stacks(path) if path.exists() else None
 
 
 async def order_load(args: argparse.Namespace, api: str, tokens: dict[int, str], traders: int) -> Json:
@@ -1713,6 +1742,16 @@ def render_text(result: Json) -> str:
         f"{cr['us_per_received']:.2f} us per received message)"
     )
     lines.append(f"{'this process':<16} {orch['cpu_s']:>8.2f} {orch['cores']:>6.2f}  ({orch['role']})")
+    profile = result.get("profile")
+    if profile:
+        lines += ["", f"profile of the pusher: {profile['samples']} samples ({profile['file']})"]
+        lines.append(
+            "  self by package: " + ", ".join(f"{name} {part:.0%}" for name, part in profile["packages"][:10])
+        )
+        lines.append("  self by function:")
+        lines += [f"    {part:6.1%}  {name}" for name, part in profile["self"][:12]]
+        lines.append("  inclusive by function:")
+        lines += [f"    {part:6.1%}  {name}" for name, part in profile["inclusive"][:20]]
     lines += ["", "targets (issue 13, isolated mode):"]
     for name, t in result["targets"].items():
         lines.append(f"  {'MET ' if t['met'] else 'MISSED'} {name}: {fmt(t['value'], 1)}")
@@ -1868,6 +1907,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder (logs)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the pusher during the window")
     parser.add_argument(
         "--set",
         action="append",
