@@ -6,8 +6,8 @@
 It subscribes to the market's ticker, trades and depth at 100 ms and keeps a local order book by
 the depth sequence rule: a snapshot replaces the book; an update whose `sequence` is not past the
 book's is dropped, one whose `prev_sequence` the book has reached is applied, and any other (or a
-gap in the channel's `seq`) means one was missed: unsubscribe and subscribe again for a fresh
-snapshot. With `--token` (a member JWT, as for the REST API) it also authenticates and follows
+gap in the channel's `seq`) means one was missed: subscribe again (to the channel held) for a
+fresh snapshot. With `--token` (a member JWT, as for the REST API) it also authenticates and follows
 the member's orders, trades and balances, printing the private `position` to resume from after a
 reconnect (`auth` with `resume`).
 """
@@ -100,7 +100,6 @@ async def watch(url: str, market: str, token: str | None) -> None:
                 if seq != expected or not book.on_depth(data):
                     show(f"depth: missed an update (seq {seq}): subscribing again for a snapshot")
                     last_seq.pop(channel, None)
-                    await send(ws, "unsubscribe", id="gap", channels=[depth])
                     await send(ws, "subscribe", id="resnapshot", channels=[depth])
                     continue
                 show(f"depth {market} @{book.sequence}: {book.top()}")

@@ -375,3 +375,51 @@ async def test_heartbeats_flow_and_a_silent_connection_without_subscriptions_is_
             assert (await busy.until(lambda f: f.get("type") == "pong"))["id"] == 2
     finally:
         await host.stop()
+
+
+async def test_a_resume_inside_a_stream_message_sends_the_rest_of_it(exchange: Exchange) -> None:
+    """A fill that completes an order is one EVENTS message holding three of the maker's
+    messages (`my_trades`, the `orders` update, its close): a client that processed only the
+    first resumes with its position (its `events_part`) and gets the other two, once."""
+    alice, bob = exchange.member(1), exchange.member(2)
+    pusher = pusher_of(exchange)
+    async with client(pusher.url) as ws:
+        await ws.send(op="auth", token=alice.token, id=1)
+        await ws.next()
+        await ws.send(op="subscribe", channels=["orders", "my_trades"], id=2)
+        await ws.next()
+        order_id = await alice.limit("sell", "0.2", "52000")
+        await bob.limit("buy", "0.2", "52000")
+        fill = await ws.until(lambda f: f.get("channel") == "my_trades")
+    position = fill["position"]
+    assert position["events_part"] >= 1  # not the last of its stream message
+    async with client(pusher.url) as ws2:
+        await ws2.send(op="auth", token=alice.token, id=3, resume=position)
+        await ws2.next()
+        rest = await ws2.until(lambda f: f.get("channel") in ("orders", "my_trades"))
+        assert (rest["channel"], rest["data"]["event"]) == ("orders", "updated")
+        assert rest["data"]["order_id"] == order_id
+        assert rest["position"]["events"] == position["events"]
+        assert rest["position"]["events_part"] == position["events_part"] + 1
+        closed = await ws2.until(lambda f: f.get("channel") in ("orders", "my_trades"))
+        assert (closed["data"]["event"], closed["data"]["status"]) == ("closed", "executed")
+        assert closed["position"] == {**position, "events_part": 0}  # the last of the stream message
+        await ws2.drain()
+    assert not [f for f in ws2.frames if f.get("channel") == "my_trades"]  # nothing twice
+
+
+async def test_subscribing_again_to_a_depth_channel_sends_a_fresh_snapshot(exchange: Exchange) -> None:
+    alice = exchange.member(1)
+    await alice.limit("sell", "0.3", "55000")
+    await exchange.settle()
+    async with client(pusher_of(exchange).url) as ws:
+        await ws.send(op="subscribe", channels=["depth.btc_usd@100ms"], id=1)
+        await ws.next()
+        first = await ws.until(lambda f: f.get("channel") == "depth.btc_usd@100ms")
+        assert first["data"]["snapshot"]
+        await ws.send(op="subscribe", channels=["depth.btc_usd@100ms"], id=2)
+        again = await ws.until(lambda f: f.get("channel") == "depth.btc_usd@100ms")
+        assert again["data"]["snapshot"]
+        assert again["data"]["asks"] == first["data"]["asks"]
+        assert again["seq"] == first["seq"]  # the state as of the last message: no gap, no new number
+        assert len(pusher_of(exchange).feeds.topics) == 1

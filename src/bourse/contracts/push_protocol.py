@@ -38,11 +38,16 @@ class Unsubscribe(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_f
 
 
 class ResumeFrom(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The last private position a client processed, per stream: the pusher sends the member's
-    private messages after them before the live ones."""
+    """A private message's place in the streams, which a client that reconnects gives back (the
+    last one it processed): the pusher sends the member's private messages after it, then the
+    live ones. One stream message may hold several of a member's messages (a fill: `my_trades`
+    and `orders`): `*_part` is the message's place among them (1, 2, ...), 0 for the last one
+    (the whole stream message is then processed)."""
 
     events: Annotated[int, msgspec.Meta(ge=0)] = 0
     accounts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    events_part: Annotated[int, msgspec.Meta(ge=0)] = 0
+    accounts_part: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="auth"):

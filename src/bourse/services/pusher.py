@@ -101,9 +101,26 @@ from bourse.domain.orders import CancelOrder
 from bourse.domain.values import MemberId, OrderId
 from bourse.runtime.service import Service, ServiceContext
 
+WHOLE = 1 << 31
+"""The part that stands for a whole stream message (the wire says 0)."""
 CLOSE_IDLE = 4001
 CLOSE_SLOW = 4008
 CLOSE_TOO_MANY = 4029
+
+
+def numbered(messages: list[PrivateMessage]) -> list[tuple[int, int, PrivateMessage]]:
+    """Each message with its member and its part: its place among that member's messages of
+    the same stream message (1, 2, ...), `WHOLE` for the member's last one."""
+    counts: dict[int, int] = defaultdict(int)
+    for member, _, _ in messages:
+        counts[member] += 1
+    seen: dict[int, int] = defaultdict(int)
+    out: list[tuple[int, int, PrivateMessage]] = []
+    for message in messages:
+        member = message[0]
+        seen[member] += 1
+        out.append((member, WHOLE if seen[member] == counts[member] else seen[member], message))
+    return out
 
 
 @dataclass(eq=False, slots=True)
@@ -120,10 +137,10 @@ class Client:
     cancel_for: int | None = None
     """The member whose orders a drop cancels, when their token expired on this connection."""
     last_heard: float = field(default_factory=time.monotonic)
-    replaying: list[tuple[int, int, PrivateMessage]] | None = None
-    """While a resume replays the streams: the live messages held back ((stream, seq, message))."""
-    position: dict[str, int] = field(default_factory=dict)
-    """Per stream kind, the last private position sent."""
+    replaying: list[tuple[str, int, int, PrivateMessage]] | None = None
+    """While a resume replays the streams: the live messages held back (stream, seq, part, message)."""
+    position: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per stream kind, the last private message sent: (stream sequence, part; `WHOLE`: all)."""
 
 
 class Pusher(Service):
@@ -300,8 +317,8 @@ class Pusher(Service):
             except msgspec.DecodeError:
                 self.errors += 1
             else:
-                for message in event_messages(batch, self.catalog.markets, self.members):
-                    self._deliver_private(EVENTS.kind, seq, message)
+                messages = event_messages(batch, self.catalog.markets, self.members)
+                self._deliver_private(EVENTS.kind, seq, messages)
         self.cpu_s += time.process_time() - started
 
     async def _on_accounts(self, msg: Msg) -> None:
@@ -314,32 +331,42 @@ class Pusher(Service):
             except msgspec.DecodeError:
                 self.errors += 1
             else:
-                for report in reports:
+                messages = [
+                    message
+                    for report in reports
                     for message in report_messages(
                         report,
                         position.timestamp_ns,
                         self.catalog.markets,
                         self.catalog.currencies,
                         self.members,
-                    ):
-                        self._deliver_private(ACCOUNTS.kind, position.seq, message)
+                    )
+                ]
+                self._deliver_private(ACCOUNTS.kind, position.seq, messages)
         self.cpu_s += time.process_time() - started
 
-    def _deliver_private(self, stream: str, seq: int, message: PrivateMessage) -> None:
-        member, kind, data = message
-        for client in list(self.members.get(member, ())):
-            if client.replaying is not None:
-                client.replaying.append((0 if stream == EVENTS.kind else 1, seq, message))
-                continue
-            self._send_private(client, stream, seq, kind, data)
+    def _deliver_private(self, stream: str, seq: int, messages: list[PrivateMessage]) -> None:
+        """The messages of one stream message, each to its member's connections here, named by
+        (stream sequence, part) so that a resume can start inside a stream message."""
+        for member, part, message in numbered(messages):
+            for client in list(self.members.get(member, ())):
+                if client.replaying is not None:
+                    client.replaying.append((stream, seq, part, message))
+                    continue
+                self._send_private(client, stream, seq, part, message)
 
-    def _send_private(self, client: Client, stream: str, seq: int, kind: str, data: object) -> None:
-        if kind not in client.private or client.position.get(stream, 0) > seq:
+    def _send_private(
+        self, client: Client, stream: str, seq: int, part: int, message: PrivateMessage
+    ) -> None:
+        _, kind, data = message
+        if kind not in client.private or (seq, part) <= client.position.get(stream, (0, WHOLE)):
             return
-        client.position[stream] = seq
+        client.position[stream] = (seq, part)
         next_seq = client.private_seq.get(kind, 0) + 1
         client.private_seq[kind] = next_seq
-        position = ResumeFrom(client.position.get(EVENTS.kind, 0), client.position.get(ACCOUNTS.kind, 0))
+        events, events_part = client.position.get(EVENTS.kind, (0, WHOLE))
+        accounts, accounts_part = client.position.get(ACCOUNTS.kind, (0, WHOLE))
+        position = ResumeFrom(events, accounts, events_part % WHOLE, accounts_part % WHOLE)
         self._send(client, encode_frame(ChannelMessage(kind, next_seq, data, position)), kind)
 
     # ------------------------------------------------------------------ connections
@@ -448,13 +475,17 @@ class Pusher(Service):
             )
             return
         self._reply(client, Subscribed(frame.id, [c.name for c in channels]))
-        for channel in fresh:
+        for channel in dict.fromkeys(channels):
             if channel.private:
                 client.private.add(channel.kind)
                 continue
-            topic = self.feeds.open(channel)
-            client.topics[channel] = topic
-            self.subscribers[topic].add(client)
+            topic = client.topics.get(channel)
+            if topic is None:
+                topic = self.feeds.open(channel)
+                client.topics[channel] = topic
+                self.subscribers[topic].add(client)
+            # new, or held again: the channel's state at once (a client that saw a gap in the
+            # depth subscribes again for this snapshot), numbered as the last message sent
             first = self.feeds.first_message(topic)
             if first is not None:
                 self._send(client, encode_frame(ChannelMessage(channel.name, topic.seq, first)), channel.kind)
@@ -502,10 +533,13 @@ class Pusher(Service):
         live = ResumeFrom(self.position[EVENTS.kind], self.position[ACCOUNTS.kind])
         resume = frame.resume
         if resume is None:
-            client.position = {EVENTS.kind: live.events, ACCOUNTS.kind: live.accounts}
+            client.position = {EVENTS.kind: (live.events, WHOLE), ACCOUNTS.kind: (live.accounts, WHOLE)}
             self._reply(client, Authenticated(frame.id, member, expires_ms, live))
             return
-        client.position = {EVENTS.kind: resume.events, ACCOUNTS.kind: resume.accounts}
+        client.position = {
+            EVENTS.kind: (resume.events, resume.events_part or WHOLE),
+            ACCOUNTS.kind: (resume.accounts, resume.accounts_part or WHOLE),
+        }
         client.private.update(PRIVATE_KINDS)  # a resume is of the private feed
         client.replaying = []
         self._reply(client, Authenticated(frame.id, member, expires_ms, resume))
@@ -538,18 +572,19 @@ class Pusher(Service):
         shard = member_shard(member, self.ctx.settings.accounts_shards)
         wanted = {member}
         try:
-            for spec, start, last, subject in (
-                (EVENTS, resume.events, upto.events, EVENTS.wildcard(ns)),
-                (ACCOUNTS, resume.accounts, upto.accounts, ACCOUNTS.subject(ns, shard)),
+            for spec, start, part, last, subject in (
+                (EVENTS, resume.events, resume.events_part, upto.events, EVENTS.wildcard(ns)),
+                (ACCOUNTS, resume.accounts, resume.accounts_part, upto.accounts, ACCOUNTS.subject(ns, shard)),
             ):
-                if last <= start:
+                first = start if part else start + 1  # inside a stream message: read it again
+                if first > last:
                     continue
                 sub = await js.subscribe(
                     subject,
                     stream=spec.name(ns),
                     ordered_consumer=True,
                     config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start + 1
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first
                     ),
                 )
                 try:
@@ -573,8 +608,8 @@ class Pusher(Service):
                                     wanted,
                                 )
                             ]
-                        for _, kind, data in messages:
-                            self._send_private(client, spec.kind, position.seq, kind, data)
+                        for _, part_of, message in numbered(messages):
+                            self._send_private(client, spec.kind, position.seq, part_of, message)
                         if position.seq >= last:
                             break
                 finally:
@@ -587,8 +622,8 @@ class Pusher(Service):
                 Error("resume_failed", "the private feed could not be replayed: take a snapshot over REST"),
             )
         held, client.replaying = client.replaying or [], None
-        for stream_index, seq, (_, kind, data) in held:
-            self._send_private(client, EVENTS.kind if stream_index == 0 else ACCOUNTS.kind, seq, kind, data)
+        for stream, seq, part, message in held:
+            self._send_private(client, stream, seq, part, message)
 
     async def _cancel_all(self, member: int) -> None:
         """Cancel-on-disconnect: the member's open orders, each cancel through the order intake
