@@ -1199,6 +1199,8 @@ class Interval:
     clients_cores: float
     pusher_rss_mb: float
     measured: bool
+    others_cores: float = 0.0
+    """Cores the machine spent outside this benchmark's processes in the interval (a shared box)."""
 
 
 class Collector:
@@ -1348,6 +1350,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 now = time.monotonic()
                 cpu = cpu_seconds(pusher_pid) or 0.0
                 ccpu = sum(cpu_seconds(c.pid) or 0.0 for c in clients)
+                ticks = machine_ticks()
+                ours = sum(v or 0.0 for v in cpu_mark(pids).values()) + ccpu + sum(os.times()[:2])
                 seconds = max(now - last[0], 1e-9)
                 prev_counts: dict[str, int] = last[3]
                 counts = {k: v - prev_counts.get(k, 0) for k, v in totals["counts"].items()}
@@ -1363,13 +1367,18 @@ async def run_bench(args: argparse.Namespace) -> Json:
                     (ccpu - last[2]) / seconds,
                     (rss_bytes(pusher_pid) or 0) / 2**20,
                     measured,
+                    max(
+                        0.0,
+                        ((ticks[0] - last[4][0]) / CLK_TCK - (ours - last[5])) / seconds,
+                    ),
                 )
                 intervals.append(row)
-                last[:] = [now, cpu, ccpu, totals["counts"]]
+                last[:] = [now, cpu, ccpu, totals["counts"], ticks, ours]
                 return totals, row
 
-            last: list[Any] = [started, cpu_seconds(pusher_pid) or 0.0, 0.0, {}]
+            last: list[Any] = [started, cpu_seconds(pusher_pid) or 0.0, 0.0, {}, machine_ticks(), 0.0]
             last[2] = sum(cpu_seconds(c.pid) or 0.0 for c in clients)
+            last[5] = sum(v or 0.0 for v in cpu_mark(pids).values()) + last[2] + sum(os.times()[:2])
             await asyncio.gather(
                 *(c.ask({"cmd": "connect", "specs": s}) for c, s in zip(clients, specs, strict=True))
             )
@@ -1415,7 +1424,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
             print(
                 f"{'t(s)':>6} {'held':>6} {'msgs/s':>8} "
                 + " ".join(f"{short(k):>8}" for k in KIND_ORDER)
-                + f" {'p99 priv':>8} {'p99 100':>8} {'pusher':>7} {'RSS MB':>7} {'closed':>6} {'err':>4}",
+                + f" {'p99 priv':>8} {'p99 100':>8} {'pusher':>7} {'RSS MB':>7} {'closed':>6} {'err':>4}"
+                + f" {'others':>6}",
                 flush=True,
             )
             while time.monotonic() - t0 < args.duration:
@@ -1429,7 +1439,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
                     + " ".join(f"{row.counts.get(k, 0) / row.seconds:8.0f}" for k in KIND_ORDER)
                     + f" {fmt(priv, 0):>8} {fmt(fast, 0):>8} {100 * row.pusher_cores:6.0f}% "
                     f"{row.pusher_rss_mb:7.0f} {sum(v for k, v in totals['closed'].items()):6d} "
-                    f"{sum(totals['errors'].values()):4d}",
+                    f"{sum(totals['errors'].values()):4d} {row.others_cores:6.2f}",
                     flush=True,
                 )
             window = time.monotonic() - t0
@@ -1752,7 +1762,7 @@ def render_text(result: Json) -> str:
         lines += [f"    {part:6.1%}  {name}" for name, part in profile["self"][:12]]
         lines.append("  inclusive by function:")
         lines += [f"    {part:6.1%}  {name}" for name, part in profile["inclusive"][:20]]
-    lines += ["", "targets (issue 13, isolated mode):"]
+    lines += ["", "targets (issue 13's, set for isolated mode):"]
     for name, t in result["targets"].items():
         lines.append(f"  {'MET ' if t['met'] else 'MISSED'} {name}: {fmt(t['value'], 1)}")
     return "\n".join(lines)
@@ -1781,6 +1791,9 @@ def plot_png(result: Json) -> bytes | None:
     other.plot(ts, [100 * r.pusher_cores for r in rows], color="tab:red", alpha=0.6, label="pusher CPU %")
     other.plot(ts, [100 * r.clients_cores for r in rows], color="tab:gray", alpha=0.6, label="crowd CPU %")
     other.plot(ts, [r.pusher_rss_mb for r in rows], color="tab:green", alpha=0.6, label="pusher RSS MB")
+    other.plot(
+        ts, [100 * r.others_cores for r in rows], color="tab:purple", alpha=0.5, label="not this bench, CPU %"
+    )
     other.set_ylabel("% of a core / MB")
     held.legend(loc="lower right")
     other.legend(loc="center right")
@@ -1843,6 +1856,7 @@ def write_reports(result: Json, text: str) -> tuple[Path, Path]:
             "pusher_cores": round(r.pusher_cores, 3),
             "crowd_cores": round(r.clients_cores, 3),
             "pusher_rss_mb": round(r.pusher_rss_mb, 1),
+            "others_cores": round(r.others_cores, 2),
             "measured": r.measured,
         }
         for r in result["_intervals"]
