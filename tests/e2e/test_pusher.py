@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -423,3 +425,85 @@ async def test_subscribing_again_to_a_depth_channel_sends_a_fresh_snapshot(excha
         assert again["data"]["asks"] == first["data"]["asks"]
         assert again["seq"] == first["seq"]  # the state as of the last message: no gap, no new number
         assert len(pusher_of(exchange).feeds.topics) == 1
+
+
+@contextlib.asynccontextmanager
+async def pusher_process(settings: Settings) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`bourse run pusher` as its own process on the test's NATS and namespace."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BOURSE_")}
+    env.update(
+        BOURSE_NATS_URL=settings.nats_servers[0],
+        BOURSE_NAMESPACE=settings.namespace,
+        BOURSE_DATA_DIR=str(settings.data_dir),
+        BOURSE_PUSHER_PORT=str(port),
+        BOURSE_HEALTH_PORT="0",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bourse",
+        "run",
+        "pusher",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while True:
+            try:
+                async with connect(url, open_timeout=1):
+                    break
+            except OSError:
+                assert loop.time() < deadline, "the pusher process did not start"
+                await asyncio.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_after_a_kill_9_a_client_resumes_on_another_process_without_missing_an_update(
+    exchange: Exchange,
+) -> None:
+    alice, bob = exchange.member(1), exchange.member(2)
+    async with (
+        pusher_process(exchange.settings) as (first, first_url),
+        pusher_process(exchange.settings) as (
+            _,
+            second_url,
+        ),
+    ):
+        ws = Ws(await connect(first_url, open_timeout=5))
+        await ws.send(op="auth", token=alice.token, id=1)
+        await ws.next()
+        await ws.send(op="subscribe", channels=["orders", "my_trades", "balances"], id=2)
+        await ws.next()
+        resting = await alice.limit("sell", "0.4", "53000")
+        await bob.limit("buy", "0.1", "53000")
+        await ws.until(lambda f: f.get("channel") == "my_trades")
+        await ws.drain()
+        last = [f for f in ws.frames if "channel" in f][-1]["position"]
+        first.kill()  # kill -9: no close frame, nothing flushed
+        await first.wait()
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await ws.next(1.0)
+        # while the client is away
+        await bob.limit("buy", "0.1", "53000")
+        other = await alice.limit("buy", "0.01", "41000")
+        await alice.cancel(other)
+        await exchange.settle()
+        async with client(second_url) as ws2:
+            await ws2.send(op="auth", token=alice.token, id=3, resume=last)
+            await ws2.next()
+            await ws2.until(lambda f: f.get("channel") == "orders" and f["data"]["event"] == "closed")
+            await ws2.drain()
+    orders = [(f["data"]["event"], f["data"]["order_id"]) for f in ws2.frames if f.get("channel") == "orders"]
+    assert orders == [("updated", resting), ("accepted", other), ("closed", other)]
+    assert [f["data"]["amount"] for f in ws2.frames if f.get("channel") == "my_trades"] == ["0.100000"]
+    balances = [f for f in ws2.frames if f.get("channel") == "balances"]
+    assert balances, "the balance changes while away"
