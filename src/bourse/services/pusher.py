@@ -148,6 +148,8 @@ class Pusher(Service):
     description = "WebSocket market data and private orders, trades and balances"
 
     HEARTBEAT_S = 10.0
+    SLICE = 256
+    """Sends of one fan-out between two turns given to the event loop (about 3 ms of CPU)."""
     CANCEL_PASSES_S = (1.0, 2.0)
     """Cancel-on-disconnect looks for open orders at once, then after these pauses."""
 
@@ -291,11 +293,15 @@ class Pusher(Service):
         while True:
             next_at += interval_s
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            started = time.process_time()
-            self._flush(speed_ms)
-            self.cpu_s += time.process_time() - started
+            await self._flush(speed_ms)
 
-    def _flush(self, speed_ms: int) -> None:
+    async def _flush(self, speed_ms: int) -> None:
+        """Every due message to its subscribers, `SLICE` sends at a time: between slices the
+        loop takes what came meanwhile (private messages first of all), so a fan-out to tens of
+        thousands never holds them for its whole length (`bench/ws_bench.py` measured 190 ms
+        per second of one uninterrupted 1000 ms fan-out at 10,000 users)."""
+        started = time.process_time()
+        sent = 0
         for topic, data in self.feeds.due(speed_ms):
             clients = self.subscribers.get(topic)
             if not clients:
@@ -304,6 +310,12 @@ class Pusher(Service):
             kind = topic.channel.kind
             for client in list(clients):
                 self._send(client, frame, kind)
+                sent += 1
+                if sent % self.SLICE == 0:
+                    self.cpu_s += time.process_time() - started
+                    await asyncio.sleep(0)
+                    started = time.process_time()
+        self.cpu_s += time.process_time() - started
 
     # ------------------------------------------------------------------ private data in
 
@@ -662,11 +674,13 @@ class Pusher(Service):
             await asyncio.sleep(self.HEARTBEAT_S)
             now = time.monotonic()
             frame = encode_frame(Heartbeat(int(time.time() * 1000)))
-            for client in list(self.clients.values()):
+            for sent, client in enumerate(list(self.clients.values()), start=1):
                 if not client.topics and not client.private and now - client.last_heard > self.idle_s:
                     client.conn.close(CLOSE_IDLE, "idle")
                     continue
                 self._send(client, frame, "heartbeat")
+                if sent % self.SLICE == 0:
+                    await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ health
 
