@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -507,3 +508,25 @@ async def test_after_a_kill_9_a_client_resumes_on_another_process_without_missin
     assert [f["data"]["amount"] for f in ws2.frames if f.get("channel") == "my_trades"] == ["0.100000"]
     balances = [f for f in ws2.frames if f.get("channel") == "balances"]
     assert balances, "the balance changes while away"
+
+
+async def test_the_pusher_exports_its_connections_and_deliveries_as_prometheus_metrics(
+    exchange: Exchange,
+) -> None:
+    pusher = pusher_of(exchange)
+    async with client(pusher.url) as ws:
+        await ws.send(op="subscribe", channels=["ticker.btc_usd"], id=1)
+        await ws.next()
+        await ws.send(op="ping", id=2)
+        await ws.until(lambda f: f.get("type") == "pong")
+        families = {family.name: family for family in text_string_to_metric_families(pusher.metrics())}
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in families.values()
+            for sample in family.samples
+        }
+        assert samples[("bourse_pusher_connections", ())] == 1
+        assert samples[("bourse_pusher_channels", ())] == 1
+        assert samples[("bourse_pusher_messages_delivered_total", (("kind", "control"),))] >= 2
+        assert families["bourse_pusher_messages_delivered"].type == "counter"
+        assert samples[("bourse_pusher_slow_consumers_closed_total", ())] == 0

@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client.parser import text_string_to_metric_families
 
 from bourse.application.market_statistics import MarketStatistics
 from bourse.contracts.messages import (
@@ -286,3 +287,21 @@ async def test_an_instance_per_market_group_folds_and_answers_only_its_markets(e
     finally:
         for host in hosts:
             await host.stop()
+
+
+async def test_the_statistics_service_exports_its_progress_as_prometheus_metrics(run: StatisticsRun) -> None:
+    await trade_script(run.exchange)
+    await until(run.ticker, lambda t: t.trades == 3)
+    service = run.service
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(service.metrics())
+        for sample in family.samples
+    }
+    assert samples[("bourse_statistics_watermark", ())] == service.events.watermark > 0
+    assert (
+        samples[("bourse_statistics_market_sequence", (("market", "btc_usd"),))]
+        == service.stats["btc_usd"].seq
+    )
+    assert samples[("bourse_statistics_messages_published_total", ())] == service.published > 0
+    assert samples[("bourse_statistics_publish_failures_total", ())] == 0

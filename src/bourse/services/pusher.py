@@ -30,13 +30,16 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bourse.adapters.auth import TokenVerifier, fetch_jwks, keep_keys_fresh
 from bourse.adapters.cancellation import cancel_and_wait
@@ -143,6 +146,48 @@ class Client:
     """Per stream kind, the last private message sent: (stream sequence, part; `WHOLE`: all)."""
 
 
+class PusherMetrics(Collector):
+    """`bourse_pusher_*`, read from the service's counters when scraped."""
+
+    def __init__(self, service: Pusher) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        yield GaugeMetricFamily(
+            "bourse_pusher_connections", "Open WebSocket connections.", value=len(service.clients)
+        )
+        yield GaugeMetricFamily(
+            "bourse_pusher_members",
+            "Members with an authenticated connection here.",
+            value=len(service.members),
+        )
+        yield GaugeMetricFamily(
+            "bourse_pusher_channels", "Public channels with subscribers.", value=len(service.feeds.topics)
+        )
+        delivered = CounterMetricFamily(
+            "bourse_pusher_messages_delivered", "Messages written to connections, by kind.", labels=["kind"]
+        )
+        for kind, count in sorted(service.delivered.items()):
+            delivered.add_metric([kind], count)
+        yield delivered
+        for name, help_text, value in (
+            (
+                "slow_consumers_closed",
+                "Connections closed for a full write buffer (4008).",
+                service.slow_dropped,
+            ),
+            ("connections_refused", "Connections refused for the per-address rate (4029).", service.refused),
+            (
+                "orders_cancelled_on_disconnect",
+                "Cancels sent for cancel-on-disconnect.",
+                service.cancelled_on_disconnect,
+            ),
+            ("handler_cpu_seconds", "CPU of the pusher's handlers and fan-outs.", service.cpu_s),
+        ):
+            yield CounterMetricFamily(f"bourse_pusher_{name}", help_text, value=value)
+
+
 class Pusher(Service):
     name = "pusher"
     description = "WebSocket market data and private orders, trades and balances"
@@ -185,6 +230,8 @@ class Pusher(Service):
         self.refused = 0
         self.errors = 0
         self.cpu_s = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PusherMetrics(self))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -683,6 +730,9 @@ class Pusher(Service):
                     await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ health
+
+    def metrics(self) -> str:
+        return generate_latest(self.registry).decode()
 
     def health(self) -> Mapping[str, Any]:
         return {

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
 from nats.micro.request import Request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bourse.adapters.jetstream import SnapshotSchedule, SnapshotStore
 from bourse.application.market_statistics import MarketStatistics, MarketUpdates
@@ -81,6 +84,34 @@ class _Snapshot(msgspec.Struct, frozen=True):
     markets: dict[str, bytes]
 
 
+class StatisticsMetrics(Collector):
+    """`bourse_statistics_*`, read from the service's counters when scraped."""
+
+    def __init__(self, service: Statistics) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        feed = service.events
+        yield GaugeMetricFamily(
+            "bourse_statistics_watermark", "EVENTS stream sequence applied.", value=feed.watermark
+        )
+        sequence = GaugeMetricFamily(
+            "bourse_statistics_market_sequence",
+            "The last EVENTS batch sequence folded, per market.",
+            labels=["market"],
+        )
+        for market, stats in sorted(service.stats.items()):
+            sequence.add_metric([market], stats.seq)
+        yield sequence
+        for name, help_text, value in (
+            ("messages_published", "Market-data messages published.", service.published),
+            ("publish_failures", "Market-data messages not published.", service.publish_failures),
+            ("handler_cpu_seconds", "CPU of the folds and publishing.", service.cpu_s),
+        ):
+            yield CounterMetricFamily(f"bourse_statistics_{name}", help_text, value=value)
+
+
 class Statistics(Service):
     name = "statistics"
     description = "K-lines, 24h tickers and depth with sequences per market, folded from EVENTS"
@@ -113,6 +144,8 @@ class Statistics(Service):
         self.published = 0
         self.publish_failures = 0
         self.cpu_s = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatisticsMetrics(self))
 
     @property
     def snapshot_name(self) -> str:
@@ -280,6 +313,9 @@ class Statistics(Service):
         return StatisticsPosition(self.events.watermark, self.events.target, self.markets)
 
     # ------------------------------------------------------------------ health
+
+    def metrics(self) -> str:
+        return generate_latest(self.registry).decode()
 
     def health(self) -> Mapping[str, Any]:
         failing = self.projection.failing()
