@@ -49,7 +49,9 @@ __all__ = [
     "WEEK_MS",
     "Candle",
     "CandleBook",
+    "CandleRow",
     "Period",
+    "candle_row",
     "fill_gaps",
     "merged",
     "page_bounds",
@@ -126,8 +128,8 @@ class Candle(msgspec.Struct, frozen=True, gc=False):
     """Number of trades; 0 for a gap-filled interval."""
 
 
-_Row = tuple[int, Price, Price, Price, Price, Amount, QuoteUnits, int]
-"""A candle in a snapshot: the fields in order (an array costs a third of a map)."""
+CandleRow = tuple[int, Price, Price, Price, Price, Amount, QuoteUnits, int]
+"""A candle's fields in order, as snapshots and stores keep it (an array costs a third of a map)."""
 
 
 class _State(msgspec.Struct, frozen=True):
@@ -136,7 +138,7 @@ class _State(msgspec.Struct, frozen=True):
     keep: int
     seq: int
     time_ms: int
-    series: list[list[_Row]]
+    series: list[list[CandleRow]]
     """Per period (finest first), the stored candles oldest first; the last one is open."""
 
 
@@ -148,7 +150,8 @@ def _open_time_of(candle: Candle) -> int:
     return candle.open_time
 
 
-def _row(c: Candle) -> _Row:
+def candle_row(c: Candle) -> CandleRow:
+    """`c`'s fields in order (`Candle(*row)` makes it again)."""
     return (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
 
 
@@ -298,7 +301,7 @@ class _Series:
         """Every stored candle, oldest first, the open one last."""
         return [*self.closed, self.current()] if self.trades else list(self.closed)
 
-    def load(self, rows: list[_Row]) -> None:
+    def load(self, rows: list[CandleRow]) -> None:
         if len(rows) > self.keep:
             raise ValueError(f"{self.period}: {len(rows)} candles in a snapshot that keeps {self.keep}")
         candles = [Candle(*row) for row in rows]
@@ -487,7 +490,7 @@ class CandleBook:
             keep=self.keep,
             seq=self._seq,
             time_ms=self._time_ms,
-            series=[[_row(candle) for candle in series.stored()] for series in self._series],
+            series=[[candle_row(candle) for candle in series.stored()] for series in self._series],
         )
         return _encoder.encode(state)
 

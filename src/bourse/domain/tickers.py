@@ -39,7 +39,7 @@ from typing import Final
 
 import msgspec
 
-from bourse.domain.candles import MINUTE_MS, NS_PER_MS, Candle
+from bourse.domain.candles import MINUTE_MS, NS_PER_MS, Candle, CandleRow, candle_row
 from bourse.domain.orders import EngineEvent, Trade
 from bourse.domain.values import Amount, Price, QuoteUnits
 
@@ -99,9 +99,6 @@ def percent_text(bp: int) -> str:
     return f"{sign}{whole}.{hundredths:02d}"
 
 
-_Row = tuple[int, Price, Price, Price, Price, Amount, QuoteUnits, int]
-
-
 class _State(msgspec.Struct, frozen=True):
     version: int
     market: str
@@ -110,7 +107,7 @@ class _State(msgspec.Struct, frozen=True):
     last: Price | None
     best_bid: Price | None
     best_ask: Price | None
-    minutes: list[_Row]
+    minutes: list[CandleRow]
     """The window's minutes with trades, oldest first (the current minute's last, if it has any)."""
 
 
@@ -331,10 +328,7 @@ class RollingTicker:
 
     def snapshot(self) -> bytes:
         """The whole state as msgpack bytes (the same state gives the same bytes)."""
-        rows: list[_Row] = [
-            (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
-            for c in self._minutes
-        ]
+        rows = [candle_row(c) for c in self._minutes]
         if self._trades:
             rows.append(
                 (

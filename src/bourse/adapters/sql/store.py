@@ -29,7 +29,7 @@ from sqlalchemy.sql.dml import Insert
 
 from bourse.adapters.sql import models
 from bourse.domain.accounts import BalanceChanged
-from bourse.domain.candles import Candle, Period
+from bourse.domain.candles import Candle, Period, candle_row
 from bourse.domain.ledger import LedgerEntry
 from bourse.domain.order_views import OrderView
 from bourse.domain.orders import CloseReason, OrderStatus, OrderType, RejectReason, Side, TimeInForce, Trade
@@ -184,18 +184,7 @@ class MarketStatistics:
 
 def kline_row(market: str, period: Period, candle: Candle) -> Row:
     """A row of `klines`, in column order."""
-    return (
-        market,
-        period.value,
-        candle.open_time,
-        candle.open,
-        candle.high,
-        candle.low,
-        candle.close,
-        candle.volume,
-        candle.quote_volume,
-        candle.trades,
-    )
+    return (market, period.value, *candle_row(candle))
 
 
 def kline_candle(row: Sequence[Any]) -> Candle:
