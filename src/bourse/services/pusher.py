@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,42 +367,37 @@ class Pusher(Service):
     # ------------------------------------------------------------------ private data in
 
     async def _on_events(self, msg: Msg) -> None:
-        started = time.process_time()
-        seq = stream_position(msg).seq
-        self.position[EVENTS.kind] = seq
-        if self.members:
-            try:
-                batch = EVENT_BATCH_DECODER.decode(msg.data)
-            except msgspec.DecodeError:
-                self.errors += 1
-            else:
-                messages = event_messages(batch, self.catalog.markets, self.members)
-                self._deliver_private(EVENTS.kind, seq, messages)
-        self.cpu_s += time.process_time() - started
+        self._on_private(EVENTS.kind, msg)
 
     async def _on_accounts(self, msg: Msg) -> None:
+        self._on_private(ACCOUNTS.kind, msg)
+
+    def _on_private(self, stream: str, msg: Msg) -> None:
         started = time.process_time()
         position = stream_position(msg)
-        self.position[ACCOUNTS.kind] = position.seq
+        self.position[stream] = position.seq
         if self.members:
             try:
-                reports = ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
+                messages = self._private_messages(stream, msg.data, position.timestamp_ns, self.members)
             except msgspec.DecodeError:
                 self.errors += 1
             else:
-                messages = [
-                    message
-                    for report in reports
-                    for message in report_messages(
-                        report,
-                        position.timestamp_ns,
-                        self.catalog.markets,
-                        self.catalog.currencies,
-                        self.members,
-                    )
-                ]
-                self._deliver_private(ACCOUNTS.kind, position.seq, messages)
+                self._deliver_private(stream, position.seq, messages)
         self.cpu_s += time.process_time() - started
+
+    def _private_messages(
+        self, stream: str, data: bytes, timestamp_ns: int, wanted: Container[int]
+    ) -> list[PrivateMessage]:
+        """The private messages an EVENTS or ACCOUNTS message (stored at `timestamp_ns`) holds
+        for the `wanted` members, live or replayed."""
+        catalog = self.catalog
+        if stream == EVENTS.kind:
+            return event_messages(EVENT_BATCH_DECODER.decode(data), catalog.markets, wanted)
+        return [
+            message
+            for report in ACCOUNTS_REPORTS_DECODER.decode(data).reports
+            for message in report_messages(report, timestamp_ns, catalog.markets, catalog.currencies, wanted)
+        ]
 
     def _deliver_private(self, stream: str, seq: int, messages: list[PrivateMessage]) -> None:
         """The messages of one stream message, each to its member's connections here, named by
@@ -452,20 +447,30 @@ class Pusher(Service):
         if client is None:
             return
         for channel, topic in client.topics.items():
-            self.subscribers[topic].discard(client)
-            if not self.subscribers[topic]:
-                del self.subscribers[topic]
-            self.feeds.close(channel)
+            self._leave(client, channel, topic)
         if client.expiry is not None:
             client.expiry.cancel()
         member = client.member_id if client.member_id is not None else client.cancel_for
         if member is not None:
-            others = self.members.get(member, set())
-            others.discard(client)
-            if not others:
-                self.members.pop(member, None)
+            others = self._forget(client, member)
             if client.cancel_on_disconnect and not any(c.cancel_on_disconnect for c in others):
                 self._tasks.append(asyncio.create_task(self._cancel_all(member), name=f"pusher:cod:{member}"))
+
+    def _leave(self, client: Client, channel: Channel, topic: Topic) -> None:
+        """`client` off `topic`; the topic closed with its last subscriber."""
+        clients = self.subscribers[topic]
+        clients.discard(client)
+        if not clients:
+            del self.subscribers[topic]
+        self.feeds.close(channel)
+
+    def _forget(self, client: Client, member: int) -> set[Client]:
+        """`client` no longer one of `member`'s connections here; the others that are."""
+        others = self.members.get(member, set())
+        others.discard(client)
+        if not others:
+            self.members.pop(member, None)
+        return others
 
     def received(self, conn: WsConnection, data: bytes) -> None:
         client = self.clients.get(conn)
@@ -506,20 +511,27 @@ class Pusher(Service):
 
     # ------------------------------------------------------------------ operations
 
-    def _subscribe(self, client: Client, frame: Subscribe) -> None:
+    def _channels(self, client: Client, frame: Subscribe | Unsubscribe) -> list[Channel] | None:
+        """The frame's channels; None (the first refusal answered) if one is refused: a name
+        unknown, or, to subscribe, a private channel before `auth`."""
         channels: list[Channel] = []
         for text in frame.channels:
             try:
                 channel = parse_channel(text, self.catalog.markets)
             except ChannelRefused as refused:
                 self._reply(client, Error(refused.code, refused.message, id=frame.id, channel=text))
-                return
-            if channel.private and client.member_id is None:
-                self._reply(
-                    client, Error("not_authenticated", f"{text} needs auth first", id=frame.id, channel=text)
-                )
-                return
+                return None
+            if isinstance(frame, Subscribe) and channel.private and client.member_id is None:
+                refusal = Error("not_authenticated", f"{text} needs auth first", id=frame.id, channel=text)
+                self._reply(client, refusal)
+                return None
             channels.append(channel)
+        return channels
+
+    def _subscribe(self, client: Client, frame: Subscribe) -> None:
+        channels = self._channels(client, frame)
+        if channels is None:
+            return
         fresh = [
             c for c in dict.fromkeys(channels) if c not in client.topics and c.kind not in client.private
         ]
@@ -550,23 +562,18 @@ class Pusher(Service):
                 self._send(client, encode_frame(ChannelMessage(channel.name, topic.seq, first)), channel.kind)
 
     def _unsubscribe(self, client: Client, frame: Unsubscribe) -> None:
+        channels = self._channels(client, frame)
+        if channels is None:
+            return
         names: list[str] = []
-        for text in frame.channels:
-            try:
-                channel = parse_channel(text, self.catalog.markets)
-            except ChannelRefused as refused:
-                self._reply(client, Error(refused.code, refused.message, id=frame.id, channel=text))
-                return
+        for channel in channels:
             names.append(channel.name)
             if channel.private:
                 client.private.discard(channel.kind)
                 continue
             topic = client.topics.pop(channel, None)
             if topic is not None:
-                self.subscribers[topic].discard(client)
-                if not self.subscribers[topic]:
-                    del self.subscribers[topic]
-                self.feeds.close(channel)
+                self._leave(client, channel, topic)
         self._reply(client, Unsubscribed(frame.id, names))
 
     def _auth(self, client: Client, frame: Auth) -> None:
@@ -613,10 +620,7 @@ class Pusher(Service):
         client.private.clear()
         client.member_id = None
         if member is not None:
-            others = self.members.get(member, set())
-            others.discard(client)
-            if not others:
-                self.members.pop(member, None)
+            self._forget(client, member)
             if client.cancel_on_disconnect:
                 client.cancel_for = member
         message = "the token expired: the private subscriptions ended; auth again to resume"
@@ -652,21 +656,7 @@ class Pusher(Service):
                         position = stream_position(msg)
                         if position.seq > last:
                             break
-                        if spec is EVENTS:
-                            batch = EVENT_BATCH_DECODER.decode(msg.data)
-                            messages = event_messages(batch, self.catalog.markets, wanted)
-                        else:
-                            messages = [
-                                m
-                                for report in ACCOUNTS_REPORTS_DECODER.decode(msg.data).reports
-                                for m in report_messages(
-                                    report,
-                                    position.timestamp_ns,
-                                    self.catalog.markets,
-                                    self.catalog.currencies,
-                                    wanted,
-                                )
-                            ]
+                        messages = self._private_messages(spec.kind, msg.data, position.timestamp_ns, wanted)
                         for _, part_of, message in numbered(messages):
                             self._send_private(client, spec.kind, position.seq, part_of, message)
                         if position.seq >= last:
