@@ -9,10 +9,11 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Query
 
 from bourse.application.ports import StatisticsReads
+from bourse.application.push_feeds import candle_data, ticker_data
 from bourse.application.read_queries import KLINES_DEFAULT_LIMIT, UNKNOWN_MARKET, check_klines_query
 from bourse.domain.candles import PERIODS, Candle
 from bourse.domain.money import Market
-from bourse.domain.tickers import Ticker, percent_text
+from bourse.domain.tickers import Ticker
 from bourse.entrypoints.rest.deps import Deps, GatewayDeps
 from bourse.entrypoints.rest.errors import ApiError
 from bourse.entrypoints.rest.market_data import MARKET_IN_PATH
@@ -58,45 +59,46 @@ def market_in_path(deps: GatewayDeps, market: str) -> Market:
 
 
 def ticker_out(market: Market, ticker: Ticker) -> TickerOut:
-    def price(value: int | None) -> str | None:
-        return None if value is None else market.format_price(value)
-
+    """The ticker as the pushers format it (`ticker_data`), with ISO times."""
+    data = ticker_data(market, ticker)
     seen = ticker.close_time > 0  # nothing of the stream seen yet: no window either
     return TickerOut(
-        market=market.symbol,
-        open_time=iso_ms(ticker.open_time) if seen else None,
-        open_time_ms=ticker.open_time if seen else None,
-        close_time=iso_ms(ticker.close_time) if seen else None,
-        close_time_ms=ticker.close_time if seen else None,
-        open=price(ticker.open),
-        high=price(ticker.high),
-        low=price(ticker.low),
-        last=price(ticker.last),
-        volume=market.format_amount(ticker.volume),
-        quote_volume=market.format_funds(ticker.quote_volume),
-        change=market.format_price(ticker.change),
-        change_percent=percent_text(ticker.change_bp),
-        trades=ticker.trades,
-        best_bid=price(ticker.best_bid),
-        best_ask=price(ticker.best_ask),
-        sequence=ticker.seq,
+        market=data.market,
+        open_time=iso_ms(data.open_time) if seen else None,
+        open_time_ms=data.open_time if seen else None,
+        close_time=iso_ms(data.close_time) if seen else None,
+        close_time_ms=data.close_time if seen else None,
+        open=data.open,
+        high=data.high,
+        low=data.low,
+        last=data.last,
+        volume=data.volume,
+        quote_volume=data.quote_volume,
+        change=data.change,
+        change_percent=data.change_percent,
+        trades=data.trades,
+        best_bid=data.best_bid,
+        best_ask=data.best_ask,
+        sequence=data.sequence,
     )
 
 
 def kline_out(market: Market, candle: Candle, length_ms: int) -> KlineOut:
-    close_ms = candle.open_time + length_ms - 1
+    """The candle as the pushers format it (`candle_data`), with its close time and ISO times."""
+    data = candle_data(market, candle)
+    close_ms = data.open_time + length_ms - 1
     return KlineOut(
-        open_time=iso_ms(candle.open_time),
-        open_time_ms=candle.open_time,
+        open_time=iso_ms(data.open_time),
+        open_time_ms=data.open_time,
         close_time=iso_ms(close_ms),
         close_time_ms=close_ms,
-        open=market.format_price(candle.open),
-        high=market.format_price(candle.high),
-        low=market.format_price(candle.low),
-        close=market.format_price(candle.close),
-        volume=market.format_amount(candle.volume),
-        quote_volume=market.format_funds(candle.quote_volume),
-        trades=candle.trades,
+        open=data.open,
+        high=data.high,
+        low=data.low,
+        close=data.close,
+        volume=data.volume,
+        quote_volume=data.quote_volume,
+        trades=data.trades,
     )
 
 
