@@ -6,7 +6,8 @@ whole shared settings map (a service's own `environment` merges it, never replac
 services need; accounts containers cover every member shard once and matching containers every
 market once, each as a single writer; gateway, query and pusher are scaled; health checks ask
 /healthz on the health port; only the gateway's HTTP port and the pusher's WebSocket port are
-published; persistence waits for `db upgrade`;
+published (and Grafana's and the Jaeger UI's, on the host's loopback only); persistence waits for
+`db upgrade`;
 every URL names a server of the file with its credentials; every container's settings parse and
 pass the production guard (`BOURSE_ENVIRONMENT=production`). `deploy/k8s/` must have a workload per
 bourse container with the same command and settings keys, single writers with one replica and the
@@ -73,7 +74,11 @@ K8S = DEPLOY / "k8s"
 
 SHARED = "x-bourse-env"
 """The compose extension holding the settings every bourse container gets."""
-VARIABLES = {"MARIADB_PASSWORD": "db-secret", "RABBITMQ_PASSWORD": "mq-secret"}
+VARIABLES = {
+    "MARIADB_PASSWORD": "db-secret",
+    "RABBITMQ_PASSWORD": "mq-secret",
+    "GRAFANA_PASSWORD": "gf-secret",
+}
 """What an operator supplies to `docker compose` (the file requires them)."""
 EVERY_SERVICE_NEEDS = {
     "BOURSE_NATS_URL",
@@ -89,6 +94,8 @@ NEEDS = {
     "auth": {"BOURSE_JWT_KEYS_DIR"},
 }
 """Settings without which a service runs wrong or not at all (beyond `EVERY_SERVICE_NEEDS`)."""
+LOOPBACK_UIS = {"grafana/grafana": "3000", "jaegertracing/jaeger": "16686"}
+"""Images whose UI port compose may publish, on the host's loopback only (127.0.0.1:port:port)."""
 SINGLE_WRITERS = {"accounts", "matching", "persistence", "cache", "statistics"}
 SCALED = {"gateway", "query", "pusher"}
 CATALOG = load_catalog()
@@ -209,11 +216,17 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
             env.get("BOURSE_HTTP_PORT", "8000") if "gateway" in running.get(name, []) else None,
             env.get("BOURSE_PUSHER_PORT", "8002") if "pusher" in running.get(name, []) else None,
         }
+        image = str(spec.get("image", ""))
+        ui = next((port for prefix, port in LOOPBACK_UIS.items() if image.startswith(prefix)), None)
         for port in published:
-            if port.rsplit(":", 1)[-1] not in allowed:
-                problems.append(
-                    f"{name}: publishes {port} (only the gateway's HTTP and the pusher's port may be)"
-                )
+            if port.rsplit(":", 1)[-1] in allowed:
+                continue
+            if ui is not None and port == f"127.0.0.1:{ui}:{ui}":
+                continue  # an observability UI, on the host's loopback only
+            problems.append(
+                f"{name}: publishes {port} (only the gateway's HTTP and the pusher's port may be, "
+                "and Grafana's and the Jaeger UI's on 127.0.0.1)"
+            )
 
     problems += shard_problems(compose)
     problems += upgrade_problems(compose)
