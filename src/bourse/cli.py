@@ -10,6 +10,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from bourse.adapters import tracing
 from bourse.config.production import ProductionSettingsRefused, check_production
 from bourse.config.settings import Settings
 from bourse.runtime.logs import configure_logging
@@ -42,6 +43,11 @@ def _run_process(settings: Settings, names: list[str] | None, *, embedded: bool)
     except KeyError as exc:
         print(f"unknown service {exc.args[0]!r}; known: {', '.join(SERVICES)}", file=sys.stderr)
         return 2
+    try:
+        traces = tracing.install_from_env()
+    except ValueError as exc:  # an OTEL_* variable bourse cannot honour
+        print(f"bourse: {exc}", file=sys.stderr)
+        return SETTINGS_REFUSED
     configure_logging(settings.log_level, settings.log_format)
     process = BourseProcess(settings, services, embedded_nats=embedded)
     try:
@@ -49,6 +55,9 @@ def _run_process(settings: Settings, names: list[str] | None, *, embedded: bool)
     except Exception as exc:
         print(f"bourse: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if traces is not None:
+            traces.shutdown()  # export what is still queued
     return 0
 
 

@@ -28,6 +28,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 
 from bourse.adapters.retry import retrying
+from bourse.adapters.tracing import ORDER_TRACES_HEADER
 from bourse.contracts.subjects import (
     BUCKETS,
     DUPLICATE_WINDOW_S,
@@ -56,6 +57,17 @@ def stream_position(msg: Msg) -> StreamPosition:
         return StreamPosition(int(tokens[5]), int(tokens[7]))
     if len(tokens) >= 11:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>...
         return StreamPosition(int(tokens[7]), int(tokens[9]))
+    raise ValueError(f"not a JetStream message: reply subject {msg.reply!r}")
+
+
+def stream_pending(msg: Msg) -> int:
+    """Messages the stream still holds for the consumer after this one (the ack subject's
+    `num_pending`): a consumer's lag, known from each delivery without asking the server."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[8])
+    if len(tokens) >= 11:
+        return int(tokens[10])
     raise ValueError(f"not a JetStream message: reply subject {msg.reply!r}")
 
 
@@ -101,11 +113,20 @@ class SnapshotSchedule:
         self.every_s = every_s
         self._last: dict[str, float] = {}
         self._uploads: dict[str, asyncio.Task[None]] = {}
+        self._saved_at: dict[str, float] = {}
+        """Per shard, when its last snapshot was saved (monotonic), or its clock started."""
         self.saved = 0
         self.failed = 0
 
     def restart_clock(self, name: str) -> None:
         self._last[name] = time.monotonic()
+        self._saved_at.setdefault(name, self._last[name])
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since each shard's last snapshot was saved here, or, before this process saved
+        one, since its clock started (the service's start; a clean stop saves one just before)."""
+        now = time.monotonic()
+        return {name: now - saved_at for name, saved_at in self._saved_at.items()}
 
     def due(self, name: str) -> bool:
         upload = self._uploads.get(name)
@@ -119,6 +140,7 @@ class SnapshotSchedule:
     async def _upload(self, name: str, seq: int, state: bytes) -> None:
         try:
             await self.store.save(name, seq, state)
+            self._saved_at[name] = time.monotonic()
             self.saved += 1
         except Exception as exc:
             self.failed += 1
@@ -138,7 +160,7 @@ class SnapshotSchedule:
         if upload is not None:
             await upload
         await self.store.save(name, seq, state)
-        self._last[name] = time.monotonic()
+        self._last[name] = self._saved_at[name] = time.monotonic()
         self.saved += 1
 
 
@@ -148,6 +170,15 @@ class Outgoing:
     payload: bytes
     msg_id: str
     """Deterministic Nats-Msg-Id: a retry or a replay is dropped by JetStream as a duplicate."""
+    order_traces: str = ""
+    """The `bourse-trace` header (`bourse.adapters.tracing`): the sampled orders' contexts."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": self.msg_id}
+        if self.order_traces:
+            headers[ORDER_TRACES_HEADER] = self.order_traces
+        return headers
 
 
 PUBLISH_BACKOFF_FIRST_S = 0.05
@@ -178,9 +209,7 @@ async def publish_durably(
     ):
         with attempt:
             futures = [
-                await js.publish_async(
-                    message.subject, message.payload, headers={"Nats-Msg-Id": message.msg_id}
-                )
+                await js.publish_async(message.subject, message.payload, headers=message.headers)
                 for message in messages
             ]
             await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)

@@ -35,7 +35,10 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 
+from bourse.adapters import tracing
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.application.ports import Command, NotSent, OutcomeUnknown
 from bourse.contracts.messages import REPLY_DECODER, AccountsBatch, Decision, Decisions, Outcome, encode
@@ -64,6 +67,8 @@ class Submission:
     outcome: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    span: Span | None = None
+    """Its `order intake` span (queued until JetStream has it) when its trace is sampled."""
 
     def failure(self) -> Exception:
         """What the sender must be told once the command cannot become durable in time."""
@@ -91,8 +96,11 @@ class OrderIntake:
         submit_timeout_s: float = 5.0,
         clock_skew_s: float = 1.0,
         attempt_timeout_s: float = 1.0,
+        service: str = "gateway",
     ) -> None:
         self.nc = nc
+        self.service = service
+        """Whose tracer opens the intake spans."""
         self.linger_s = linger_s
         self.submit_timeout_s = submit_timeout_s
         self.attempt_timeout_s = attempt_timeout_s
@@ -141,6 +149,8 @@ class OrderIntake:
             give_up_at=loop.time() + self.submit_timeout_s,
         )
         key = (command.order_id, command_kind(command))
+        if (tracer := tracing.tracer(self.service)) is not None:
+            submission.span = self._intake_span(tracer, command)
         self._waiting[key] = submission
         queue = self._queues[member_shard(command.member_id, self.shards)]
         queue.pending.append(submission)
@@ -153,11 +163,28 @@ class OrderIntake:
             if submission.durable.done() and submission.durable.exception() is None:
                 return submission  # acknowledged in the same instant
             submission.abandoned = True  # checked before sending: not sent now means never sent
+            if submission.span is not None and not submission.sent:  # else its publish ends it
+                submission.span.set_status(StatusCode.ERROR, "not sent in time")
+                submission.span.end()
             raise submission.failure() from None
         except BaseException:
             self._waiting.pop(key, None)
             raise
         return submission
+
+    @staticmethod
+    def _intake_span(tracer: trace.Tracer, command: Command) -> Span | None:
+        """A child of the caller's span (the REST request, the RabbitMQ message) when that is
+        sampled: its context goes with the command in the ORDERS message's header."""
+        caller = trace.get_current_span()
+        if not tracing.sampled(caller.get_span_context()):
+            return None
+        caller.set_attribute(tracing.ORDER_ID, command.order_id)
+        return tracer.start_span(
+            "order intake",
+            kind=SpanKind.PRODUCER,
+            attributes={tracing.ORDER_ID: command.order_id, "bourse.command": command_kind(command)},
+        )
 
     async def answer(
         self, submission: Submission, timeout_s: float
@@ -219,6 +246,11 @@ class OrderIntake:
             self._fail(batch, NotSent(f"the command cannot be encoded: {exc}"))
             return
         headers = {"Nats-Msg-Id": f"intake:{self.instance}:{self._batches}"}
+        traced: dict[int, SpanContext] = {
+            s.command.order_id: s.span.get_span_context() for s in batch if s.span is not None
+        }
+        if traced:
+            headers[tracing.ORDER_TRACES_HEADER] = tracing.order_traces_header(traced)
         self._batches += 1
         pause = 0.02
         while (remaining := give_up_at - loop.time()) > 0:
@@ -242,6 +274,8 @@ class OrderIntake:
             self.published_messages += 1
             self.published_commands += len(batch)
             for submission in batch:
+                if submission.span is not None:
+                    submission.span.end()
                 if not submission.durable.done():
                     submission.durable.set_result(None)
             return
@@ -251,6 +285,9 @@ class OrderIntake:
     @staticmethod
     def _fail(batch: list[Submission], exc: Exception) -> None:
         for submission in batch:
+            if submission.span is not None:
+                submission.span.set_status(StatusCode.ERROR, str(exc))
+                submission.span.end()
             if not submission.durable.done():
                 submission.durable.set_exception(exc)
                 submission.durable.exception()  # retrieved: the sender may have stopped waiting

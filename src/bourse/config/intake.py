@@ -9,7 +9,8 @@ from bourse.adapters.order_intake import OrderIntake
 from bourse.config.settings import Settings
 
 
-def order_intake(nc: Client, settings: Settings) -> OrderIntake:
+def order_intake(nc: Client, settings: Settings, *, service: str = "gateway") -> OrderIntake:
+    """`service`: whose tracer opens the intake spans."""
     return OrderIntake(
         nc,
         settings.namespace,
@@ -17,4 +18,5 @@ def order_intake(nc: Client, settings: Settings) -> OrderIntake:
         linger_s=settings.order_intake_linger_s,
         submit_timeout_s=settings.order_submit_timeout_s,
         clock_skew_s=settings.clock_skew_max_s,
+        service=service,
     )

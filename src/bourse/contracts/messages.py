@@ -70,6 +70,16 @@ AccountsItem = (
 )
 
 
+def item_order_ids(item: AccountsItem) -> tuple[int, ...]:
+    """The orders an item is about (both sides of a trade; none for a deposit): which orders'
+    traces a message carrying it continues."""
+    if isinstance(item, Trade):
+        return (item.taker_order_id, item.maker_order_id)
+    if isinstance(item, Deposit):
+        return ()
+    return (item.order_id,)
+
+
 class AccountsBatch(msgspec.Struct, frozen=True):
     """Input of an accounts shard (stream ORDERS, subject `<ns>.orders.<shard>`).
 
@@ -86,6 +96,9 @@ class AccountsBatch(msgspec.Struct, frozen=True):
     the stream's own timestamp), accounts refuses every command in it as `expired`. The
     sender stops waiting at the deadline, so a message that arrives later (a client library's
     reconnect buffer, a slow retry) cannot become an order its client was never told of."""
+
+    def order_ids(self) -> list[int]:
+        return [oid for item in self.items for oid in item_order_ids(item)]
 
 
 class MatchSegment(msgspec.Struct, frozen=True):
@@ -109,6 +122,9 @@ class MatchBatch(msgspec.Struct, frozen=True):
     shard: int
     segments: list[MatchSegment]
 
+    def order_ids(self) -> list[int]:
+        return [command.order_id for segment in self.segments for command in segment.commands]
+
 
 EngineEventItem = OrderAccepted | OrderRejected | Trade | OrderUpdated | OrderAmended | OrderClosed
 
@@ -121,6 +137,9 @@ class EventBatch(msgspec.Struct, frozen=True):
     seq: int
     received_at: int
     events: list[EngineEventItem]
+
+    def order_ids(self) -> list[int]:
+        return [oid for event in self.events for oid in item_order_ids(event)]
 
 
 class AccountsReport(msgspec.Struct, frozen=True):

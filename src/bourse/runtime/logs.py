@@ -1,7 +1,8 @@
 """Structured logging on the standard library: one line per record, JSON or key=value.
 
 Fields travel in `extra={...}`; everything a record carries beyond the standard attributes is
-printed, so `log.info("order accepted", extra={"order_id": 1})` is searchable either way.
+printed, so `log.info("order accepted", extra={"order_id": 1})` is searchable either way. A record
+made inside a traced span carries its `trace_id` and `span_id`, so a log line leads to its trace.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",
@@ -22,6 +25,17 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+
+
+class TraceContextFilter(logging.Filter):
+    """Stamp each record with the current span's ids (as Jaeger shows them), when there is one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = f"{context.trace_id:032x}"
+            record.span_id = f"{context.span_id:016x}"
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,6 +68,7 @@ class ConsoleFormatter(logging.Formatter):
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

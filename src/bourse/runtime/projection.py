@@ -35,7 +35,9 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from opentelemetry.trace import SpanContext
 
+from bourse.adapters import tracing
 from bourse.adapters.jetstream import stream_position
 from bourse.adapters.retry import retrying
 from bourse.application.projection import Envelope, Unpack, unpack_events, unpack_reports
@@ -236,7 +238,13 @@ class Projection:
         """Write `messages` until the writer takes them (never acked unwritten)."""
         envelopes = self.unpack(feed, messages)
         watermark = stream_position(messages[-1]).seq
-        applied = await self.write(feed, envelopes, watermark)
+        tracer = tracing.tracer(self.service.name)
+        orders = traced_orders(messages, envelopes) if tracer is not None else None
+        if tracer is not None and orders:
+            with tracing.stage_spans(tracer, self.service.name, orders, {"bourse.stream": feed.stream}):
+                applied = await self.write(feed, envelopes, watermark)
+        else:
+            applied = await self.write(feed, envelopes, watermark)
         feed.messages += len(messages)
         feed.items += applied.items
         feed.rows += applied.rows
@@ -287,7 +295,13 @@ class Projection:
         try:
             position = stream_position(msg)
             envelopes = feed.spec.unpack(position.seq, position.timestamp_ns, msg.data)
-            applied = await self.writer.write(feed, envelopes, position.seq)
+            tracer = tracing.tracer(self.service.name)
+            orders = traced_orders([msg], envelopes) if tracer is not None else None
+            if tracer is not None and orders:
+                with tracing.stage_spans(tracer, self.service.name, orders, {"bourse.stream": feed.stream}):
+                    applied = await self.writer.write(feed, envelopes, position.seq)
+            else:
+                applied = await self.writer.write(feed, envelopes, position.seq)
         except Exception as exc:
             feed.failures += 1
             feed.last_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -311,3 +325,22 @@ class Projection:
     def health(self) -> dict[str, Any]:
         """Per feed its counters, keyed by stream kind."""
         return {kind: feed.stats() for kind, feed in self.feeds.items()}
+
+
+def traced_orders(messages: Sequence[Msg], envelopes: Sequence[Envelope[Any]]) -> dict[int, SpanContext]:
+    """The sampled orders a batch's messages carry: those their bodies name when a body can say
+    (an EVENTS batch), else all each lists (an accounts report covers its whole input batch)."""
+    held: dict[int, list[int] | None] = {}
+    for envelope in envelopes:
+        if isinstance(envelope.body, tracing.CarriesOrders):
+            ids = held.setdefault(envelope.stream_seq, [])
+            if ids is not None:
+                ids.extend(envelope.body.order_ids())
+        else:
+            held[envelope.stream_seq] = None
+
+    def holds(index: int) -> list[int] | None:
+        # a message passed over (another group's market, undecodable) holds none of them
+        return held.get(stream_position(messages[index]).seq, [])
+
+    return tracing.traced_orders([msg.headers for msg in messages], holds)

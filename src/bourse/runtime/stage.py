@@ -17,6 +17,7 @@ crash in between replays to the very same answers and outputs (JetStream drops t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 
+from bourse.adapters import tracing
 from bourse.adapters.jetstream import (
     Outgoing,
     SnapshotSchedule,
@@ -47,7 +49,7 @@ class StageMachine(Protocol):
     def snapshot(self) -> bytes: ...
 
 
-In = TypeVar("In")
+In = TypeVar("In", bound=tracing.CarriesOrders)
 K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=StageMachine)
 
@@ -155,9 +157,37 @@ class StatefulStage(Generic[K, M, In]):
         self._unpublished.add(key)
         started = time.process_time()
         inputs = [self._decode(key, msg) for msg in messages]
+        tracer = tracing.tracer(self.service.name)
+        if tracer is not None:
+            orders = tracing.traced_orders(
+                [msg.headers for msg in messages], lambda index: inputs[index].value.order_ids()
+            )
+            if orders:
+                with tracing.stage_spans(
+                    tracer, self.service.name, orders, {f"bourse.{self.key_label}": str(key)}
+                ) as contexts:
+                    traces = tracing.order_traces_header(contexts)
+                    await self._step_and_publish(key, machine, inputs, started, traces)
+                return
+        await self._step_and_publish(key, machine, inputs, started)
+
+    async def _step_and_publish(
+        self,
+        key: K,
+        machine: M,
+        inputs: Sequence[Positioned[In]],
+        started: float,
+        order_traces: str = "",
+    ) -> None:
+        """Step the machine, answer, publish the outputs (each with `order_traces` when the
+        batch carries sampled orders), then a snapshot once due."""
         outputs = self.step(key, machine, inputs)
         self.cpu_s += time.process_time() - started
-        self.processed += len(messages)
+        self.processed += len(inputs)
+        if order_traces:
+            outputs.outgoing = [
+                dataclasses.replace(message, order_traces=order_traces) for message in outputs.outgoing
+            ]
         nc = self.service.ctx.nc
         for subject, data in outputs.replies:
             await nc.publish(subject, data)

@@ -40,8 +40,10 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
-from bourse.adapters import amqp
+from bourse.adapters import amqp, tracing
 from bourse.adapters.auth import (
     InvalidToken,
     TokenVerifier,
@@ -121,7 +123,7 @@ class AmqpIngress(Service):
         self.url = settings.rabbitmq_url.get_secret_value()
         self.topology = amqp_topology(settings)
         self.allowed_users = frozenset(settings.amqp_allowed_users or [amqp.url_user(self.url)])
-        self.intake = order_intake(ctx.nc, settings)
+        self.intake = order_intake(ctx.nc, settings, service=self.name)
         self.ids: LeasedIdGenerator | None = None
         self.verifier: TokenVerifier | None = None
         self.connection: AbstractRobustConnection | None = None
@@ -210,7 +212,21 @@ class AmqpIngress(Service):
         self.in_flight += 1
         self._idle.clear()
         try:
-            await self._handle(message)
+            tracer = tracing.tracer(self.name)
+            if tracer is None:
+                await self._handle(message)
+            else:
+                with tracer.start_as_current_span(
+                    "amqp order",
+                    context=tracing.incoming_context(message.headers),
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "rabbitmq",
+                        "messaging.message.id": message.message_id or "",
+                        "messaging.destination.name": message.routing_key or "",
+                    },
+                ):
+                    await self._handle(message)
         except Exception as exc:  # RabbitMQ unreachable: if the nack fails too, the closed channel requeues
             self.last_error = repr(exc)
             self.log.warning("amqp message not settled", extra={"error": repr(exc)})
@@ -328,6 +344,7 @@ class AmqpIngress(Service):
 
     async def _refuse(self, message: AbstractIncomingMessage, refused: Refused) -> None:
         assert self._dead_letters is not None
+        trace.get_current_span().set_attribute("bourse.refused", refused.code)
         await amqp.dead_letter(self._dead_letters, message, refused.code, refused.message)
         await message.ack()
         self.dead_lettered[refused.code] += 1

@@ -37,10 +37,12 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanContext
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bourse.adapters import tracing
 from bourse.adapters.auth import TokenVerifier, fetch_jwks, keep_keys_fresh
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.jetstream import stream_position
@@ -374,6 +376,16 @@ class Pusher(Service):
 
     def _on_private(self, stream: str, msg: Msg) -> None:
         started = time.process_time()
+        tracer = tracing.tracer(self.name)
+        orders = self._traced_orders(stream, msg) if tracer is not None else None
+        if tracer is not None and orders:
+            with tracing.stage_spans(tracer, self.name, orders, {"bourse.stream": stream}):
+                self._push_private(stream, msg)
+        else:
+            self._push_private(stream, msg)
+        self.cpu_s += time.process_time() - started
+
+    def _push_private(self, stream: str, msg: Msg) -> None:
         position = stream_position(msg)
         self.position[stream] = position.seq
         if self.members:
@@ -383,7 +395,21 @@ class Pusher(Service):
                 self.errors += 1
             else:
                 self._deliver_private(stream, position.seq, messages)
-        self.cpu_s += time.process_time() - started
+
+    @staticmethod
+    def _traced_orders(stream: str, msg: Msg) -> dict[int, SpanContext]:
+        """The sampled orders of an EVENTS message (those its events name) or of an ACCOUNTS
+        message (all it lists: a report covers its whole input batch)."""
+
+        def holds(_: int) -> list[int] | None:
+            if stream != EVENTS.kind:
+                return None
+            try:
+                return EVENT_BATCH_DECODER.decode(msg.data).order_ids()
+            except msgspec.DecodeError:
+                return []
+
+        return tracing.traced_orders([msg.headers], holds)
 
     def _private_messages(
         self, stream: str, data: bytes, timestamp_ns: int, wanted: Container[int]
@@ -691,7 +717,7 @@ class Pusher(Service):
                 self.log.warning("cancel on disconnect: open orders unknown", extra=failure)
                 continue
             if self.intake is None:
-                self.intake = order_intake(self.ctx.nc, self.ctx.settings)
+                self.intake = order_intake(self.ctx.nc, self.ctx.settings, service=self.name)
                 await self.intake.start()
             for view in orders:
                 if view.id in cancelled:
