@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -30,6 +30,20 @@ from nats.micro.service import Service as MicroService
 
 from bourse import __version__
 from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.jetstream import stream_pending
+from bourse.adapters.metrics import (
+    CONSUMER_BATCHES,
+    CONSUMER_FAILURES,
+    CONSUMER_LAG,
+    CONSUMER_MESSAGES,
+    ENDPOINT_ERRORS,
+    ENDPOINT_PROCESSING_SECONDS,
+    ENDPOINT_REQUESTS,
+    PROCESS_INFO,
+    SCRAPED,
+    ConsumerMeter,
+    Sample,
+)
 from bourse.adapters.retry import retrying
 from bourse.config.settings import Settings
 from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer
@@ -72,7 +86,11 @@ class ConsumerLoop:
     A batch in its handler (or being retried) for longer than `consumer_stall_s` makes the loop
     `stalled`, and its service not ok on /healthz: a handler waiting on a dead or black-holed
     server, or failing the same batch again and again, is a consumer that has stopped, whatever
-    the service itself reports."""
+    the service itself reports.
+
+    Metrics (`bourse.adapters.metrics`): the counts kept for /healthz and the stream's pending
+    count of the last message delivered are read at scrape time (`samples`); per batch the hot
+    path pays two histogram observes (size, seconds) and one split of an ack subject."""
 
     REQUEST_EXPIRES_S = 1.0
     """A pull request's life. A request the server never saw (sent while JetStream was still
@@ -96,7 +114,10 @@ class ConsumerLoop:
         self.delivered = 0
         self.batches = 0
         self.failures = 0
+        self.pending = 0
+        """Messages the stream held for this consumer after the last one delivered."""
         self.last_error: str | None = None
+        self._meter = ConsumerMeter(owner, spec.durable)
         self.stall_s = ctx.settings.consumer_stall_s
         self._handling_since: float | None = None
         """When the batch now in the handler was handed over (monotonic); None between batches."""
@@ -204,7 +225,7 @@ class ConsumerLoop:
             if not messages:
                 continue
             self._idle.clear()
-            self._handling_since = time.monotonic()
+            self._handling_since = since = time.monotonic()
             try:
                 await self._deliver(messages)
             finally:
@@ -212,6 +233,9 @@ class ConsumerLoop:
                 self._idle.set()
             self.delivered += len(messages)
             self.batches += 1
+            self._meter.batch(len(messages), time.monotonic() - since)
+            with contextlib.suppress(ValueError):
+                self.pending = stream_pending(messages[-1])
 
     async def _receive_retrying(self) -> list[Msg]:
         """`_receive`, again after connection trouble (the client reconnects meanwhile), with a
@@ -294,6 +318,13 @@ class ConsumerLoop:
             "stalled": self.stalled,
         }
 
+    def samples(self) -> Iterator[Sample]:
+        labels = (self.owner, self.spec.durable)
+        yield Sample(CONSUMER_MESSAGES, labels, self.delivered)
+        yield Sample(CONSUMER_BATCHES, labels, self.batches)
+        yield Sample(CONSUMER_FAILURES, labels, self.failures)
+        yield Sample(CONSUMER_LAG, labels, self.pending)
+
 
 class RunningService:
     """One started service with its micro registration and consumer loops."""
@@ -320,6 +351,21 @@ class RunningService:
         facts.setdefault("ok", self.state == "running")
         return facts
 
+    def samples(self) -> Iterator[Sample]:
+        """The process-wide families this service feeds, read at scrape time: its consumers',
+        its endpoints' (nats.micro's own counts) and the service's own (`Service.samples`)."""
+        for loop in self.loops:
+            yield from loop.samples()
+        if self.micro is not None:
+            name = self.service.name
+            # the base class's stats: without the health facts `_HealthInStats` adds to them
+            for endpoint in MicroService.stats(self.micro).endpoints:
+                labels = (name, endpoint.name)
+                yield Sample(ENDPOINT_REQUESTS, labels, endpoint.num_requests)
+                yield Sample(ENDPOINT_ERRORS, labels, endpoint.num_errors)
+                yield Sample(ENDPOINT_PROCESSING_SECONDS, labels, endpoint.processing_time / 1e9)
+        yield from self.service.samples()
+
 
 class _HealthInStats(MicroService):
     """A nats.micro service whose `$SRV.STATS` carries the service's health as each endpoint's
@@ -342,8 +388,12 @@ class ServiceHost:
         self.ctx = ctx
         self.running: list[RunningService] = []
         self.instance = instance_label(ctx.settings)
+        self._unwatch: list[Callable[[], None]] = []
+        """Removes this host's sources from the process's metrics (`SCRAPED`), at stop."""
 
     async def start(self, services: Sequence[type[Service]]) -> None:
+        info = Sample(PROCESS_INFO, (",".join(s.name for s in services), self.instance), 1)
+        self._unwatch.append(SCRAPED.watch(lambda: (info,)))
         for service_class in services:
             await self._start_one(service_class(self.ctx))
 
@@ -375,6 +425,7 @@ class ServiceHost:
             loop = ConsumerLoop(self.ctx, spec, service.name)
             await loop.start()
             running.loops.append(loop)
+        self._unwatch.append(SCRAPED.watch(running.samples))
         running.state = "running"
         await micro.start()  # $SRV.PING, INFO and STATS answer from here on: this instance is up
         log.info("service started", extra={"service": service.name, "micro_id": micro.id})
@@ -400,6 +451,9 @@ class ServiceHost:
                 log.exception("service stop failed", extra={"service": running.service.name})
             running.state = "stopped"
             log.info("service stopped", extra={"service": running.service.name})
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch.clear()
 
     def health(self) -> Mapping[str, dict[str, Any]]:
         return {running.service.name: running.health() for running in self.running}

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.jetstream import ensure_topology
+from bourse.adapters.metrics import exposition
 from bourse.config.production import check_production
 from bourse.config.settings import Settings, mask_url
 from bourse.runtime.health import HealthApp
@@ -113,7 +114,9 @@ class BourseProcess:
         return {"ok": ok, "nats": "connected" if nats_ok else "disconnected", "services": services}
 
     def metrics(self) -> str:
-        return self.host.metrics() if self.host else ""
+        """The process's families (`bourse.adapters.metrics`: CPU, memory, consumers, endpoints,
+        HTTP...), then each service's own."""
+        return exposition() + (self.host.metrics() if self.host else "")
 
     def links(self) -> dict[str, str]:
         links = dict(self.host.links()) if self.host else {}

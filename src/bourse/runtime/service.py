@@ -19,7 +19,7 @@ handler returns (one ack per batch: the consumers use AckPolicy.ALL).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
+from bourse.adapters.metrics import Sample
 from bourse.application.catalog import Catalog
 from bourse.application.ports import QueryFailed
 from bourse.config.settings import Settings
@@ -150,5 +151,12 @@ class Service:
         return {}
 
     def metrics(self) -> str:
-        """Prometheus text exposition lines (served at the health port's `/metrics`); "" for none."""
+        """Prometheus text exposition lines (served at the health port's `/metrics`); "" for none.
+        Only families of the service's own (`bourse_<service>_*`): a family several services
+        feed is one of the process's (`samples`), or two in one process would name it twice."""
         return ""
+
+    def samples(self) -> Iterable[Sample]:
+        """Values of the process-wide families (`bourse.adapters.metrics`, e.g. snapshot ages)
+        this service feeds, read at each scrape while it runs."""
+        return ()

@@ -8,10 +8,11 @@ only says how a batch's outputs are encoded and where they go.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bourse.adapters.jetstream import Outgoing
+from bourse.adapters.metrics import Sample, snapshot_age_samples
 from bourse.application.accounts_stage import AccountsShard
 from bourse.contracts.messages import (
     ACCOUNTS_BATCH_DECODER,
@@ -128,3 +129,6 @@ class AccountsService(Service):
 
     def health(self) -> Mapping[str, Any]:
         return {"shards": self.stage.positions(), **self.stage.health()}
+
+    def samples(self) -> Iterable[Sample]:
+        return snapshot_age_samples(self.name, self.stage.schedule.ages())

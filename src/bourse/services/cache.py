@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ from redis.asyncio import Redis
 
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.jetstream import stream_position
+from bourse.adapters.metrics import redis_write_seconds
 from bourse.adapters.redis_read_model import (
     CANDLES_KEPT,
     FIRST_MS,
@@ -126,6 +128,8 @@ class Cache(Service):
         self.rebuilds = 0
         self.redis_error: str | None = None
         self._ping: asyncio.Task[None] | None = None
+        self._write_seconds = redis_write_seconds(self.name)
+        """`bourse_redis_write_seconds`: each batch's MULTI/EXEC that went through."""
         self._history_cut = False
         """EVENTS dropped messages this cache never applied: a market's first candle in Redis may
         not be its first one, so its `first_ms` is not written (pages before it go to SQL)."""
@@ -314,6 +318,7 @@ class Cache(Service):
         changed[WATERMARK] = watermark
         kind = feed.kind
         target_met = self.projection.caught_up(lambda f: watermark if f is feed else f.watermark)
+        began = time.perf_counter()
         async with self.redis.pipeline(transaction=True) as pipe:
             for op in pipe_ops:
                 op(pipe)
@@ -321,6 +326,7 @@ class Cache(Service):
             if target_met and not self._ready:
                 pipe.hset(self.keys.positions, READY, 1)
             await pipe.execute()
+        self._write_seconds.observe(time.perf_counter() - began)
         feed.positions.update(changed)
         feed.watermark = watermark
         if target_met:

@@ -13,10 +13,11 @@ by the stateful-stage shell (`bourse.runtime.stage`); this module says how outpu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bourse.adapters.jetstream import Outgoing
+from bourse.adapters.metrics import Sample, snapshot_age_samples
 from bourse.application.matching_stage import MarketShard
 from bourse.contracts.messages import (
     MATCH_BATCH_DECODER,
@@ -104,3 +105,6 @@ class MatchingService(Service):
             "open_orders": {symbol: shard.engine.open_order_count() for symbol, shard in machines.items()},
             **self.stage.health(),
         }
+
+    def samples(self) -> Iterable[Sample]:
+        return snapshot_age_samples(self.name, self.stage.schedule.ages())

@@ -57,6 +57,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bourse.adapters.cancellation import cancel_and_wait
+from bourse.adapters.metrics import sql_write_seconds
 from bourse.adapters.retry import retrying
 from bourse.adapters.sql.database import create_engine, upgrade
 from bourse.adapters.sql.lock import PersistenceLock
@@ -183,6 +184,8 @@ class Persistence(Service):
         self.accounts = self.projection.feed(ACCOUNTS.kind)
         self.lag = {kind: StreamLag() for kind in self.projection.feeds}
         self.write_s = {kind: 0.0 for kind in self.projection.feeds}
+        self._write_seconds = sql_write_seconds(self.name)
+        """`bourse_sql_write_seconds`: each committed transaction, without its wait for SQLite's lock."""
         self._serial: asyncio.Lock | None = None
         self._known_members: set[int] = set()
         self._lag_task: asyncio.Task[None] | None = None
@@ -315,7 +318,9 @@ class Persistence(Service):
         started = time.perf_counter()
         # the deadline starts once this feed may write (SQLite: the other one is done)
         async with self._serialized():
+            began = time.perf_counter()
             written = await self._attempt(engine, transaction, self.ctx.settings.sql_transaction_timeout_s)
+            self._write_seconds.observe(time.perf_counter() - began)
         self.write_s[feed.kind] += time.perf_counter() - started
         self._stored(feed, written.positions)
         self._known_members.update(written.members)

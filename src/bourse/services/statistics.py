@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bourse.adapters.jetstream import SnapshotSchedule, SnapshotStore
+from bourse.adapters.metrics import Sample, observe_order_to_trade, snapshot_age_samples
 from bourse.application.market_statistics import MarketStatistics, MarketUpdates
 from bourse.application.ports import QueryFailed
 from bourse.application.projection import Envelope, fresh
@@ -69,6 +70,8 @@ from bourse.contracts.subjects import (
     statistics_subject,
 )
 from bourse.domain.depth_book import DepthSnapshot
+from bourse.domain.order_ids import id_timestamp_ms
+from bourse.domain.orders import Trade
 from bourse.domain.tickers import Ticker
 from bourse.runtime.projection import EVENTS_FEED, Applied, Feed, Projection
 from bourse.runtime.service import Endpoint, Service, ServiceContext, StreamConsumer, query_endpoint
@@ -196,17 +199,22 @@ class Statistics(Service):
         """Fold what is fresh, publish what it changed, move the positions; never raises for a
         publish (market data is at most once: the next message carries the state)."""
         started = time.process_time()
+        live = self.ready
         batch = fresh(envelopes, lambda key: int(feed.positions.get(key, 0)), feed.watermark)
         touched: dict[str, MarketStatistics] = {}
+        folded: list[EventBatch] = []
         for envelope in batch.envelopes:
             body: EventBatch = envelope.body
             stats = self.stats.get(body.market)
             if stats is not None and stats.apply(body):
                 touched[body.market] = stats
+                folded.append(body)
         feed.positions.update({key: envelope.seq for key, envelope in batch.latest.items()})
         feed.watermark = max(feed.watermark, watermark)
         for market, stats in touched.items():
             await self._publish(market, stats.drain())
+        if live:  # a catch-up republishes old trades: their delay says nothing of the pipeline
+            _order_to_trade(folded)
         self._check_ready()
         if self._snapshots.due(self.snapshot_name):
             self._snapshots.save_in_background(self.snapshot_name, feed.watermark, self._snapshot())
@@ -317,6 +325,9 @@ class Statistics(Service):
     def metrics(self) -> str:
         return generate_latest(self.registry).decode()
 
+    def samples(self) -> Iterable[Sample]:
+        return snapshot_age_samples(self.name, self._snapshots.ages())
+
     def health(self) -> Mapping[str, Any]:
         failing = self.projection.failing()
         return {
@@ -330,3 +341,14 @@ class Statistics(Service):
             "cpu_s": round(self.cpu_s, 3),
             **self.projection.health(),
         }
+
+
+def _order_to_trade(published: Iterable[EventBatch]) -> None:
+    """`bourse_order_to_trade_seconds`, per trade just published: from its taker order's id
+    time (stamped by the gateway or the ingress that took the order) to now. Clocks of two hosts
+    may disagree by a little: a negative delay counts as none."""
+    now_ms = time.time() * 1000
+    for body in published:
+        for event in body.events:
+            if type(event) is Trade:
+                observe_order_to_trade(max(now_ms - id_timestamp_ms(event.taker_order_id), 0.0) / 1000)
