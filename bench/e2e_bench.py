@@ -81,6 +81,7 @@ from bourse.contracts.subjects import EVENTS, MATCH, ORDERS, STREAMS
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.services import services_for
 from lean_http import LeanHttpConnection, build_request
+from otlp_sink import OtlpSink
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
@@ -330,6 +331,13 @@ async def start_system(args: argparse.Namespace, workdir: Path) -> System:
     for setting in args.set:
         name, _, value = setting.partition("=")
         env[f"BOURSE_{name.upper()}"] = value
+    if args.trace_ratio is not None:  # every server exports its spans to the bench's receiver
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=args.trace_endpoint,
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG=str(args.trace_ratio),
+        )
     http_port = free_port()
     env["BOURSE_HTTP_PORT"] = str(http_port)
     env["BOURSE_PUSHER_PORT"] = "0"  # any free port: the bench drives no WebSocket
@@ -1023,6 +1031,16 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None or value != value else f"{value:,.{digits}f}"
 
 
+def tracing_line(result: dict[str, Any]) -> str:
+    tracing = result.get("tracing") or {}
+    if tracing.get("ratio") is None:
+        return "tracing: off"
+    return (
+        f"tracing: on, sampling {tracing['ratio']}; {tracing['spans_exported']} spans exported "
+        f"in {tracing['exports']} OTLP requests"
+    )
+
+
 def render_text(result: dict[str, Any]) -> str:
     o, lat = result["orders"], result["latency_ms"]
     lines = [
@@ -1032,6 +1050,7 @@ def render_text(result: dict[str, Any]) -> str:
         f"(+{result['drain_s']:.1f}s drain), machine busy {result['machine']['busy_share']:.0%} "
         f"of {result['machine']['cpus']} cpus ({result['machine']['other_processes_cores']:.2f} cores "
         "used by processes outside the benchmark)",
+        tracing_line(result),
         f"orders: {o['ok']} ok of {o['sent']} sent; achieved {o['rate_ok']:.0f} orders/s ok within the "
         f"window (scheduled {o['scheduled_rate']:.0f}/s) "
         f"(201: {o['status_201']}, 202: {o['status_202']}); "
@@ -1208,6 +1227,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder (logs)")
     parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="tracing on, sampling this share of orders (0, 0.01, 1), spans exported over OTLP to a "
+        "receiver in the bench (not counted as server CPU); default: tracing off",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -1230,12 +1257,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        import uvloop
+    with OtlpSink(keep=False) as sink:
+        args.trace_endpoint = sink.endpoint
+        try:
+            import uvloop
 
-        result = uvloop.run(run_bench(args))
-    except ImportError:
-        result = asyncio.run(run_bench(args))
+            result = uvloop.run(run_bench(args))
+        except ImportError:
+            result = asyncio.run(run_bench(args))
+        result["tracing"] = {"ratio": args.trace_ratio, "spans_exported": sink.count, "exports": sink.exports}
     text = render_text(result)
     print(text)
     json_path, html_path = write_reports(result, text)

@@ -7,6 +7,7 @@ No Jaeger or OpenTelemetry Collector build installs from the registries this mac
 
 from __future__ import annotations
 
+import gzip
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,8 @@ class OtlpSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION
+                    body = gzip.decompress(body)
                 sink._received(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
