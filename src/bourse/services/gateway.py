@@ -44,6 +44,7 @@ from bourse.config.intake import order_intake
 from bourse.entrypoints.rest.app import create_app
 from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.hot_path import OrderHotPath
+from bourse.entrypoints.rest.http_metrics import HttpMetrics, RouteTemplates
 from bourse.runtime.service import Service, ServiceContext
 
 
@@ -137,10 +138,13 @@ class Gateway(Service):
                 clock_skew_s=settings.clock_skew_max_s,
             ),
         )
-        app: Any = create_app(deps)
+        api = create_app(deps)
+        app: Any = api
         if settings.gateway_hot_path:
             app = OrderHotPath(app, deps)
-        self.app = app = ReadHeaders(app)
+        app = ReadHeaders(app)
+        app = HttpMetrics(app, RouteTemplates.of(api.routes))  # outermost: times all of it
+        self.app = app
         self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
         self._refresh = asyncio.create_task(
