@@ -49,6 +49,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from bourse.adapters.amqp import delete as delete_amqp_topology
@@ -63,6 +64,8 @@ from bourse.domain.values import MemberId
 from bourse.services import SERVICES
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.conftest import SYSTEM_NATS_URL, free_port
+from tests.deploy.dashboard import dashboard_metrics, load_dashboard, sample_names
+from tests.deploy.otlp import OtlpReceiver
 from tests.e2e.harness import delete_namespace
 from tests.faults.system import REDIS_URL, ServiceProc
 from tests.persistence.helpers import fresh_database, scalar
@@ -444,6 +447,8 @@ class Local:
     workdir: Path
     sql_url: str
     keys_dir: Path
+    otlp: OtlpReceiver
+    """Stands in for compose's Jaeger: where the processes' traces go."""
 
     def environment(self, name: str, env: dict[str, str], base: dict[str, str]) -> dict[str, str]:
         """A container's environment for a local process: the image's ENV, then the container's,
@@ -456,6 +461,8 @@ class Local:
             "BOURSE_STREAM_REPLICAS": "1",  # one local server, not a cluster
             "BOURSE_JWT_KEYS_DIR": str(self.keys_dir),  # the mounted secret
             "BOURSE_HTTP_HOST": "127.0.0.1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp.endpoint,  # compose's http://jaeger:4318
+            "OTEL_TRACES_SAMPLER_ARG": "1",  # every order traced, to find this test's
             # This machine's servers use default credentials (MariaDB root, RabbitMQ guest), which
             # the guard refuses; the compose values pass it (test_every_container_passes_...).
             "BOURSE_ENVIRONMENT": "development",
@@ -553,8 +560,13 @@ def token_issuer(folder: Path) -> TokenIssuer:
 @pytest.fixture
 async def local(tmp_path: Path) -> AsyncIterator[Local]:
     namespace = f"deploy{uuid.uuid4().hex[:8]}"
-    async with fresh_database("mariadb", str(tmp_path)) as sql_url:
-        yield Local(namespace, tmp_path, sql_url, tmp_path / "jwt-keys")
+    otlp = OtlpReceiver()
+    await otlp.start()
+    try:
+        async with fresh_database("mariadb", str(tmp_path)) as sql_url:
+            yield Local(namespace, tmp_path, sql_url, tmp_path / "jwt-keys", otlp)
+    finally:
+        await otlp.stop()
     nc = await nats.connect(servers=[SYSTEM_NATS_URL])
     with contextlib.suppress(Exception):
         await delete_namespace(nc, namespace)
@@ -609,6 +621,8 @@ async def test_every_container_runs_as_a_local_process_and_trades(local: Local) 
             buy = await place(http, api, issuer.issue(buyer), {**order, "side": "buy"})
             assert buy["status"] == "executed", buy
             await until_in_sql(local.sql_url, buy["id"])
+            await until_dashboard_metrics_exposed(http, launch)
+            await until_traced(local.otlp, buy["id"])
     finally:
         launch.stop()
 
@@ -636,3 +650,40 @@ async def until_in_sql(sql_url: str, order_id: str) -> None:
                 return
         assert time.monotonic() < deadline, "the trade never reached SQL"
         await asyncio.sleep(0.2)
+
+
+async def until_dashboard_metrics_exposed(http: httpx.AsyncClient, launch: Launch) -> None:
+    """Every metric the Grafana dashboard queries is served by some process's /metrics, as
+    Prometheus scrapes them (a labelled family counts once declared, before its first sample)."""
+    wanted = dashboard_metrics(load_dashboard())
+    deadline = time.monotonic() + 15
+    while True:
+        families: dict[str, str] = {}
+        for proc in (proc for procs in launch.procs.values() for proc in procs):
+            response = await http.get(f"http://127.0.0.1:{proc.health_port}/metrics")
+            assert response.status_code == 200, f"{proc.name}: /metrics {response.status_code}"
+            families.update(
+                (family.name, family.type) for family in text_string_to_metric_families(response.text)
+            )
+        missing = sorted(wanted - sample_names(families))
+        if not missing:
+            return
+        assert time.monotonic() < deadline, f"the dashboard queries metrics no process serves: {missing}"
+        await asyncio.sleep(0.5)
+
+
+async def until_traced(otlp: OtlpReceiver, order_id: str) -> None:
+    """The order's trace reached compose's Jaeger (the stand-in on its OTLP/HTTP port), over
+    http/protobuf, with spans of more than one service, found by the `bourse.order_id` attribute."""
+    deadline = time.monotonic() + 15  # the SDK's batch processor exports every 5 s
+    while True:
+        services = {span.service for span in otlp.trace_of("bourse.order_id", order_id)}
+        if len(services) > 1:
+            break
+        assert time.monotonic() < deadline, (
+            f"order {order_id}: trace services {sorted(services)}, {len(otlp.spans)} spans received; "
+            f"requests {otlp.requests[:5]}"
+        )
+        await asyncio.sleep(0.5)
+    assert {(method, path) for method, path, _ in otlp.requests} == {("POST", "/v1/traces")}
+    assert {kind for _, _, kind in otlp.requests} == {"application/x-protobuf"}
