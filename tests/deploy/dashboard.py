@@ -1,4 +1,5 @@
-"""The Grafana dashboard's queries and the metric contract they are held to (issue 14)."""
+"""The Grafana dashboard's queries, and the metric contract they are held to: the table of
+docs/architecture.md, Observability > Metrics (issue 14)."""
 
 from __future__ import annotations
 
@@ -11,63 +12,38 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "bourse.json"
 
+ARCHITECTURE = DEPLOY.parent / "docs" / "architecture.md"
+
 # --- the metric contract ------------------------------------------------------------------------
 
-METRICS: dict[str, str] = {
-    # prometheus_client's process collector, in every process
-    "process_cpu_seconds": "counter",
-    "process_resident_memory_bytes": "gauge",
-    "process_virtual_memory_bytes": "gauge",
-    "process_open_fds": "gauge",
-    "process_max_fds": "gauge",
-    "process_start_time_seconds": "gauge",
-    # every process (runtime)
-    "bourse_process_info": "gauge",
-    "bourse_consumer_messages": "counter",
-    "bourse_consumer_batches": "counter",
-    "bourse_consumer_failures": "counter",
-    "bourse_consumer_batch_size": "histogram",
-    "bourse_consumer_batch_seconds": "histogram",
-    "bourse_consumer_lag_messages": "gauge",
-    "bourse_endpoint_requests": "counter",
-    "bourse_endpoint_errors": "counter",
-    "bourse_endpoint_processing_seconds": "counter",
-    "bourse_snapshot_age_seconds": "gauge",
-    # gateway and amqp-ingress; statistics' order to trade
-    "bourse_http_requests": "counter",
-    "bourse_http_request_duration_seconds": "histogram",
-    "bourse_orders": "counter",
-    "bourse_order_to_trade_seconds": "histogram",
-    # writers
-    "bourse_sql_write_seconds": "histogram",
-    "bourse_redis_write_seconds": "histogram",
-    # pusher
-    "bourse_pusher_connections": "gauge",
-    "bourse_pusher_members": "gauge",
-    "bourse_pusher_channels": "gauge",
-    "bourse_pusher_messages_delivered": "counter",
-    "bourse_pusher_slow_consumers_closed": "counter",
-    "bourse_pusher_connections_refused": "counter",
-    "bourse_pusher_orders_cancelled_on_disconnect": "counter",
-    "bourse_pusher_handler_cpu_seconds": "counter",
-    # statistics
-    "bourse_statistics_watermark": "gauge",
-    "bourse_statistics_market_sequence": "gauge",
-    "bourse_statistics_messages_published": "counter",
-    "bourse_statistics_publish_failures": "counter",
-    "bourse_statistics_handler_cpu_seconds": "counter",
-    # persistence
-    "bourse_persistence_lag_messages": "gauge",
-    "bourse_persistence_subject_lag": "gauge",
-    **{
-        f"bourse_persistence_{name}": "counter"
-        for name in ("messages", "items", "rows", "duplicates", "transactions", "failures")
-    },
-}
-"""Metric families by type: the contract of issue 14 between the services' metrics and this
-dashboard (the issue's metric list; the pusher's, statistics' and persistence's as
-docs/architecture.md lists them). Family names as prometheus-client gives them: a counter's
-samples add `_total`, a histogram's `_bucket`, `_sum` and `_count`."""
+
+def documented_metrics(text: str | None = None) -> set[str]:
+    """The sample names of every metric in docs/architecture.md's table (Observability > Metrics):
+    the contract between the services and the dashboards. A cell's names are as written there,
+    with `{a,b}_total` alternatives and `_more` shorthands (after the row's first name, its first
+    two words: `bourse_pusher_connections`, `_members`); a histogram row's name stands for its
+    `_bucket`, `_sum` and `_count`."""
+    text = ARCHITECTURE.read_text() if text is None else text
+    start = text.index("\n### Metrics\n")
+    end = text.find("\n## ", start)
+    names: set[str] = set()
+    for line in text[start:end].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) < 2:
+            continue
+        written = re.findall(r"`([a-z_:{},]+)`", cells[0])
+        prefix = "_".join(written[0].split("_")[:2]) if written else ""
+        for name in written:
+            name = prefix + name if name.startswith("_") else name
+            if match := re.fullmatch(r"(\w*)\{([\w,]+)\}(\w*)", name):
+                expanded = [match[1] + part + match[3] for part in match[2].split(",")]
+            else:
+                expanded = [name]
+            for one in expanded:
+                histogram = "histogram" in cells[1] and not one.endswith("_total")
+                names |= {one + suffix for suffix in (("_bucket", "_sum", "_count") if histogram else ("",))}
+    return names
+
 
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
