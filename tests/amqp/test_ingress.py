@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel
 from nats.aio.client import Client
 
 from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopology
+from bourse.adapters.metrics import exposition
 from bourse.config.auth import issuer_for, key_ring_for
 from bourse.config.settings import Settings
 from bourse.contracts.subjects import ORDERS
@@ -21,6 +22,7 @@ from bourse.domain.orders import OrderStatus
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
 from tests.amqp.helpers import RABBITMQ_URL, Publisher, dead_letters, engine_record, queue_depth, rabbitmqctl
+from tests.runtime.scrape import Scrape
 
 
 def mid() -> str:
@@ -40,9 +42,16 @@ def limit(member: int, side: str, amount: str, price: str, **extra: Any) -> dict
     }
 
 
+def amqp_orders(outcome: str) -> float:
+    """`bourse_orders_total{source="amqp", outcome}` of this process, as /metrics serves it."""
+    found = Scrape.parse(exposition()).series("bourse_orders_total", source="amqp", outcome=outcome)
+    return sum(found.values())
+
+
 async def test_commands_flow_to_trades(
     pipeline: BourseProcess, publisher: Publisher, nc: Client, amqp_settings: Settings
 ) -> None:
+    accepted_before = amqp_orders("accepted")
     sell, buy = mid(), mid()
     await publisher.publish(limit(1, "sell", "0.5", "50000"), sell)
     assert (await publisher.reply(sell)).status == "accepted"
@@ -72,6 +81,7 @@ async def test_commands_flow_to_trades(
     assert record.accepted_by_client_id() == {sell: 1, "bob-1": 1}
     health = ingress_of(pipeline).health()
     assert (health["acked"], health["dead_lettered"]) == (4, {}), health
+    assert amqp_orders("accepted") - accepted_before == 2  # the two creates; amend and cancel place none
 
 
 async def test_refused_messages_are_dead_lettered_with_their_reason(
@@ -106,6 +116,7 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
         ("malformed_token", good, {"headers": {"authorization": "Bearer not.a.token"}}),
     ]
     # (no case without a message id: aio-pika, like every aiormq client, fills in a random one)
+    refused_before = amqp_orders("refused")
     sent: list[str] = []
     for _code, body, options in cases:
         message_id = options.pop("message_id", mid())
@@ -128,6 +139,8 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
     assert await (await rabbit.get_queue(topology.dead_letter_queue)).get(fail=False) is None
     health = ingress_of(pipeline).health()
     assert (health["acked"], health["requeued"]) == (0, 0), health
+    creates = sum(1 for _, body, _ in cases if isinstance(body, dict) and body["command"] == "create")
+    assert amqp_orders("refused") - refused_before == creates
 
     # with a valid token of its member, the same order goes through
     token_of_1 = issuer_for(amqp_settings, ring).issue(1)

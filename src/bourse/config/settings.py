@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         default=True,
         description="Serve POST /order without the framework (same code and schema; see api/hot_path.py).",
     )
+    access_log_sample: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of REST requests the gateway writes an access-log line for (5xx always); "
+        "0 turns the access log off.",
+    )
     order_intake_linger_s: float = Field(
         default=0.002,
         ge=0,

@@ -53,6 +53,7 @@ from bourse.adapters.auth import (
 )
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.id_leases import LeasedIdGenerator
+from bourse.adapters.metrics import count_order
 from bourse.adapters.order_intake import Submission
 from bourse.application.order_requests import (
     OrderRequestError,
@@ -256,6 +257,8 @@ class AmqpIngress(Service):
         try:
             submission = await self.intake.submit(request.command)
         except Exception as exc:
+            if isinstance(request.command, PlaceOrder):
+                count_order("amqp", "failed")
             await self._requeue(message)
             self._pause(f"order not durable: {exc!r}")
             return
@@ -269,8 +272,10 @@ class AmqpIngress(Service):
                 )
                 self._reply_tasks.add(task)
                 task.add_done_callback(self._reply_tasks.discard)
-            else:
+            else:  # durable, and nobody waits for its decision
                 self.intake.forget(submission)
+                if isinstance(request.command, PlaceOrder):
+                    count_order("amqp", "pending")
 
     def _check(self, message: AbstractIncomingMessage) -> Request:
         """The command a message asks for, or `Refused` with the reason."""
@@ -345,6 +350,8 @@ class AmqpIngress(Service):
     async def _refuse(self, message: AbstractIncomingMessage, refused: Refused) -> None:
         assert self._dead_letters is not None
         trace.get_current_span().set_attribute("bourse.refused", refused.code)
+        if _command_name(message.body) == "create":
+            count_order("amqp", "refused")
         await amqp.dead_letter(self._dead_letters, message, refused.code, refused.message)
         await message.ack()
         self.dead_lettered[refused.code] += 1
@@ -371,6 +378,10 @@ class AmqpIngress(Service):
         self, reply_to: str, correlation_id: str | None, request: Request, submission: Submission
     ) -> None:
         decision, outcome = await self.intake.answer(submission, self.ctx.settings.amqp_reply_timeout_s)
+        if isinstance(request.command, PlaceOrder):  # a duplicate places nothing: refused, as over REST
+            count_order(
+                "amqp", "pending" if decision is None else "accepted" if decision.accepted else "refused"
+            )
         await self._send(reply_to, correlation_id, self._reply(request, decision, outcome), REPLY_RETRY_S)
 
     @staticmethod

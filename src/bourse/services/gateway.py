@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bourse.adapters import tracing
 from bourse.adapters.auth import TokenVerifier, fetch_jwks, keep_keys_fresh
 from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.http_server import HttpServer
@@ -41,10 +42,12 @@ from bourse.adapters.statistics_client import StatisticsClient
 from bourse.application.ports import ReadModel, StatisticsReads
 from bourse.config.auth import verifier_for
 from bourse.config.intake import order_intake
+from bourse.entrypoints.rest.access_log import AccessLog
 from bourse.entrypoints.rest.app import create_app
 from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.hot_path import OrderHotPath
 from bourse.entrypoints.rest.http_metrics import HttpMetrics, RouteTemplates
+from bourse.entrypoints.rest.request_tracing import RequestTracing
 from bourse.runtime.service import Service, ServiceContext
 
 
@@ -143,7 +146,12 @@ class Gateway(Service):
         if settings.gateway_hot_path:
             app = OrderHotPath(app, deps)
         app = ReadHeaders(app)
-        app = HttpMetrics(app, RouteTemplates.of(api.routes))  # outermost: times all of it
+        routes = RouteTemplates.of(api.routes)
+        if settings.access_log_sample > 0:
+            app = AccessLog(app, routes, settings.access_log_sample)
+        if (tracer := tracing.tracer(self.name)) is not None:
+            app = RequestTracing(app, tracer, routes)
+        app = HttpMetrics(app, routes)  # outermost: times all of it
         self.app = app
         self.server = HttpServer(app, settings.http_host, settings.http_port)
         await self.server.start()
