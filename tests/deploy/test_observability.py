@@ -300,6 +300,21 @@ def test_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_dashboards_job_and_workload_labels_come_from_both_scrape_configs() -> None:
+    """The dashboard selects `job="..."` and groups by `workload`: both Prometheus configs (compose,
+    Kubernetes) name that job and set that label on its targets."""
+    exprs = " ".join(expressions(load_dashboard()))
+    jobs = set(re.findall(r'job="([^"]+)"', exprs))
+    assert jobs
+    for path in (PROMETHEUS, K8S_PROMETHEUS):
+        config = yaml.safe_load(path.read_text())
+        named = {job["job_name"]: job for job in config["scrape_configs"]}
+        assert jobs <= named.keys(), path
+        for job in jobs:
+            targets = {rule.get("target_label") for rule in named[job].get("relabel_configs", [])}
+            assert "workload" not in exprs or "workload" in targets, path
+
+
 def kustomization() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     return loaded
