@@ -28,6 +28,10 @@ processes `python -m bourse run <group>`, supervised.
   (kept across restarts), read (with httpx) for its `/metrics` only. The supervisor's
   `BOURSE_HEALTH_PORT` is the public one: its `/healthz` merges the children's services with
   their liveness and the supervisor's NATS connection (`/metrics` concatenates theirs).
+- The same poll feeds the live dashboard (`bourse.runtime.dashboard`, `GET /dashboard` on that
+  port, a `dashboard` line in the banner): the children's metrics text as read, the CPU and
+  memory of the supervisor and of the embedded nats-server from `/proc`, and the JetStream
+  streams' facts over the supervisor's NATS connection.
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ from nats.aio.subscription import Subscription
 
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.jetstream import ensure_topology
+from bourse.application.dashboard_series import ProcessScrape
 from bourse.config.production import check_production
 from bourse.config.settings import Settings, mask_url
+from bourse.contracts.subjects import STREAMS
+from bourse.runtime.dashboard import ASGIApp, Dashboard, process_scrape, read_streams
 from bourse.runtime.health import HealthApp
 from bourse.runtime.host import HEALTH_ENDPOINT, INSTANCE_KEY, LINK_PREFIX, micro_name
 from bourse.runtime.nats_server import EmbeddedNatsServer, die_with_parent
@@ -245,6 +252,8 @@ class Supervisor:
         self.nc: Client | None = None
         self.http: httpx.AsyncClient | None = None
         self.health_server: HttpServer | None = None
+        self.dashboard = Dashboard(self.links) if settings.health_port else None
+        """Served on the health port, so there is none without one."""
         self.ready_timeout_s = READY_TIMEOUT_S
         self._token = secrets.token_hex(4)
         """Part of every instance label this supervisor gives: no other process's services carry it."""
@@ -284,9 +293,10 @@ class Supervisor:
         await self._poll_once()
         self._poller = asyncio.create_task(self._poll(), name="supervise:health")
         if self.settings.health_port:
-            self.health_server = HttpServer(
-                HealthApp(self.health, self.metrics), self.settings.http_host, self.settings.health_port
-            )
+            app: ASGIApp = HealthApp(self.health, self.metrics)
+            if self.dashboard is not None:
+                app = self.dashboard.app(app)
+            self.health_server = HttpServer(app, self.settings.http_host, self.settings.health_port)
             await self.health_server.start()
 
     def request_stop(self) -> None:
@@ -491,7 +501,31 @@ class Supervisor:
             await self._poll_once()
 
     async def _poll_once(self) -> None:
-        await asyncio.gather(*(self._poll_child(child) for child in self.children))
+        children = asyncio.gather(*(self._poll_child(child) for child in self.children))
+        if self.dashboard is None or self.nc is None:
+            await children
+            return
+        names = [spec.name(self.settings.namespace) for spec in STREAMS]
+        _, streams = await asyncio.gather(children, read_streams(self.nc, names))
+        self.dashboard.series.add(time.time(), self._scrapes(self.dashboard), streams)
+
+    def _scrapes(self, dashboard: Dashboard) -> list[ProcessScrape]:
+        """This tick's processes for the dashboard: the supervisor, the embedded nats-server and
+        each child whose `/metrics` answered (one that did not is left out, so that its counters
+        are later compared with its last scrape, not with a hole)."""
+        facts = dashboard.facts
+        scrapes = [process_scrape("supervisor", dashboard.supervisor_instance, "", os.getpid(), facts)]
+        pids = [os.getpid()]
+        if self.nats_server is not None and (pid := self.nats_server.pid) is not None:
+            scrapes.append(process_scrape("nats-server", str(pid), "", pid, facts))
+            pids.append(pid)
+        for child in self.children:
+            if child.alive and child.ready and child.metrics and child.process is not None:
+                label = ", ".join(child.services)
+                scrapes.append(process_scrape(label, child.instance, child.metrics, child.process.pid, facts))
+                pids.append(child.process.pid)
+        facts.keep_only(pids)
+        return scrapes
 
     async def _poll_child(self, child: Child) -> None:
         if not (child.ready and child.alive):
@@ -573,6 +607,8 @@ class Supervisor:
         links = {label: found.pop(label) for label in LINKS_FIRST if label in found}
         links.update(found)
         if self.health_server is not None:
+            if self.dashboard is not None:
+                links["dashboard"] = f"{self.health_server.url}/dashboard"
             links["health"] = f"{self.health_server.url}/healthz"
         if self.nats_server is not None:
             links["nats"] = self.nats_server.url
