@@ -531,12 +531,16 @@ class Supervisor:
         if not (child.ready and child.alive):
             child.health, child.metrics = {}, ""
             return
+        run, instances = child.instance, dict(child.instances)
         facts = await asyncio.gather(
-            *(self._service_health(service, instance) for service, instance in child.instances.items())
+            *(self._service_health(service, instance) for service, instance in instances.items())
         )
-        services = dict(zip(child.instances, facts, strict=True))
+        metrics = await self._child_metrics(child)
+        if child.instance != run:  # it was restarted while we asked: these answers are the last run's
+            return
+        services = dict(zip(instances, facts, strict=True))
         child.health = {"ok": all(bool(f.get("ok")) for f in services.values()), "services": services}
-        child.metrics = await self._child_metrics(child)
+        child.metrics = metrics
 
     async def _service_health(self, service: str, instance: str) -> dict[str, Any]:
         """The service's health facts, from its instance's `$SRV.STATS`: the `data` of its
