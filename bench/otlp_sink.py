@@ -46,12 +46,19 @@ class OtlpSink:
         self.spans: list[ReceivedSpan] = []
         self.count = 0
         self.exports = 0
+        self.requests: list[tuple[str, str, str]] = []
+        """(method, path, content type) of every request."""
         self._lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with sink._lock:
+                    sink.requests.append(("POST", self.path, self.headers.get("content-type", "")))
+                if self.path != "/v1/traces":
+                    self.send_error(404)
+                    return
                 if self.headers.get("content-encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION
                     body = gzip.decompress(body)
                 sink._received(body)
@@ -113,7 +120,8 @@ class OtlpSink:
         with self._lock:
             return [span for span in self.spans if span.trace_id == trace_id]
 
-    def traces_of(self, attribute: str, value: Any) -> set[str]:
-        """The trace ids of the spans whose `attribute` is `value`."""
+    def trace_of(self, attribute: str, wanted: str) -> list[ReceivedSpan]:
+        """Every span of the traces holding a span whose `attribute` reads `wanted`."""
         with self._lock:
-            return {span.trace_id for span in self.spans if span.attributes.get(attribute) == value}
+            traces = {span.trace_id for span in self.spans if str(span.attributes.get(attribute)) == wanted}
+            return [span for span in self.spans if span.trace_id in traces]

@@ -62,10 +62,10 @@ from bourse.contracts.messages import AccountsBatch, Deposit, encode
 from bourse.contracts.subjects import ORDERS, member_shard
 from bourse.domain.values import MemberId
 from bourse.services import SERVICES
+from otlp_sink import OtlpSink  # bench/ (pytest pythonpath)
 from tests.amqp.helpers import RABBITMQ_URL
 from tests.conftest import SYSTEM_NATS_URL, free_port
 from tests.deploy.dashboard import dashboard_metrics, load_dashboard, sample_names
-from tests.deploy.otlp import OtlpReceiver
 from tests.e2e.harness import delete_namespace
 from tests.faults.system import REDIS_URL, ServiceProc
 from tests.persistence.helpers import fresh_database, scalar
@@ -447,7 +447,7 @@ class Local:
     workdir: Path
     sql_url: str
     keys_dir: Path
-    otlp: OtlpReceiver
+    otlp: OtlpSink
     """Stands in for compose's Jaeger: where the processes' traces go."""
 
     def environment(self, name: str, env: dict[str, str], base: dict[str, str]) -> dict[str, str]:
@@ -497,7 +497,8 @@ class Launch:
         return [proc for procs in self.procs.values() for proc in procs if "gateway" in proc.services]
 
     async def start_all(self, http: httpx.AsyncClient) -> None:
-        async with asyncio.timeout(60):
+        # a dozen containers as processes on 2 cores: ~40 s when other work shares them
+        async with asyncio.timeout(120):
             await asyncio.gather(*(self.start(name, http) for name in self.containers))
 
     async def start(self, name: str, http: httpx.AsyncClient) -> None:
@@ -560,13 +561,9 @@ def token_issuer(folder: Path) -> TokenIssuer:
 @pytest.fixture
 async def local(tmp_path: Path) -> AsyncIterator[Local]:
     namespace = f"deploy{uuid.uuid4().hex[:8]}"
-    otlp = OtlpReceiver()
-    await otlp.start()
-    try:
+    with OtlpSink() as otlp:
         async with fresh_database("mariadb", str(tmp_path)) as sql_url:
             yield Local(namespace, tmp_path, sql_url, tmp_path / "jwt-keys", otlp)
-    finally:
-        await otlp.stop()
     nc = await nats.connect(servers=[SYSTEM_NATS_URL])
     with contextlib.suppress(Exception):
         await delete_namespace(nc, namespace)
@@ -672,7 +669,7 @@ async def until_dashboard_metrics_exposed(http: httpx.AsyncClient, launch: Launc
         await asyncio.sleep(0.5)
 
 
-async def until_traced(otlp: OtlpReceiver, order_id: str) -> None:
+async def until_traced(otlp: OtlpSink, order_id: str) -> None:
     """The order's trace reached compose's Jaeger (the stand-in on its OTLP/HTTP port), over
     http/protobuf, with spans of more than one service, found by the `bourse.order_id` attribute."""
     deadline = time.monotonic() + 15  # the SDK's batch processor exports every 5 s
