@@ -62,7 +62,10 @@ def test_bourse_up_in_one_process_serves_the_api_and_exits_zero_on_ctrl_c(tmp_pa
         start_new_session=True,  # like a terminal: Ctrl-C goes to the whole process group
     )
     try:
-        banner = [process.stdout.readline() for _ in range(3)] if process.stdout else []
+        assert process.stdout is not None
+        banner = [process.stdout.readline()]
+        while not banner[-1].startswith("Press Ctrl-C") and len(banner) < 20:
+            banner.append(process.stdout.readline())
         assert banner[0].startswith("bourse is up"), banner
         deadline = time.monotonic() + 20
         while True:
@@ -78,6 +81,18 @@ def test_bourse_up_in_one_process_serves_the_api_and_exits_zero_on_ctrl_c(tmp_pa
         assert {market["id"] for market in markets} >= {"btc_usd", "eth_usd", "eth_btc"}
         docs = httpx.get(f"http://127.0.0.1:{http_port}/api/v3/docs")
         assert docs.status_code == 200
+        # its live dashboard, as with children: this process and the NATS server, the streams
+        assert ["dashboard", f"http://127.0.0.1:{health_port}/dashboard"] in [line.split() for line in banner]
+        page = httpx.get(f"http://127.0.0.1:{health_port}/dashboard")
+        assert page.status_code == 200
+        assert "uPlot" in page.text
+
+        def dashboard_shows_the_process_nats_and_the_streams() -> bool:
+            series = httpx.get(f"http://127.0.0.1:{health_port}/dashboard/series").json()
+            cpu = series["latest"].get("cpu_percent", {})
+            return "nats-server" in cpu and len(cpu) >= 2 and bool(series["streams"])
+
+        _wait_for(dashboard_shows_the_process_nats_and_the_streams, "the dashboard's figures", 15)
         children = _children_of(process.pid)
         assert children, "the embedded nats-server should be a child process"
 

@@ -6,25 +6,32 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import nats
 from nats.aio.client import Client
 
+from bourse.adapters.cancellation import cancel_and_wait
 from bourse.adapters.http_server import HttpServer
 from bourse.adapters.jetstream import ensure_topology
 from bourse.adapters.metrics import exposition
 from bourse.config.production import check_production
 from bourse.config.settings import Settings, mask_url
+from bourse.contracts.subjects import STREAMS
+from bourse.runtime.dashboard import ASGIApp, Dashboard, process_scrape, read_streams
 from bourse.runtime.health import HealthApp
 from bourse.runtime.host import ServiceHost
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.runtime.service import Service, ServiceContext
 
 log = logging.getLogger(__name__)
+
+DASHBOARD_TICK_S = 1.0
 
 
 async def connect_nats(settings: Settings, name: str) -> Client:
@@ -87,6 +94,8 @@ class BourseProcess:
         self.nc: Client | None = None
         self.host: ServiceHost | None = None
         self.health_server: HttpServer | None = None
+        self.dashboard: Dashboard | None = None
+        self._dashboard_feed: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -102,10 +111,34 @@ class BourseProcess:
         self.host = ServiceHost(ServiceContext(self.settings, self.nc, js))
         await self.host.start(self.services)
         if self.settings.health_port:
-            self.health_server = HttpServer(
-                HealthApp(self.health, self.metrics), self.settings.http_host, self.settings.health_port
-            )
+            app: ASGIApp = HealthApp(self.health, self.metrics)
+            if self.nats_server is not None:  # `bourse up` in one process: this is the whole system
+                self.dashboard = Dashboard(self.links)
+                app = self.dashboard.app(app)
+                self._dashboard_feed = asyncio.create_task(self._feed_dashboard(), name="dashboard")
+            self.health_server = HttpServer(app, self.settings.http_host, self.settings.health_port)
             await self.health_server.start()
+
+    async def _feed_dashboard(self) -> None:
+        """Once a second, what the supervisor's poll gives the dashboard when there are children:
+        this process's metrics, the embedded NATS server's CPU and memory, the streams."""
+        assert self.dashboard is not None
+        assert self.nc is not None
+        assert self.nats_server is not None
+        dashboard, label = self.dashboard, ", ".join(service.name for service in self.services)
+        names = [spec.name(self.settings.namespace) for spec in STREAMS]
+        while True:
+            await asyncio.sleep(DASHBOARD_TICK_S)
+            try:
+                streams = await read_streams(self.nc, names)
+                scrapes = [
+                    process_scrape(label, str(os.getpid()), self.metrics(), os.getpid(), dashboard.facts)
+                ]
+                if (pid := self.nats_server.pid) is not None:
+                    scrapes.append(process_scrape("nats-server", str(pid), "", pid, dashboard.facts))
+                dashboard.series.add(time.time(), scrapes, streams)
+            except Exception:
+                log.exception("dashboard tick failed")
 
     def health(self) -> Mapping[str, Any]:
         services = dict(self.host.health()) if self.host else {}
@@ -122,6 +155,8 @@ class BourseProcess:
         links = dict(self.host.links()) if self.host else {}
         if self.health_server is not None:
             links["health"] = f"{self.health_server.url}/healthz"
+            if self.dashboard is not None:
+                links["dashboard"] = f"{self.health_server.url}/dashboard"
         if self.nats_server is not None:
             links["nats"] = self.nats_server.url
             links["nats monitoring"] = self.nats_server.monitor_url
@@ -133,6 +168,8 @@ class BourseProcess:
         self._stop.set()
 
     async def stop(self) -> None:
+        if self._dashboard_feed is not None:
+            await cancel_and_wait([self._dashboard_feed])
         if self.health_server is not None:
             await self.health_server.stop()
         if self.host is not None:
