@@ -21,7 +21,7 @@ The markets file is the default one with `--members` demo members (1000 by defau
 locking is spread over many accounts as it would be. Every member gets a token from the key
 ring of the data folder (what `bourse token N` does).
 
-The load: `--clients` keep-alive HTTP connections (`lean_http.py`, on httptools: a fraction of
+The load: `--clients` keep-alive HTTP connections (`bourse.sizing.lean_http`, on httptools: a fraction of
 aiohttp's CPU per request, so the CPU goes to the system under test), each sending on its own
 schedule so that together they post `--rate` orders per second, plus cancels (`--cancel-share` of all
 requests). A connection sends at its scheduled time, or when its previous answer came if that
@@ -80,7 +80,7 @@ from bourse.contracts.messages import ACCOUNTS_BATCH_DECODER, EVENT_BATCH_DECODE
 from bourse.contracts.subjects import EVENTS, MATCH, ORDERS, STREAMS
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.services import services_for
-from lean_http import LeanHttpConnection, build_request
+from bourse.sizing.lean_http import LeanHttpConnection, build_request
 from otlp_sink import OtlpSink
 
 REPO = Path(__file__).resolve().parent.parent
