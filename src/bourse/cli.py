@@ -1,14 +1,15 @@
 """The `bourse` command: `up` runs everything (supervised processes), `run` runs chosen services,
 `services` lists them, `token` prints a member token for development, `db upgrade` migrates the
 SQL database, `db reset` empties it (to rebuild it from the streams), `audit` checks it against
-its ledger."""
+its ledger, `size plan` turns a measured profile into cores and instances for a target load."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bourse.adapters import tracing
 from bourse.config.production import ProductionSettingsRefused, check_production
@@ -206,6 +207,105 @@ def cmd_audit(_args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+NO_PROFILE = 2
+"""Exit code of `size plan` when it has no profile to plan from (or a bad file, or bad options)."""
+
+
+def _rewrite(value: str) -> tuple[str, float]:
+    service, _, factor = value.partition("=")
+    try:
+        return service, float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError("SERVICE=FACTOR, e.g. gateway=0.1") from None
+
+
+def cmd_size_plan(args: argparse.Namespace) -> int:
+    from bourse.sizing.plan import make_plan, plan_scenario
+    from bourse.sizing.profile import REFERENCE_PROFILE, load_profile
+    from bourse.sizing.report import plan_lines
+    from bourse.sizing.scenario import load_scenario
+
+    path = Path(args.profile) if args.profile is not None else REFERENCE_PROFILE
+    if not path.exists():
+        shipped = "" if args.profile is not None else " (the reference machine's, which this checkout lacks)"
+        print(
+            f"bourse size plan: no profile at {path}{shipped}. A plan needs a measured profile: run "
+            "`bourse size measure` on the machine to plan from (it writes one), then pass it with "
+            "--profile FILE.",
+            file=sys.stderr,
+        )
+        return NO_PROFILE
+    try:
+        profile = load_profile(path)
+        base = load_scenario(args.scenario)
+        scenario = plan_scenario(
+            base, users=args.users, orders_per_s=args.orders_per_s, reads_per_s=args.reads_per_s
+        )
+        plan = make_plan(
+            profile,
+            scenario,
+            headroom=args.headroom,
+            open_orders=args.open_orders,
+            hot_market_share=args.hot_market_share,
+            rewrites=dict(args.rewrite),
+            cores_per_machine=args.cores_per_machine,
+        )
+    except ValueError as exc:
+        print(f"bourse size plan: {exc}", file=sys.stderr)
+        return NO_PROFILE
+    for line in plan_lines(plan, profile, str(path)):
+        print(line)
+    if args.html is not None:
+        from bourse.sizing.report import html_report
+
+        args.html.write_text(html_report(plan, profile, str(path)))
+        print(f"report: {args.html}")
+    return 0
+
+
+def _add_size_plan(size: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = size.add_parser(
+        "plan",
+        help="cores, instances, shards and market groups per service for a target load, from a "
+        "measured profile (default: the reference machine's); a table, and an HTML report with --html",
+    )
+    plan.add_argument("--orders-per-s", type=float, required=True, metavar="N", help="orders placed a second")
+    plan.add_argument("--users", type=int, required=True, metavar="N", help="connected users")
+    plan.add_argument(
+        "--reads-per-s", type=float, metavar="N", help="REST reads a second in all (the scenario's mix kept)"
+    )
+    plan.add_argument(
+        "--headroom", type=float, default=0.6, help="share of a core each instance is planned at (0.6)"
+    )
+    plan.add_argument("--scenario", metavar="FILE", help="user model (TOML; default: the brief's)")
+    plan.add_argument("--profile", metavar="FILE", help="measured profile (default: the reference machine's)")
+    plan.add_argument("--open-orders", type=int, metavar="N", help="open orders in all (10 per trader)")
+    plan.add_argument(
+        "--hot-market-share",
+        type=float,
+        metavar="S",
+        help="share of the orders on the busiest market (default: an even split over the markets)",
+    )
+    plan.add_argument(
+        "--rewrite",
+        type=_rewrite,
+        action="append",
+        default=[],
+        metavar="SERVICE=FACTOR",
+        help="plan SERVICE rewritten off Python at FACTOR x its CPU (an assumption, e.g. gateway=0.1)",
+    )
+    plan.add_argument("--cores-per-machine", type=int, default=8, metavar="N", help="(8)")
+    plan.add_argument("--html", type=Path, metavar="PATH", help="also write a self-contained HTML report")
+    plan.set_defaults(func=cmd_size_plan)
+
+
+SIZE_COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_size_plan,
+)
+"""`bourse size` subcommands: each function adds its parser (with `set_defaults(func=...)`) to
+the group; a new subcommand is one more function here."""
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -268,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the SQL database against its ledger (balances, conservation, executed amounts); "
         "exit 1 on any difference",
     ).set_defaults(func=cmd_audit)
+    size = commands.add_parser(
+        "size", help="the sizing demo: what each micro-action costs, and a plan for any load"
+    )
+    size_commands = size.add_subparsers(dest="size_command", required=True)
+    for add in SIZE_COMMANDS:
+        add(size_commands)
     return parser
 
 
