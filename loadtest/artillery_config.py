@@ -1,0 +1,151 @@
+"""Writes the artillery scenario (loadtest/artillery.yml) from a scenario file, so artillery
+drives the same user model as Locust and `bourse size measure`.
+
+    .venv/bin/python loadtest/artillery_config.py       # the brief's, into loadtest/artillery.yml
+    .venv/bin/python loadtest/artillery_config.py \
+        --scenario src/bourse/sizing/scenarios/retail.toml -o retail.yml
+
+Artillery's model is arrivals: each virtual user arrives, runs one flow picked by weight and
+leaves. So the crowd becomes flows per second, one per REST action, weighted by the action's rate
+in the scenario (`user_model.crowd_rates`, RabbitMQ's share folded into REST limit orders): a
+cancel or amend flow first places a limit order beyond the band (it rests), then cancels or
+amends it, and those placements are taken out of the plain limit flow's rate, so orders, cancels
+and amends per second are the scenario's. The phases are the scenario's steps (`steps.loads`
+times the flow rate, `steps.step_s` each). The committed file is the brief's; a test keeps it
+equal to what this script writes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from user_model import ROUTES, crowd_rates
+
+from bourse.sizing.scenario import DEFAULT_SCENARIO, Action, Scenario, load_scenario
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = HERE / "artillery.yml"
+AUTH = {"authorization": "Bearer {{ token }}"}
+
+
+def flow_rates(scenario: Scenario, load: float = 1.0) -> dict[str, float]:
+    """Flows per second (= artillery arrivals) at `load`: one flow per action."""
+    rates = crowd_rates(scenario, load)
+    resting = rates[Action.CANCEL] + rates[Action.AMEND]
+    return {
+        "place_limit": max(rates[Action.PLACE_LIMIT] - resting, 0.0),
+        "place_market": rates[Action.PLACE_MARKET],
+        "cancel": rates[Action.CANCEL],
+        "amend": rates[Action.AMEND],
+        "read_depth": rates[Action.READ_DEPTH],
+        "read_balances": rates[Action.READ_BALANCES],
+        "read_orders": rates[Action.READ_ORDERS],
+    }
+
+
+def _url(action: Action, **params: str) -> str:
+    return ROUTES[action][1].format(**params)
+
+
+def _request(action: Action, **extra: Any) -> dict[str, Any]:
+    method, _ = ROUTES[action]
+    url = extra.pop("url", None) or _url(action)
+    return {method: {"url": url, "headers": dict(AUTH), **extra}}
+
+
+def _resting_then(action: Action, hook: str | None) -> list[dict[str, Any]]:
+    place = _request(
+        Action.PLACE_LIMIT, beforeRequest="restingBody", capture={"json": "$.id", "as": "orderId"}
+    )
+    then = _request(
+        action, url=_url(action, order_id="{{ orderId }}"), **({"beforeRequest": hook} if hook else {})
+    )
+    return [{"function": "pickMember"}, place, then]
+
+
+FLOWS: dict[str, list[dict[str, Any]]] = {
+    "place_limit": [{"function": "pickMember"}, _request(Action.PLACE_LIMIT, beforeRequest="limitBody")],
+    "place_market": [{"function": "pickMember"}, _request(Action.PLACE_MARKET, beforeRequest="marketBody")],
+    "cancel": _resting_then(Action.CANCEL, None),
+    "amend": _resting_then(Action.AMEND, "amendBody"),
+    "read_depth": [
+        {"function": "pickMember"},
+        _request(Action.READ_DEPTH, url=_url(Action.READ_DEPTH, market="{{ market }}")),
+    ],
+    "read_balances": [{"function": "pickMember"}, _request(Action.READ_BALANCES)],
+    "read_orders": [
+        {"function": "pickMember"},
+        _request(Action.READ_ORDERS, url=_url(Action.READ_ORDERS) + "?state=open"),
+    ],
+}
+
+
+def integer_weights(rates: dict[str, float]) -> dict[str, int]:
+    """Artillery's weights are integers: flows per second, times ten until no flow that runs
+    rounds to nothing."""
+    scale = 1.0
+    while any(0 < rate * scale < 0.5 for rate in rates.values()):
+        scale *= 10
+    return {name: round(rate * scale) for name, rate in rates.items() if round(rate * scale) > 0}
+
+
+def config(scenario: Scenario, source: Path) -> dict[str, Any]:
+    rates = flow_rates(scenario)
+    total = sum(rates.values())
+    weights = integer_weights(rates)
+    phases = [
+        {
+            "name": f"{load:g} x {scenario.name}: {total * load:.0f} flows/s",
+            "duration": round(scenario.steps.step_s),
+            "arrivalRate": max(round(total * load), 1),
+        }
+        for load in scenario.steps.loads
+    ]
+    return {
+        "config": {
+            "target": "http://127.0.0.1:8000",
+            "processor": "./processor.js",
+            "http": {"timeout": 10},
+            "phases": phases,
+        },
+        "scenarios": [
+            {"name": name, "weight": weight, "flow": FLOWS[name]} for name, weight in weights.items()
+        ],
+    }
+
+
+def render(scenario: Scenario, source: Path) -> str:
+    rates = flow_rates(scenario)
+    header = [
+        f"# Generated by loadtest/artillery_config.py from {source.name}",
+        f"# ({scenario.description or scenario.name}).",
+        "# Do not edit: change the scenario file and run the script again (a test compares them).",
+        "# Flows per second at 100 %: "
+        + ", ".join(f"{name} {rate:g}" for name, rate in rates.items() if rate > 0),
+        "# Run (tokens: loadtest/members.py tokens > FILE, against the running bourse up's key ring):",
+        "#   BOURSE_TOKENS=FILE npx artillery run loadtest/artillery.yml [--target http://127.0.0.1:8000]",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(config(scenario, source), sort_keys=False, width=110)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    args.output.write_text(render(load_scenario(args.scenario), args.scenario))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
