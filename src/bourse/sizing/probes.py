@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def git_commit(repo: Path) -> str:
 
 def metric_sums(text: str) -> dict[str, float]:
     """Prometheus text -> the sum of every sample of each name, whatever its labels
-    (`bourse_pusher_messages_delivered_total` over all its kinds); a histogram's `_count` and
+    (`bourse_pusher_messages_delivered_total` over all its kinds), and each labelled sample as
+    written (`bourse_pusher_messages_delivered_total{kind="trades"}`); a histogram's `_count` and
     `_sum` are names of their own."""
     sums: dict[str, float] = {}
     for line in text.splitlines():
@@ -87,6 +89,8 @@ def metric_sums(text: str) -> dict[str, float]:
             continue
         if number == number:  # NaN adds nothing
             sums[name] = sums.get(name, 0.0) + number
+            if "{" in head:
+                sums[head.strip()] = number
     return sums
 
 
@@ -110,3 +114,12 @@ async def varz(client: httpx.AsyncClient, monitor_url: str | None) -> dict[str, 
     except (httpx.HTTPError, ValueError):
         return {}
     return {key: float(data.get(key, 0)) for key in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
+
+
+def raise_nofile() -> int:
+    """RLIMIT_NOFILE soft limit up to the hard one (10,000 connections need 10,000 files)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,0 +1,713 @@
+"""`bourse size measure`: what each micro-action costs each service, measured on a running system
+under a scenario's user model, and how the system holds as the whole mix is stepped up.
+
+The method is the profile's (`bourse.sizing.profile.METHOD`): one action at a time. The system
+runs one process per service (`system.py`), the scenario's crowd holds its WebSocket channels
+(`crowd.py`), and:
+
+1. idle: the crowd connected, nothing driven: each service's idle CPU (and the idle rates of
+   every counter, NATS messages included);
+2. per action, alone, at its full-load rate (`scenario.rates(1.0)`, at least `min_rate` so a rare
+   action still measures): per service (CPU over the window - idle CPU) / actions sent, and what
+   it set off, from the services' own counters (trades, SQL rows, Redis writes, WebSocket
+   messages delivered, JetStream bytes) and the NATS server's /varz. Cancels and amends work on
+   resting orders placed beforehand, outside the window;
+3. crowd costs: pusher memory per connected user (resident memory with the crowd - without),
+   pusher CPU per message delivered, memory per open order in accounts, matching and query
+   (resident memory after resting N more orders), stream bytes per order;
+4. steps: the whole mix at each of `scenario.steps.loads` (the crowd held throughout), until
+   POST /order's p99 or the share of failed or late requests passes the scenario's limits (the
+   knee is found, not guessed); each step records the measured cores per service next to the
+   profile's prediction for the rates achieved, which is the check that the costs add up.
+
+CPU is process CPU time (utime + stime), not wall time: other work on a shared box slows the
+system down but does not add to its processes' CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import msgspec
+import nats
+from nats.aio.client import Client
+
+from bourse.adapters.amqp import url_user
+from bourse.config.amqp import amqp_topology
+from bourse.config.settings import Settings
+from bourse.sizing.crowd import Crowd, CrowdStats, crowd_users
+from bourse.sizing.loadgen import AmqpPublisher, LoadGenerator, Sample, percentile, window_samples
+from bourse.sizing.probes import cpu_model, cpu_seconds, git_commit, rss_bytes, scrape, varz
+from bourse.sizing.profile import (
+    METHOD,
+    ActionCost,
+    Machine,
+    Profile,
+    Step,
+    save_profile,
+)
+from bourse.sizing.profile import (
+    Crowd as CrowdCosts,
+)
+from bourse.sizing.scenario import ORDER_ACTIONS, Action, Channel, Scenario
+from bourse.sizing.system import Servers, SystemUnderTest, start_system, stop_system, stream_bytes
+from bourse.sizing.workload import OrderMaker
+
+PROFILE_VERSION = 1
+QUICK_USERS = 200
+QUICK_ORDERS_PER_S = 150.0
+OPEN_ORDER_SERVICES = ("accounts", "matching", "query")
+COUNTERS = {
+    "trades": "bourse_order_to_trade_seconds_count",
+    "sql_rows": "bourse_persistence_rows_total",
+    "redis_writes": "bourse_redis_write_seconds_count",
+    "ws_messages": "bourse_pusher_messages_delivered_total",
+    "orders": "bourse_orders_total",
+    "http_requests": "bourse_http_requests_total",
+}
+"""Induced counts: the name each is read under, summed over every service's /metrics."""
+TRADES_DELIVERED = 'bourse_pusher_messages_delivered_total{kind="trades"}'
+REPO = Path(__file__).resolve().parents[3]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureOptions:
+    scenario: Scenario
+    servers: Servers = field(default_factory=Servers)
+    quick: bool = False
+    window_s: float = 20.0
+    warmup_s: float = 3.0
+    min_rate: float = 20.0
+    """Actions/s at least, so a rare action sends enough to measure."""
+    open_orders: int = 20_000
+    """Resting orders placed to measure the memory per open order."""
+    settle_s: float = 15.0
+    """At most this long between phases for the pipeline to drain (CPU back near idle)."""
+    keep: bool = False
+    """Keep the data folder (the services' logs)."""
+
+    @classmethod
+    def for_scenario(cls, scenario: Scenario, *, quick: bool = False, **overrides: object) -> MeasureOptions:
+        """The full measure of a scenario (its windows of `steps.step_s`), or the quick look: a
+        crowd of 200, at most 150 orders/s, 3 s windows, two steps."""
+        if not quick:
+            options = cls(scenario=scenario, window_s=scenario.steps.step_s)
+        else:
+            small = scenario.scaled(
+                users=min(scenario.users, QUICK_USERS),
+                orders_per_s=min(scenario.orders_per_s(), QUICK_ORDERS_PER_S),
+            )
+            steps = msgspec.structs.replace(small.steps, loads=[0.5, 1.0], step_s=3.0)
+            options = cls(
+                scenario=msgspec.structs.replace(small, steps=steps),
+                quick=True,
+                window_s=3.0,
+                warmup_s=1.0,
+                min_rate=50.0,
+                open_orders=1_000,
+                settle_s=2.0,
+            )
+        return dataclasses.replace(options, **overrides) if overrides else options  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class Mark:
+    """The system at one instant: each process's CPU, each service's counters, NATS totals."""
+
+    at: float
+    cpu: dict[str, float | None]
+    counters: dict[str, float]
+    nats: dict[str, float]
+    streams: dict[str, int]
+
+
+@dataclass(slots=True)
+class Window:
+    seconds: float
+    cpu_s: dict[str, float]
+    counts: dict[str, float]
+    """Induced counts (COUNTERS' keys, `stream_bytes`, `nats_messages`, `nats_bytes`,
+    `trades_delivered`) over the window."""
+
+    def cores(self) -> dict[str, float]:
+        return {name: used / self.seconds for name, used in self.cpu_s.items()}
+
+
+def between(before: Mark, after: Mark) -> Window:
+    cpu = {}
+    for name, start in before.cpu.items():
+        end = after.cpu.get(name)
+        if start is not None and end is not None:
+            cpu[name] = end - start
+    counts = {
+        key: after.counters.get(name, 0.0) - before.counters.get(name, 0.0) for key, name in COUNTERS.items()
+    }
+    counts["trades_delivered"] = after.counters.get(TRADES_DELIVERED, 0.0) - before.counters.get(
+        TRADES_DELIVERED, 0.0
+    )
+    counts["stream_bytes"] = float(sum(after.streams.values()) - sum(before.streams.values()))
+    if before.nats and after.nats:
+        counts["nats_messages"] = sum(after.nats[k] - before.nats[k] for k in ("in_msgs", "out_msgs"))
+        counts["nats_bytes"] = sum(after.nats[k] - before.nats[k] for k in ("in_bytes", "out_bytes"))
+    return Window(after.at - before.at, cpu, counts)
+
+
+@dataclass(slots=True)
+class Idle:
+    cores: dict[str, float]
+    rates: dict[str, float]
+    """Per second, each count with nothing driven (heartbeats, snapshots, the crowd's pings)."""
+
+    def excess(self, window: Window) -> tuple[dict[str, float], dict[str, float]]:
+        """(CPU seconds, counts) of the window beyond what idling would have done in it."""
+        cpu = {name: used - self.cores.get(name, 0.0) * window.seconds for name, used in window.cpu_s.items()}
+        counts = {
+            key: value - self.rates.get(key, 0.0) * window.seconds for key, value in window.counts.items()
+        }
+        return cpu, counts
+
+
+@dataclass(slots=True)
+class Run:
+    """A load driven for a warm-up and a measured window, and what the window saw."""
+
+    window: Window
+    samples: list[Sample]
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class Measurement:
+    """The state of a measure as it goes (what the profile is made of)."""
+
+    options: MeasureOptions
+    system: SystemUnderTest
+    crowd: Crowd
+    generator: LoadGenerator
+    nc: Client
+    http: httpx.AsyncClient
+    say: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+    idle: Idle | None = None
+    pusher_rss_per_user: float = 0.0
+    costs: dict[Action, ActionCost] = field(default_factory=dict)
+    trades_delivered_per_trade: float = 0.0
+
+    # ---------------------------------------------------------------------- readings
+
+    async def mark(self) -> Mark:
+        pids = self.system.pids()
+        at = time.perf_counter()
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        ports = self.system.health_ports()
+        scraped, nats_totals, streams = await asyncio.gather(
+            asyncio.gather(*(scrape(self.http, port) for port in ports.values())),
+            varz(self.http, self.system.nats_monitor_url),
+            stream_bytes(self.nc, self.system.namespace),
+        )
+        counters: dict[str, float] = {}
+        for metrics in scraped:
+            for name, value in metrics.items():
+                counters[name] = counters.get(name, 0.0) + value
+        return Mark(at, cpu, counters, nats_totals, streams)
+
+    async def settle(self, limit_s: float) -> None:
+        """Until the services' CPU over half a second is back near idle (what an action set off
+        downstream is done), at most `limit_s`."""
+        pids = self.system.pids()
+        idle = sum(self.idle.cores.values()) if self.idle is not None else 0.0
+        deadline = time.monotonic() + min(limit_s, self.options.settle_s)
+        while time.monotonic() < deadline:
+            before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
+            await asyncio.sleep(0.5)
+            used = sum((cpu_seconds(pid) or 0.0) - before[name] for name, pid in pids.items()) / 0.5
+            if used <= idle * 1.5 + 0.06:
+                return
+
+    async def drive(self, label: str, rates: dict[Action, float]) -> Run:
+        """Drive `rates` for the warm-up and the window; the window's marks are taken around it
+        while the load runs. A progress line every 5 s of a long window."""
+        o = self.options
+        first = len(self.generator.samples)
+        runner = asyncio.create_task(self.generator.run(rates, o.warmup_s + o.window_s + 0.3))
+        try:
+            await asyncio.sleep(o.warmup_s)
+            before = await self.mark()
+            end = before.at + o.window_s
+            while (left := end - time.perf_counter()) > 0:
+                await asyncio.sleep(min(left, 5.0))
+                self.system.check_alive()
+                if o.window_s >= 10 and end - time.perf_counter() > 1.0:
+                    seen = window_samples(self.generator.samples[first:], before.at, time.perf_counter())
+                    self.say(f"  {label}: {_sample_line(seen, time.perf_counter() - before.at)}")
+            after = await self.mark()
+            await runner
+        finally:
+            if not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+        samples = window_samples(self.generator.samples[first:], before.at, after.at)
+        return Run(between(before, after), samples, before.at, after.at)
+
+    # ---------------------------------------------------------------------- phases
+
+    async def measure_idle(self, label: str = "idle") -> Idle:
+        o = self.options
+        await self.settle(10.0)
+        before = await self.mark()
+        await asyncio.sleep(o.window_s)
+        after = await self.mark()
+        window = between(before, after)
+        self.idle = Idle(
+            window.cores(), {key: value / window.seconds for key, value in window.counts.items()}
+        )
+        total = sum(self.idle.cores.values())
+        self.say(f"{label} {window.seconds:.1f} s: {total:.2f} cores ({_cores_text(self.idle.cores)})")
+        return self.idle
+
+    async def measure_action(self, action: Action, rate: float, *, label: str = "") -> ActionCost:
+        """One action alone at `rate` (at least `min_rate`): its cost over the idle measured last."""
+        assert self.idle is not None
+        o = self.options
+        label = label or str(action)
+        rate = max(rate, o.min_rate)
+        if action in (Action.CANCEL, Action.AMEND):
+            self.generator.resting.clear()  # fresh orders known to rest
+            wanted = math.ceil(rate * (o.warmup_s + o.window_s + 0.3) * 1.15) + 20
+            if action is Action.AMEND:
+                wanted = min(wanted, 2_000)  # an order may be amended again
+            placed = await self.generator.prepare_resting(wanted)
+            self.say(f"{label}: {placed} resting orders placed to work on")
+            await self.settle(15.0)
+        self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
+        run = await self.drive(label, {action: rate})
+        sent = len(run.samples)
+        if sent == 0:
+            raise RuntimeError(f"{label}: nothing was sent in the window")
+        cpu, counts = self.idle.excess(run.window)
+        cpu_us = {name: max(used, 0.0) / sent * 1e6 for name, used in cpu.items()}
+        induced = {
+            key: max(value, 0.0) / sent
+            for key, value in counts.items()
+            if key not in ("nats_messages", "nats_bytes", "trades_delivered")
+        }
+        cost = ActionCost(
+            rate=sent / run.window.seconds,
+            sent=sent,
+            cpu_us=cpu_us,
+            nats_messages=max(counts.get("nats_messages", 0.0), 0.0) / sent,
+            nats_bytes=max(counts.get("nats_bytes", 0.0), 0.0) / sent,
+            induced=induced,
+        )
+        if action is Action.PLACE_LIMIT and counts.get("trades", 0.0) > 0:
+            self.trades_delivered_per_trade = max(counts.get("trades_delivered", 0.0), 0.0) / counts["trades"]
+        failed = sum(1 for s in run.samples if s.failed)
+        self.say(
+            f"{label}: {cost.rate:,.0f}/s, {sent:,} sent, {failed} failed, p99 "
+            f"{percentile([s.done - s.sent for s in run.samples], 99) * 1000:.0f} ms: "
+            f"{cost.total_us:,.0f} µs/action ({_us_text(cpu_us)}); {cost.nats_messages:.1f} NATS msgs, "
+            + ", ".join(f"{key} {value:.2f}" for key, value in induced.items() if value)
+        )
+        await self.settle(10.0)
+        return cost
+
+    async def measure_without_crowd(self, rate: float) -> ActionCost:
+        """Before the crowd connects: idle, then limit orders at `rate`. What the pusher spends
+        per order with nobody to deliver to is the part of its cost that is not fan-out."""
+        await self.measure_idle("idle without the crowd")
+        return await self.measure_action(Action.PLACE_LIMIT, rate, label="place_limit without the crowd")
+
+    async def measure_crowd(self, users: int) -> CrowdStats:
+        """Connect the crowd; the pusher's resident memory per user from before to after."""
+        pusher = self.system.service("pusher")
+        before = rss_bytes(pusher.process.pid) if pusher is not None else None
+        scenario = self.options.scenario
+        holders = ", ".join(f"{channel} {count:,}" for channel, count in scenario.holders().items())
+        self.say(f"crowd: connecting {users:,} users in {len(self.crowd.children)} processes ({holders})")
+        started = time.monotonic()
+        stats = await self.crowd.connect(
+            self.system.ws_url,
+            crowd_users(scenario, self.system.tokens),
+            timeout=max(60.0, users / 50),
+            progress=lambda s: self.say(f"crowd: {s.held:,} held, {s.ready:,} subscribed, {s.failed} failed"),
+        )
+        if stats.ready < users:
+            self.notes.append(f"crowd: {stats.ready} of {users} users subscribed ({stats.failed} failed)")
+        await asyncio.sleep(2.0)
+        after = rss_bytes(pusher.process.pid) if pusher is not None else None
+        if before is not None and after is not None and stats.held:
+            self.pusher_rss_per_user = max(after - before, 0) / stats.held
+        self.say(
+            f"crowd: {stats.ready:,} of {users:,} subscribed in {time.monotonic() - started:.0f} s "
+            f"({stats.errors or 'no errors'}); "
+            f"pusher +{self.pusher_rss_per_user * stats.held / 2**20:.0f} MB, "
+            f"{self.pusher_rss_per_user / 1024:.1f} KB per user"
+        )
+        return stats
+
+    async def measure_open_orders(self, count: int) -> dict[str, float]:
+        """Resident memory per open order in the services that hold them: RSS after resting
+        `count` more orders (beyond the band, so they stay) minus before."""
+        await self.settle(10.0)
+        pids = {name: p.process.pid for name in OPEN_ORDER_SERVICES if (p := self.system.service(name))}
+        before = {name: rss_bytes(pid) or 0 for name, pid in pids.items()}
+        self.generator.resting.clear()
+        placed = await self.generator.prepare_resting(count)
+        await self.settle(30.0)
+        await asyncio.sleep(1.0)
+        after = {name: rss_bytes(pid) or 0 for name, pid in pids.items()}
+        per_order = {name: max(after[name] - before[name], 0) / max(placed, 1) for name in pids}
+        self.say(
+            f"open orders: {placed:,} more resting: "
+            + ", ".join(f"{name} {value:,.0f} B" for name, value in per_order.items())
+            + " per order"
+        )
+        return per_order
+
+    async def measure_step(self, profile: Profile, load: float) -> Step:
+        o = self.options
+        scenario = o.scenario
+        rates = scenario.rates(load)
+        need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
+        if len(self.generator.resting) < need:
+            await self.generator.prepare_resting(need - len(self.generator.resting))
+        await self.settle(15.0)
+        label = f"step {load:.0%}"
+        self.say(
+            f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
+            f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:.0f} s"
+        )
+        run = await self.drive(label, rates)
+        achieved: dict[Action, float] = {action: 0.0 for action in rates}
+        for sample in run.samples:
+            achieved[sample.action] += 1 / run.window.seconds
+        cores = run.window.cores()
+        predicted = profile.predicted_cores(achieved)
+        limits = scenario.steps
+        posts = [s.done - s.sent for s in run.samples if s.is_post_order and not s.failed]
+        late = sum(1 for s in run.samples if s.sent - s.scheduled > limits.max_p99_ms / 1000)
+        failed = sum(1 for s in run.samples if s.failed)
+        error_share = (failed + late) / max(len(run.samples), 1)
+        p50, p99 = percentile(posts, 50) * 1000, percentile(posts, 99) * 1000
+        past = not posts or p99 > limits.max_p99_ms or error_share > limits.max_error_share
+        step = Step(
+            load=load,
+            orders_per_s=sum(achieved[a] for a in ORDER_ACTIONS if a in achieved),
+            users=self.crowd.users,
+            cores=cores,
+            predicted_cores=predicted,
+            post_p50_ms=p50,
+            post_p99_ms=p99,
+            error_share=error_share,
+            past_knee=past,
+        )
+        measured, expected = sum(cores.values()), sum(predicted.values())
+        self.say(
+            f"{label}: {step.orders_per_s:,.0f} orders/s, POST /order p50 {p50:.0f} ms p99 {p99:.0f} ms, "
+            f"{failed} failed + {late} late of {len(run.samples):,}: {measured:.2f} cores measured, "
+            f"{expected:.2f} predicted ({(expected - measured) / max(measured, 1e-9):+.0%})"
+            + ("  <- past the knee" if past else "")
+        )
+        await self.settle(10.0)
+        return step
+
+
+def fan_out_cost(alone: ActionCost, crowd: ActionCost) -> float:
+    """Pusher CPU µs per WebSocket message delivered: the same orders with and without the
+    crowd, the difference of the pusher's cost per order over the difference of the messages
+    delivered per order (the part that grows with the crowd)."""
+    messages = crowd.induced.get("ws_messages", 0.0) - alone.induced.get("ws_messages", 0.0)
+    extra = crowd.cpu_us.get("pusher", 0.0) - alone.cpu_us.get("pusher", 0.0)
+    return max(extra, 0.0) / messages if messages > 0 else 0.0
+
+
+def _cores_text(cores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in sorted(cores.items(), key=lambda kv: -kv[1]))
+
+
+def _us_text(cpu_us: dict[str, float]) -> str:
+    return ", ".join(
+        f"{name} {value:,.0f}" for name, value in sorted(cpu_us.items(), key=lambda kv: -kv[1]) if value >= 1
+    )
+
+
+def _sample_line(samples: list[Sample], seconds: float) -> str:
+    latencies = [s.done - s.sent for s in samples]
+    failed = sum(1 for s in samples if s.failed)
+    return (
+        f"{len(samples) / max(seconds, 1e-9):,.0f}/s so far, p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 99) * 1000:.0f} ms, {failed} failed"
+    )
+
+
+def machine() -> Machine:
+    return Machine(
+        cpus=os.cpu_count() or 1,
+        cpu_model=cpu_model(),
+        python=platform.python_version(),
+        commit=git_commit(REPO),
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def describe_method(options: MeasureOptions, notes: list[str]) -> str:
+    o = options
+    lines = [
+        METHOD,
+        f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; "
+        f"each action at least {o.min_rate:g}/s; "
+        "per-service costs below zero (an idle service's noise) are counted as 0",
+        f"system: one process per service; {o.servers.describe()}",
+        f"steps: the crowd of {o.scenario.users:,} users held throughout, the actions at the step's share",
+    ]
+    if o.servers.rabbitmq_url is None:
+        lines.append("amqp_order: no RabbitMQ URL given, so these orders were sent over REST (POST /order)")
+    if o.quick:
+        lines.append("quick: a small crowd, short windows, two steps: a first look, not a reference")
+    return "; ".join(lines + notes)
+
+
+async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profile:
+    """Run the whole measure and return the profile (the caller writes it)."""
+    scenario = options.scenario
+    say(
+        f"scenario {scenario.name}: {scenario.users:,} users ({scenario.traders:,} traders), "
+        f"{scenario.orders_per_s():,.0f} orders/s at full load; windows {options.window_s:g} s "
+        f"(+{options.warmup_s:g} s warm-up)"
+    )
+    system = await start_system(options.servers, max(scenario.traders, 1), say, keep=options.keep)
+    crowd: Crowd | None = None
+    generator: LoadGenerator | None = None
+    amqp: AmqpPublisher | None = None
+    nc: Client | None = None
+    try:
+        crowd = await Crowd.start(scenario.users)
+        if options.servers.rabbitmq_url:
+            topology = amqp_topology(
+                Settings(
+                    namespace=system.namespace, rabbitmq_url=options.servers.rabbitmq_url, _env_file=None
+                )
+            )
+            amqp = await AmqpPublisher.connect(
+                options.servers.rabbitmq_url,
+                topology.exchange,
+                topology.routing_key,
+                url_user(options.servers.rabbitmq_url),
+            )
+        generator = LoadGenerator(
+            system.api, system.tokens, OrderMaker(scenario.markets, max(scenario.traders, 1)), amqp=amqp
+        )
+        nc = await nats.connect(system.nats_url)
+        async with httpx.AsyncClient() as http:
+            m = Measurement(options, system, crowd, generator, nc, http, say)
+            return await _phases(m)
+    finally:
+        if generator is not None:
+            generator.close()
+        if amqp is not None:
+            with contextlib.suppress(Exception):
+                await amqp.close()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if crowd is not None:
+            await crowd.stop()
+        say("stopping the system")
+        await stop_system(system, keep=options.keep)
+        if options.keep:
+            say(f"kept the data folder and logs: {system.workdir}")
+
+
+async def _phases(m: Measurement) -> Profile:
+    o = m.options
+    scenario = o.scenario
+    full = scenario.rates(1.0)
+    alone = await m.measure_without_crowd(full[Action.PLACE_LIMIT])
+    await m.measure_crowd(scenario.users)
+    idle = await m.measure_idle()
+    for action in Action:
+        m.costs[action] = await m.measure_action(action, full[action])
+    place = m.costs[Action.PLACE_LIMIT]
+    trades_holders = scenario.holders().get(Channel.TRADES, 0)
+    crowd_costs = CrowdCosts(
+        users=m.crowd.users,
+        ws_message_cpu_us=fan_out_cost(alone, place),
+        memory_per_user_bytes=m.pusher_rss_per_user,
+        memory_per_open_order_bytes={},
+        stream_bytes_per_order=place.induced.get("stream_bytes", 0.0),
+        ws_messages_per_trade=m.trades_delivered_per_trade / trades_holders if trades_holders else 0.0,
+    )
+    profile = Profile(
+        version=PROFILE_VERSION,
+        scenario=scenario,
+        machine=machine(),
+        method=describe_method(o, m.notes),
+        idle_cores=idle.cores,
+        actions=dict(m.costs),
+        crowd=crowd_costs,
+    )
+    steps: list[Step] = []
+    for load in scenario.steps.loads:
+        step = await m.measure_step(profile, load)
+        steps.append(step)
+        if step.past_knee:
+            break
+    within = [step.load for step in steps if not step.past_knee]
+    knee = max(within) if within else None
+    say_knee = (
+        f"knee: {knee:.0%} of the scenario" if knee is not None else "knee: the first step already passed"
+    )
+    m.say(say_knee + f" ({scenario.steps.max_p99_ms:g} ms p99, {scenario.steps.max_error_share:.0%} errors)")
+    per_order = await m.measure_open_orders(o.open_orders)
+    crowd_costs = msgspec.structs.replace(crowd_costs, memory_per_open_order_bytes=per_order)
+    return msgspec.structs.replace(
+        profile,
+        crowd=crowd_costs,
+        steps=steps,
+        knee_load=knee,
+        method=describe_method(o, m.notes),
+        machine=machine(),
+    )
+
+
+# --------------------------------------------------------------------------------- output
+
+
+SHORT = {
+    "accounts": "accts",
+    "matching": "match",
+    "persistence": "persist",
+    "statistics": "stats",
+    "amqp-ingress": "amqp",
+    "nats-server": "nats",
+    "gateway": "gatew",
+    "rabbitmq": "rabbit",
+}
+
+
+def cost_table(profile: Profile) -> str:
+    """The cost per action per service (CPU µs), NATS messages and what each action set off."""
+    services = profile.services
+    head = (
+        f"{'action':<14}"
+        + "".join(f"{SHORT.get(s, s)[:7]:>8}" for s in services)
+        + f"{'total':>8}{'nats':>6}"
+    )
+    lines = ["CPU µs per action, per service (idle subtracted); NATS messages per action", head]
+    for action, cost in profile.actions.items():
+        lines.append(
+            f"{action!s:<14}"
+            + "".join(f"{cost.cpu_us.get(s, 0.0):>8,.0f}" for s in services)
+            + f"{cost.total_us:>8,.0f}{cost.nats_messages:>6.1f}"
+        )
+    lines.append(
+        f"{'idle (cores)':<14}"
+        + "".join(f"{profile.idle_cores.get(s, 0.0):>8.3f}" for s in services)
+        + f"{sum(profile.idle_cores.values()):>8.3f}"
+    )
+    lines += [
+        "",
+        "induced per action: "
+        + "; ".join(
+            f"{action} " + ", ".join(f"{k} {v:.2f}" for k, v in cost.induced.items() if v)
+            for action, cost in profile.actions.items()
+        ),
+    ]
+    c = profile.crowd
+    lines += [
+        "",
+        f"crowd of {c.users:,}: pusher {c.memory_per_user_bytes / 1024:.1f} KB per user, "
+        f"{c.ws_message_cpu_us:.1f} µs per WebSocket message; stream bytes per order "
+        f"{c.stream_bytes_per_order:,.0f}; per open order "
+        + ", ".join(f"{k} {v:,.0f} B" for k, v in c.memory_per_open_order_bytes.items()),
+    ]
+    if profile.steps:
+        lines += [
+            "",
+            f"{'step':>6}{'orders/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'cores':>8}"
+            f"{'predicted':>10}{'diff':>7}",
+        ]
+        for step in profile.steps:
+            measured, predicted = sum(step.cores.values()), sum(step.predicted_cores.values())
+            lines.append(
+                f"{step.load:>6.0%}{step.orders_per_s:>10,.0f}{step.post_p50_ms:>8.0f}{step.post_p99_ms:>8.0f}"
+                f"{step.error_share:>8.1%}{measured:>8.2f}{predicted:>10.2f}"
+                f"{(predicted - measured) / max(measured, 1e-9):>+7.0%}"
+                + ("  past the knee" if step.past_knee else "")
+            )
+        knee = (
+            f"{profile.knee_load:.0%} of the scenario"
+            if profile.knee_load is not None
+            else "below the first step"
+        )
+        lines.append(f"knee: {knee}")
+    return "\n".join(lines)
+
+
+def write_report(profile: Profile, path: Path, source: str) -> Path | None:
+    """The HTML report of the profile (`bourse.sizing.report`) with the plan for its own scenario;
+    None when the report cannot be drawn here (matplotlib missing)."""
+    from bourse.sizing.plan import make_plan, plan_scenario
+    from bourse.sizing.report import html_report
+
+    scenario = profile.scenario
+    target = plan_scenario(scenario, users=scenario.users, orders_per_s=scenario.orders_per_s())
+    try:
+        path.write_text(html_report(make_plan(profile, target), profile, source))
+    except ImportError:
+        return None
+    return path
+
+
+def say_line(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def run_measure(options: MeasureOptions, out: Path) -> int:
+    """The CLI's entry: measure, write the profile (and the report), print the table."""
+
+    async def main() -> Profile:
+        task = asyncio.current_task()
+        if task is not None:  # SIGTERM stops the system as Ctrl-C does
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await measure(options, say_line)
+
+    try:
+        profile = _run(main())
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"bourse size measure: {exc}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_profile(profile, out)
+    print()
+    print(cost_table(profile))
+    print(f"\nprofile: {out}")
+    html = write_report(profile, out.with_suffix(".html"), str(out))
+    if html is not None:
+        print(f"report: {html}")
+    return 0
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]

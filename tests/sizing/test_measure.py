@@ -1,0 +1,76 @@
+"""`bourse size measure --quick` on the real local stack (a nats-server from the wheel, one
+`bourse run` process per service, SQLite, a crowd of WebSocket users): the issue's acceptance
+test. Every per-action figure must be positive, and at a measured step the profile's prediction
+(idle + the sum of rate x cost) must add up to the CPU measured there within 10 %."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bourse.sizing.measure import MeasureOptions, measure
+from bourse.sizing.profile import NATS, Profile, load_profile, save_profile
+from bourse.sizing.scenario import ORDER_ACTIONS, Action, load_scenario
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def quick_profile() -> Profile:
+    lines: list[str] = []
+    options = MeasureOptions.for_scenario(load_scenario(), quick=True)
+    profile = await measure(options, lines.append)
+    assert any("step" in line for line in lines)  # the progress display said what it did
+    return profile
+
+
+async def test_a_quick_measure_gives_every_action_a_positive_cost(quick_profile: Profile) -> None:
+    assert set(quick_profile.actions) == set(Action)
+    for action, cost in quick_profile.actions.items():
+        assert cost.sent > 0, action
+        assert cost.rate > 0, action
+        assert cost.total_us > 0, action
+        assert cost.cpu_us["gateway"] > 0, action  # no RabbitMQ: every action came over REST
+        assert all(us >= 0 for us in cost.cpu_us.values()), action
+    for action in ORDER_ACTIONS:
+        cost = quick_profile.actions[action]
+        for service in ("accounts", "matching", "persistence", NATS):
+            assert cost.cpu_us[service] > 0, (action, service)
+        assert cost.nats_messages > 0, action
+        assert cost.induced["stream_bytes"] > 0, action
+        assert cost.induced["sql_rows"] > 0, action
+
+
+async def test_the_prediction_adds_up_to_the_measured_cpu_within_ten_percent(quick_profile: Profile) -> None:
+    assert quick_profile.steps, "no step was measured"
+    first = quick_profile.steps[0]
+    measured = sum(first.cores.values())
+    predicted = sum(first.predicted_cores.values())
+    assert first.orders_per_s > 0
+    assert measured > sum(quick_profile.idle_cores.values())
+    assert predicted == pytest.approx(measured, rel=0.10), (
+        f"step {first.load:.0%}: measured {first.cores}, predicted {first.predicted_cores}"
+    )
+
+
+async def test_the_crowd_costs_are_measured(quick_profile: Profile) -> None:
+    crowd = quick_profile.crowd
+    assert crowd.users == quick_profile.scenario.users == 200
+    assert crowd.memory_per_user_bytes > 0
+    assert crowd.ws_message_cpu_us > 0
+    assert crowd.stream_bytes_per_order > 0
+    assert set(crowd.memory_per_open_order_bytes) == {"accounts", "matching", "query"}
+    assert sum(crowd.memory_per_open_order_bytes.values()) > 0
+
+
+async def test_the_profile_round_trips_and_says_how_it_was_measured(
+    quick_profile: Profile, tmp_path: Path
+) -> None:
+    path = tmp_path / "profile.json"
+    save_profile(quick_profile, path)
+    assert load_profile(path) == quick_profile
+    assert "one action at a time" in quick_profile.method
+    assert "sent over REST" in quick_profile.method  # no RabbitMQ URL was given
+    assert "quick" in quick_profile.method
+    assert quick_profile.machine.cpus >= 1

@@ -1,0 +1,90 @@
+"""The measure's arithmetic and readings, without a system: counters read from /metrics text,
+the idle subtracted from a window, the pusher's cost per message from two runs, the crowd's
+channels spread over its users."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bourse.sizing.crowd import crowd_users
+from bourse.sizing.measure import COUNTERS, Idle, Mark, between, fan_out_cost
+from bourse.sizing.probes import cpu_seconds, metric_sums, rss_bytes
+from bourse.sizing.profile import ActionCost
+from bourse.sizing.scenario import Channel, load_scenario
+
+METRICS = """# HELP bourse_pusher_messages_delivered_total Messages written to connections, by kind.
+# TYPE bourse_pusher_messages_delivered_total counter
+bourse_pusher_messages_delivered_total{kind="ticker"} 10.0
+bourse_pusher_messages_delivered_total{kind="trades"} 32.0
+bourse_order_to_trade_seconds_count 7.0
+bourse_order_to_trade_seconds_sum 0.25
+process_cpu_seconds_total 1.5
+"""
+
+
+def test_metric_text_is_summed_by_name_and_kept_per_labelled_sample() -> None:
+    sums = metric_sums(METRICS)
+    assert sums["bourse_pusher_messages_delivered_total"] == 42.0
+    assert sums['bourse_pusher_messages_delivered_total{kind="trades"}'] == 32.0
+    assert sums["bourse_order_to_trade_seconds_count"] == 7.0
+    assert "# HELP" not in "".join(sums)
+
+
+def test_this_process_cpu_and_memory_are_read_from_proc() -> None:
+    assert (cpu_seconds(os.getpid()) or 0.0) > 0
+    assert (rss_bytes(os.getpid()) or 0) > 0
+    assert cpu_seconds(2**22 + 7) is None  # beyond pid_max: gone
+
+
+def test_an_actions_window_is_charged_only_what_idling_would_not_have_spent() -> None:
+    before = Mark(0.0, {"gateway": 1.0, "pusher": 2.0}, {COUNTERS["trades"]: 5.0}, {}, {"ORDERS": 100})
+    after = Mark(10.0, {"gateway": 3.0, "pusher": 2.5}, {COUNTERS["trades"]: 25.0}, {}, {"ORDERS": 900})
+    window = between(before, after)
+    assert window.seconds == 10.0
+    assert window.cpu_s == {"gateway": 2.0, "pusher": 0.5}
+    assert window.counts["trades"] == 20.0
+    assert window.counts["stream_bytes"] == 800.0
+    idle = Idle(cores={"gateway": 0.05, "pusher": 0.05}, rates={"trades": 0.0})
+    cpu, counts = idle.excess(window)
+    assert cpu == pytest.approx({"gateway": 1.5, "pusher": 0.0})
+    assert counts["trades"] == 20.0
+
+
+def test_the_pusher_cost_per_message_is_what_the_crowd_adds_per_message_it_gets() -> None:
+    alone = ActionCost(
+        rate=100,
+        sent=1000,
+        cpu_us={"pusher": 50.0},
+        nats_messages=10,
+        nats_bytes=1e3,
+        induced={"ws_messages": 0.0},
+    )
+    crowd = ActionCost(
+        rate=100,
+        sent=1000,
+        cpu_us={"pusher": 550.0},
+        nats_messages=10,
+        nats_bytes=1e3,
+        induced={"ws_messages": 50.0},
+    )
+    assert fan_out_cost(alone, crowd) == pytest.approx(10.0)
+    assert fan_out_cost(alone, alone) == 0.0
+
+
+def test_the_crowd_holds_each_channel_as_the_scenario_spreads_it() -> None:
+    scenario = load_scenario().scaled(users=1000)
+    tokens = {member: f"token-{member}" for member in range(1, scenario.traders + 1)}
+    users = crowd_users(scenario, tokens)
+    assert len(users) == 1000
+    holders = scenario.holders()
+    for channel, count in holders.items():
+        held = sum(1 for user in users if any(name.split(".")[0] == channel for name in user.channels))
+        assert held == count, channel
+    traders = [user for user in users if user.token is not None]
+    assert len(traders) == holders[Channel.ORDERS] == scenario.traders
+    assert all("orders" in user.channels for user in traders)
+    assert {name.split(".")[1] for user in users for name in user.channels if "." in name} == set(
+        scenario.markets
+    )
