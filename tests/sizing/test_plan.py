@@ -132,6 +132,47 @@ def test_market_data_scales_with_trades_and_holders_of_the_trades_channel() -> N
     assert capped.market_data_per_s == pytest.approx(500 * 10)  # one per 100 ms tick per holder
 
 
+def ticker_profile(ws_ticker: float | None) -> Profile:
+    """The synthetic profile measured with every user holding a ticker too, and (unless None)
+    `ws_ticker` ticker messages delivered per limit order."""
+    base = synthetic_profile()
+    scenario = msgspec.structs.replace(
+        base.scenario, channels={**base.scenario.channels, Channel.TICKER: 1.0}
+    )
+    limit = base.actions[Action.PLACE_LIMIT]
+    induced = {**limit.induced, **({} if ws_ticker is None else {"ws_ticker": ws_ticker})}
+    actions = {**base.actions, Action.PLACE_LIMIT: msgspec.structs.replace(limit, induced=induced)}
+    return msgspec.structs.replace(base, scenario=scenario, actions=actions)
+
+
+def test_other_public_channels_scale_with_their_holders_up_to_their_tick() -> None:
+    profile = ticker_profile(0.05)  # at 9,000 orders/s: 450 tickers/s to the 1,000 holders measured
+    scenario = plan_scenario(profile.scenario, users=2000, orders_per_s=9000, reads_per_s=0)
+    ws = make_plan(profile, scenario).websocket
+    assert ws.by_channel[Channel.TICKER] == pytest.approx(900)  # 0.45 a second to each of 2,000
+    assert ws.by_channel[Channel.TRADES] == pytest.approx(9000)
+    assert ws.extra_per_s == pytest.approx(450 + 4500)
+    assert ws.unscaled == ()
+    busy = ticker_profile(0.5)  # 4.5 a second per holder measured: a ticker is sent once a second
+    assert make_plan(busy, scenario).websocket.by_channel[Channel.TICKER] == pytest.approx(2000)
+
+
+def test_public_channels_the_profile_has_no_figure_for_are_kept_as_measured_and_said(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    profile = ticker_profile(None)
+    scenario = plan_scenario(profile.scenario, users=2000, orders_per_s=9000, reads_per_s=0)
+    ws = make_plan(profile, scenario).websocket
+    assert ws.unscaled == (Channel.TICKER,)
+    assert ws.by_channel[Channel.TICKER] == 0
+    assert ws.extra_per_s == pytest.approx(4500)  # the trades channel only
+    path = tmp_path / "profile.json"
+    save_profile(profile, path)
+    argv = ["size", "plan", "--orders-per-s", "9000", "--users", "2000", "--profile", str(path)]
+    assert main(argv) == 0
+    assert "NOT SCALED: the profile has no per-channel figures for ticker" in capsys.readouterr().out
+
+
 def test_the_pushers_idle_grows_with_the_connected_crowd() -> None:
     base = synthetic_profile()
     profile = msgspec.structs.replace(base, idle_cores={**base.idle_cores, "pusher": 0.01})

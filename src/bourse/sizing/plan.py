@@ -31,9 +31,10 @@ from bourse.sizing.scenario import PRIVATE_CHANNELS, Action, Channel, Scenario
 
 READ_ACTIONS = (Action.READ_DEPTH, Action.READ_BALANCES, Action.READ_ORDERS)
 PUSHER = "pusher"
-TICKS_PER_S = 10.0
-"""The pushers' fastest public tick (100 ms): no holder of a public channel gets more messages a
-second than this from it, whatever the trade rate."""
+MAX_PER_HOLDER_PER_S = {Channel.TRADES: 10.0, Channel.DEPTH: 10.0, Channel.TICKER: 1.0, Channel.KLINE: 1.0}
+"""The most messages a second one holder gets from a public channel, whatever the trade rate: the
+pushers send trades and depth at most every 100 ms tick, tickers and k-lines at most each second
+(docs/architecture.md, WebSocket pushers)."""
 DEFAULT_OPEN_ORDERS_PER_TRADER = 10
 REWRITE_FACTOR = 0.1
 """The CPU share a service keeps once rewritten off Python, for the ranking `plan` always prints.
@@ -104,23 +105,32 @@ def _ceil(value: float) -> int:
 class WebSocketLoad:
     """WebSocket messages a second at the plan, and how many the profile's action costs miss.
 
-    The model (from what a profile measures):
-    - what an action sets off to its own member (private orders and balances) is one message per
-      update whatever the crowd, so `induced["ws_messages"]` per action, times its rate, holds;
-    - public market data goes to every holder of a channel: `Crowd.ws_messages_per_trade` is the
-      market-data messages delivered per trade per holder of the trades channel, so market data
-      = trades/s x holders of `trades` x that figure, the other public channels' holders moving
-      in step with them (a scaled scenario keeps the shares of users on each channel); capped at
-      one message per 100 ms tick per holder of each public channel, as the pushers conflate;
-    - the profile's per-action costs already hold the market data delivered to the crowd it was
-      measured with, so the pusher's CPU is corrected by `extra_per_s` = market data at the plan
-      minus market data to the measured crowd at the plan's trade rate (negative for a smaller
-      crowd), at `Crowd.ws_message_cpu_us` each."""
+    The model, from what a profile measures with its own crowd:
+    - the trades channel: every trade goes to every holder of its market's channel, so its
+      messages = trades/s x holders of `trades` x `Crowd.ws_messages_per_trade` (messages of the
+      trades channel delivered per trade per holder, as measured);
+    - the other public channels (`ticker`, `depth`, `kline`): per action, the messages of the
+      channel it set off (`induced["ws_<channel>"]`, e.g. `ws_ticker`) times the plan's holders
+      over the measured holders of that channel. A profile without those figures cannot scale
+      them: they stay as measured, and the channels are listed in `unscaled`;
+    - no holder gets more than `MAX_PER_HOLDER_PER_S` of a public channel (the pushers conflate);
+    - everything else an action set off (`induced["ws_messages"]` less the public channels above:
+      the member's own orders, trades and balances) goes to one member whatever the crowd, so it
+      is taken as measured per action.
+    The profile's per-action costs already hold the public messages delivered to the crowd it was
+    measured with, so the pusher's CPU is corrected by `extra_per_s` (public messages at the plan
+    less those to the measured crowd at the plan's rates; negative for a smaller crowd), at
+    `Crowd.ws_message_cpu_us` each."""
 
     messages_per_s: float
     market_data_per_s: float
+    """Public channels' messages a second at the plan."""
     extra_per_s: float
     trades_per_s: float
+    by_channel: dict[Channel, float] = field(default_factory=dict)
+    """Public messages a second per channel held at the plan."""
+    unscaled: tuple[Channel, ...] = ()
+    """Public channels held that the profile gives no per-channel figure for (kept as measured)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,19 +274,35 @@ def measured_holders(profile: Profile) -> dict[Channel, int]:
 
 def websocket_load(profile: Profile, scenario: Scenario, rates: Mapping[Action, float]) -> WebSocketLoad:
     """WebSocket messages a second for `scenario` at `rates` (the model: `WebSocketLoad`)."""
-    per_trade = profile.crowd.ws_messages_per_trade
     trades = _induced(profile, rates, "trades")
-    holders = scenario.holders()
-    public = sum(count for channel, count in holders.items() if channel not in PRIVATE_CHANNELS)
-    market_data = min(trades * per_trade * holders.get(Channel.TRADES, 0), public * TICKS_PER_S)
-    measured = trades * per_trade * measured_holders(profile).get(Channel.TRADES, 0)
+    holders, measured_at = scenario.holders(), measured_holders(profile)
+    by_channel: dict[Channel, float] = {}
+    measured = 0.0
+    unscaled: list[Channel] = []
+    for channel, count in holders.items():
+        if channel in PRIVATE_CHANNELS:
+            continue
+        then = measured_at.get(channel, 0)
+        if channel is Channel.TRADES:
+            per_holder = trades * profile.crowd.ws_messages_per_trade
+            sent_then = per_holder * then
+        else:
+            sent_then = _induced(profile, rates, f"ws_{channel}")
+            per_holder = sent_then / then if then else 0.0
+            if not then or not any(f"ws_{channel}" in cost.induced for cost in profile.actions.values()):
+                unscaled.append(channel)
+        cap = MAX_PER_HOLDER_PER_S.get(channel, max(MAX_PER_HOLDER_PER_S.values()))
+        by_channel[channel] = min(per_holder, cap) * count
+        measured += sent_then
+    market_data = sum(by_channel.values())
     extra = market_data - measured
-    set_off = _induced(profile, rates, "ws_messages")
     return WebSocketLoad(
-        messages_per_s=max(0.0, set_off + extra),
+        messages_per_s=max(0.0, _induced(profile, rates, "ws_messages") + extra),
         market_data_per_s=market_data,
         extra_per_s=extra,
         trades_per_s=trades,
+        by_channel=by_channel,
+        unscaled=tuple(unscaled),
     )
 
 

@@ -90,10 +90,16 @@ def plan_lines(plan: Plan, profile: Profile, source: str) -> Iterator[str]:
         f"NATS: {plan.nats_messages_per_s:,.0f} messages/s, {_bytes(plan.nats_bytes_per_s)}/s; "
         f"SQL: {plan.sql_rows_per_s:,.0f} rows/s; Redis: {plan.redis_writes_per_s:,.0f} writes/s"
     )
+    channels = ", ".join(f"{channel} {count:,.0f}" for channel, count in ws.by_channel.items())
     yield (
-        f"WebSocket: {ws.messages_per_s:,.0f} messages/s ({ws.market_data_per_s:,.0f} of market data, "
-        f"{ws.trades_per_s:,.0f} trades/s)"
+        f"WebSocket: {ws.messages_per_s:,.0f} messages/s ({ws.market_data_per_s:,.0f} of market data: "
+        f"{channels or 'no public channel'}; {ws.trades_per_s:,.0f} trades/s)"
     )
+    if ws.unscaled and s.users != profile.crowd.users:
+        yield (
+            f"  NOT SCALED: the profile has no per-channel figures for {', '.join(ws.unscaled)}: their "
+            f"messages are planned as measured with {profile.crowd.users:,} users, not {s.users:,}"
+        )
     yield (
         f"hottest market: {plan.hot_market_share:.0%} of orders = {plan.hot_market_orders_per_s:,.0f} "
         f"orders/s (--hot-market-share; even split over {len(s.markets)} markets by default)"
