@@ -1,7 +1,8 @@
 """The `bourse` command: `up` runs everything (supervised processes), `run` runs chosen services,
 `services` lists them, `token` prints a member token for development, `db upgrade` migrates the
 SQL database, `db reset` empties it (to rebuild it from the streams), `audit` checks it against
-its ledger, `size plan` turns a measured profile into cores and instances for a target load."""
+its ledger, `size plan` turns a measured profile into cores and instances for a target load,
+`size measure` measures one, `size validate` checks a plan's prediction by running it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bourse.config.production import ProductionSettingsRefused, check_production
 from bourse.config.settings import Settings
 from bourse.runtime.logs import configure_logging
 from bourse.runtime.process import BourseProcess, print_links
+from bourse.sizing.commands import add_measure, add_validate
 
 LOCK_HELD = 3
 """Exit code of `rebuild` and `db reset` when the persistence lock is held (nothing was changed)."""
@@ -301,6 +303,8 @@ def _add_size_plan(size: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 SIZE_COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_size_plan,
+    add_measure,
+    add_validate,
 )
 """`bourse size` subcommands: each function adds its parser (with `set_defaults(func=...)`) to
 the group; a new subcommand is one more function here."""

@@ -25,6 +25,7 @@ system down but does not add to its processes' CPU."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -689,7 +690,7 @@ def run_measure(options: MeasureOptions, out: Path) -> int:
         return await measure(options, say_line)
 
     try:
-        profile = _run(main())
+        profile = run_async(main())
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"bourse size measure: {exc}", file=sys.stderr)
         return 1
@@ -704,10 +705,38 @@ def run_measure(options: MeasureOptions, out: Path) -> int:
     return 0
 
 
-def _run(coro: Awaitable[T]) -> T:
+def run_async(coro: Awaitable[T]) -> T:
     try:
         import uvloop
     except ImportError:
         return asyncio.run(coro)  # type: ignore[arg-type]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)  # type: ignore[arg-type]
+
+
+def servers_from(args: argparse.Namespace) -> Servers:
+    return Servers(
+        nats_url=args.nats_url,
+        nats_monitor_url=args.nats_monitor_url,
+        sql_url=args.sql_url,
+        redis_url=args.redis_url,
+        rabbitmq_url=args.rabbitmq_url,
+    )
+
+
+def measure_command(args: argparse.Namespace) -> int:
+    """`bourse size measure` (its options: `bourse.sizing.commands`)."""
+    from bourse.sizing.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except ValueError as exc:
+        print(f"bourse size measure: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {"servers": servers_from(args), "keep": args.keep}
+    if args.window is not None:
+        overrides["window_s"] = args.window
+    options = MeasureOptions.for_scenario(scenario, quick=args.quick, **overrides)
+    suffix = "-quick" if args.quick else ""
+    out = args.out if args.out is not None else Path(f"profile-{scenario.name}{suffix}.json")
+    return run_measure(options, out)

@@ -1,0 +1,256 @@
+"""`bourse size validate`: run the plan's prediction on this machine and compare, per service,
+the CPU it predicted with the CPU measured.
+
+The load is the plan's (`plan_scenario`: the profile's user model scaled to `users` placing
+`orders_per_s`), by default the brief's 1,000 orders/s and 10,000 users, or, when the profile's
+steps found the knee below that, the largest load they found within the limits. The system is
+started as `measure` starts it (one process per service, the crowd connected), the mix is
+driven for `repeats` windows, and per service the median of the measured cores is set against
+the plan's prediction (`plan.measured_cores`) for the rates achieved: if the generator fell short
+of the target, the comparison is still of the same load."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import nats
+from nats.aio.client import Client
+
+from bourse.sizing.crowd import Crowd
+from bourse.sizing.loadgen import LoadGenerator, percentile
+from bourse.sizing.measure import (
+    Measurement,
+    MeasureOptions,
+    run_async,
+    say_line,
+    servers_from,
+)
+from bourse.sizing.plan import measured_cores, plan_scenario
+from bourse.sizing.profile import Profile, load_profile
+from bourse.sizing.scenario import ORDER_ACTIONS, Action, Scenario
+from bourse.sizing.system import Servers, start_system, stop_system
+from bourse.sizing.workload import OrderMaker
+
+DEFAULT_ORDERS_PER_S = 1000.0
+DEFAULT_USERS = 10_000
+TOLERANCE = 0.25
+"""The issue's bound on the error per service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    orders_per_s: float
+    users: int
+    why: str
+
+
+def choose_target(profile: Profile, orders_per_s: float | None, users: int | None) -> Target:
+    """The load to validate: what was asked; else the brief's 1,000 orders/s and 10,000 users if
+    the profile's steps held it, else the largest load its steps held (the knee)."""
+    if orders_per_s is not None or users is not None:
+        return Target(
+            orders_per_s if orders_per_s is not None else DEFAULT_ORDERS_PER_S,
+            users if users is not None else DEFAULT_USERS,
+            "as asked",
+        )
+    held = [step for step in profile.steps if not step.past_knee]
+    if profile.steps and not held:
+        best = min(profile.steps, key=lambda step: step.load)
+        return Target(
+            best.orders_per_s,
+            best.users,
+            f"the profile's first step ({best.load:.0%}) already passed the knee: validated there",
+        )
+    if held:
+        knee = max(held, key=lambda step: step.load)
+        if knee.orders_per_s < DEFAULT_ORDERS_PER_S * 0.97:
+            return Target(
+                knee.orders_per_s,
+                knee.users,
+                f"the largest load the profile's steps held ({knee.load:.0%} of its scenario, the knee)",
+            )
+    return Target(DEFAULT_ORDERS_PER_S, DEFAULT_USERS, "the brief's load")
+
+
+@dataclass(slots=True)
+class Validation:
+    target: Target
+    scenario: Scenario
+    predicted: dict[str, float]
+    """Per service, cores the plan predicts for the rates achieved (median run)."""
+    measured: dict[str, float]
+    """Per service, the median of the measured cores over the runs."""
+    runs: list[dict[str, float]] = field(default_factory=list)
+    orders_per_s: float = 0.0
+    post_p99_ms: float = 0.0
+    errors: float = 0.0
+
+    def error(self, service: str) -> float:
+        measured = self.measured.get(service, 0.0)
+        return (self.predicted.get(service, 0.0) - measured) / measured if measured > 0 else math.inf
+
+    @property
+    def services(self) -> list[str]:
+        return sorted(set(self.predicted) | set(self.measured))
+
+    @property
+    def total_error(self) -> float:
+        measured = sum(self.measured.values())
+        return (sum(self.predicted.values()) - measured) / measured if measured > 0 else math.inf
+
+    def table(self) -> str:
+        lines = [
+            f"validated: {self.orders_per_s:,.0f} orders/s achieved (target {self.target.orders_per_s:,.0f}, "
+            f"{self.target.why}), {self.scenario.users:,} users; median of {len(self.runs)} runs; "
+            f"POST /order p99 {self.post_p99_ms:.0f} ms, errors {self.errors:.1%}",
+            f"{'service':<14}{'predicted':>10}{'measured':>10}{'error':>8}",
+        ]
+        for service in self.services:
+            error = self.error(service)
+            mark = "" if abs(error) <= TOLERANCE else "  outside ±25 %"
+            lines.append(
+                f"{service:<14}{self.predicted.get(service, 0.0):>10.3f}"
+                f"{self.measured.get(service, 0.0):>10.3f}"
+                f"{error:>+8.0%}{mark}"
+            )
+        lines.append(
+            f"{'total':<14}{sum(self.predicted.values()):>10.3f}{sum(self.measured.values()):>10.3f}"
+            f"{self.total_error:>+8.0%}"
+        )
+        return "\n".join(lines)
+
+
+async def validate(
+    profile: Profile,
+    target: Target,
+    servers: Servers,
+    say: Callable[[str], None],
+    *,
+    window_s: float = 20.0,
+    warmup_s: float = 3.0,
+    repeats: int = 3,
+    keep: bool = False,
+) -> Validation:
+    scenario = plan_scenario(profile.scenario, users=target.users, orders_per_s=target.orders_per_s)
+    rates = scenario.rates()
+    say(
+        f"validating {target.orders_per_s:,.0f} orders/s and {target.users:,} users ({target.why}); "
+        f"the plan predicts {sum(measured_cores(profile, scenario, rates).values()):.2f} cores"
+    )
+    options = MeasureOptions(
+        scenario=scenario, servers=servers, window_s=window_s, warmup_s=warmup_s, keep=keep
+    )
+    system = await start_system(servers, max(scenario.traders, 1), say, keep=keep)
+    crowd: Crowd | None = None
+    generator: LoadGenerator | None = None
+    nc: Client | None = None
+    try:
+        crowd = await Crowd.start(scenario.users)
+        generator = LoadGenerator(
+            system.api, system.tokens, OrderMaker(scenario.markets, max(scenario.traders, 1))
+        )
+        nc = await nats.connect(system.nats_url)
+        async with httpx.AsyncClient() as http:
+            m = Measurement(options, system, crowd, generator, nc, http, say)
+            await m.measure_crowd(scenario.users)
+            await m.measure_idle()
+            return await _runs(m, profile, target, scenario, rates, repeats)
+    finally:
+        if generator is not None:
+            generator.close()
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if crowd is not None:
+            await crowd.stop()
+        say("stopping the system")
+        await stop_system(system, keep=keep)
+
+
+async def _runs(
+    m: Measurement,
+    profile: Profile,
+    target: Target,
+    scenario: Scenario,
+    rates: dict[Action, float],
+    repeats: int,
+) -> Validation:
+    o = m.options
+    runs: list[dict[str, float]] = []
+    achieved_runs: list[dict[Action, float]] = []
+    p99s: list[float] = []
+    errors: list[float] = []
+    for index in range(1, repeats + 1):
+        need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
+        if len(m.generator.resting) < need:
+            await m.generator.prepare_resting(need - len(m.generator.resting))
+        await m.settle(15.0)
+        label = f"run {index}/{repeats}"
+        m.say(f"{label}: the mix at {scenario.orders_per_s():,.0f} orders/s for {o.window_s:g} s")
+        run = await m.drive(label, rates)
+        achieved = dict.fromkeys(rates, 0.0)
+        for sample in run.samples:
+            achieved[sample.action] += 1 / run.window.seconds
+        cores = run.window.cores()
+        predicted = measured_cores(profile, scenario, achieved)
+        posts = [s.done - s.sent for s in run.samples if s.is_post_order and not s.failed]
+        failed = sum(1 for s in run.samples if s.failed) / max(len(run.samples), 1)
+        runs.append(cores)
+        achieved_runs.append(achieved)
+        p99s.append(percentile(posts, 99) * 1000)
+        errors.append(failed)
+        orders = sum(achieved[a] for a in ORDER_ACTIONS)
+        m.say(
+            f"{label}: {orders:,.0f} orders/s, p99 {p99s[-1]:.0f} ms: "
+            f"{sum(cores.values()):.2f} cores measured, "
+            f"{sum(predicted.values()):.2f} predicted"
+        )
+    services = sorted({name for cores in runs for name in cores})
+    measured = {name: statistics.median(cores.get(name, 0.0) for cores in runs) for name in services}
+    median_rates = {a: statistics.median(r[a] for r in achieved_runs) for a in rates}
+    return Validation(
+        target=target,
+        scenario=scenario,
+        predicted=measured_cores(profile, scenario, median_rates),
+        measured=measured,
+        runs=runs,
+        orders_per_s=sum(median_rates[a] for a in ORDER_ACTIONS),
+        post_p99_ms=statistics.median(p99s),
+        errors=statistics.median(errors),
+    )
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """`bourse size validate` (its options: `bourse.sizing.commands`)."""
+    try:
+        profile = load_profile(args.profile)
+    except ValueError as exc:
+        print(f"bourse size validate: {exc}", file=sys.stderr)
+        return 2
+    target = choose_target(profile, args.orders_per_s, args.users)
+    servers = servers_from(args)
+    try:
+        result = run_async(
+            validate(
+                profile,
+                target,
+                servers,
+                say_line,
+                window_s=args.window,
+                repeats=args.repeats,
+                keep=args.keep,
+            )
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"bourse size validate: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(result.table())
+    return 0
