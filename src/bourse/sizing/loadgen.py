@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -99,6 +100,10 @@ class AmqpPublisher:
         await self.connection.close()
 
 
+class Unsent(Exception):
+    """A request still waiting for a connection when its run was over: dropped, not sent."""
+
+
 class LoadGenerator:
     def __init__(
         self,
@@ -131,6 +136,10 @@ class LoadGenerator:
         self.samples: list[Sample] = []
         self.skipped: dict[Action, int] = {}
         """Actions due but not sendable (a cancel or amend with no resting order left)."""
+        self.unsent: dict[Action, int] = {}
+        """Actions still waiting for a connection a second after their run ended (the system
+        could not keep up): dropped, so a saturated run ends on time."""
+        self.deadline = math.inf
         self._idle: list[LeanHttpConnection] = []
         self._open = 0
         self._freed = asyncio.Condition()
@@ -168,6 +177,9 @@ class LoadGenerator:
         """(status, body, sent at); status 0 when no answer came."""
         connection = await self._acquire()
         sent = time.perf_counter()
+        if sent > self.deadline:
+            await self._release(connection)
+            raise Unsent
         try:
             raw = build_request(method, self.netloc, f"{self.prefix}{path}", headers, body)
             status, data = await connection.request(raw, self.timeout)
@@ -195,6 +207,12 @@ class LoadGenerator:
         return status, sent
 
     async def _one(self, action: Action, scheduled: float) -> None:
+        try:
+            await self._send(action, scheduled)
+        except Unsent:
+            self.unsent[action] = self.unsent.get(action, 0) + 1
+
+    async def _send(self, action: Action, scheduled: float) -> None:
         maker, rest = self.maker, True
         if action is Action.PLACE_LIMIT:
             status, sent = await self._place(maker.limit(), maker.member())
@@ -241,6 +259,7 @@ class LoadGenerator:
         counts = dict.fromkeys(totals, 0)
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter() + 0.01
+        self.deadline = start + duration + 1.0
         while any(counts[action] < totals[action] for action, _ in plan):
             elapsed = time.perf_counter() - start
             for action, rate in plan:
@@ -252,8 +271,11 @@ class LoadGenerator:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             await asyncio.sleep(0.002)
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            self.deadline = math.inf
 
     async def prepare_resting(self, count: int, concurrency: int = 64) -> int:
         """Place `count` resting orders (beyond the band: nothing trades with them) as fast as

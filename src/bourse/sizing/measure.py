@@ -208,6 +208,8 @@ class Measurement:
     pusher_rss_per_user: float = 0.0
     costs: dict[Action, ActionCost] = field(default_factory=dict)
     trades_delivered_per_trade: float = 0.0
+    basis: float = 1.0
+    """The load the costs were measured at (the full load, or the knee below it)."""
 
     # ---------------------------------------------------------------------- readings
 
@@ -282,8 +284,17 @@ class Measurement:
         self.say(f"{label} {window.seconds:.1f} s: {total:.2f} cores ({_cores_text(self.idle.cores)})")
         return self.idle
 
-    async def measure_action(self, action: Action, rate: float, *, label: str = "") -> ActionCost:
-        """One action alone at `rate` (at least `min_rate`): its cost over the idle measured last."""
+    async def measure_action(
+        self, action: Action, rate: float, *, label: str = "", main: ActionCost | None = None
+    ) -> ActionCost:
+        """One action at `rate` (at least `min_rate`): its cost over the idle measured last.
+
+        With `main` (the main flow's cost: limit orders, measured alone at `main.rate`), the
+        action is driven on top of that flow and charged what it adds to it: the window's CPU
+        over idle, less the limit orders' own cost times the limit orders sent in it. Orders,
+        cancels and amends share the stages' batches (a batch's fixed cost is paid once for
+        every command in it), so an order command costs what it costs riding the batches of
+        the full flow, not what it costs alone, each in a batch of its own."""
         assert self.idle is not None
         o = self.options
         label = label or str(action)
@@ -296,32 +307,41 @@ class Measurement:
             placed = await self.generator.prepare_resting(wanted)
             self.say(f"{label}: {placed} resting orders placed to work on")
             await self.settle(15.0)
-        self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
-        run = await self.drive(label, {action: rate})
-        sent = len(run.samples)
+        rates = {action: rate}
+        how = "alone"
+        if main is not None:
+            rates[Action.PLACE_LIMIT] = main.rate
+            how = f"on top of limit orders at {main.rate:,.0f}/s"
+        self.say(f"{label}: driving {rate:,.0f}/s {how} for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
+        run = await self.drive(label, rates)
+        samples = [s for s in run.samples if s.action is action]
+        sent = len(samples)
         if sent == 0:
             raise RuntimeError(f"{label}: nothing was sent in the window")
         cpu, counts = self.idle.excess(run.window)
+        nats = {key: counts.pop(key, 0.0) for key in ("nats_messages", "nats_bytes")}
+        if main is not None:
+            flow = sum(1 for s in run.samples if s.action is Action.PLACE_LIMIT)
+            cpu = {name: used - main.cpu_us.get(name, 0.0) * flow / 1e6 for name, used in cpu.items()}
+            counts = {key: value - main.induced.get(key, 0.0) * flow for key, value in counts.items()}
+            nats["nats_messages"] -= main.nats_messages * flow
+            nats["nats_bytes"] -= main.nats_bytes * flow
         cpu_us = {name: max(used, 0.0) / sent * 1e6 for name, used in cpu.items()}
-        induced = {
-            key: max(value, 0.0) / sent
-            for key, value in counts.items()
-            if key not in ("nats_messages", "nats_bytes", "trades_delivered")
-        }
+        induced = {key: max(value, 0.0) / sent for key, value in counts.items() if key != "trades_delivered"}
         cost = ActionCost(
             rate=sent / run.window.seconds,
             sent=sent,
             cpu_us=cpu_us,
-            nats_messages=max(counts.get("nats_messages", 0.0), 0.0) / sent,
-            nats_bytes=max(counts.get("nats_bytes", 0.0), 0.0) / sent,
+            nats_messages=max(nats["nats_messages"], 0.0) / sent,
+            nats_bytes=max(nats["nats_bytes"], 0.0) / sent,
             induced=induced,
         )
-        if action is Action.PLACE_LIMIT and counts.get("trades", 0.0) > 0:
+        if action is Action.PLACE_LIMIT and main is None and counts.get("trades", 0.0) > 0:
             self.trades_delivered_per_trade = max(counts.get("trades_delivered", 0.0), 0.0) / counts["trades"]
-        failed = sum(1 for s in run.samples if s.failed)
+        failed = sum(1 for s in samples if s.failed)
         self.say(
             f"{label}: {cost.rate:,.0f}/s, {sent:,} sent, {failed} failed, p99 "
-            f"{percentile([s.done - s.sent for s in run.samples], 99) * 1000:.0f} ms: "
+            f"{percentile([s.done - s.sent for s in samples], 99) * 1000:.0f} ms: "
             f"{cost.total_us:,.0f} µs/action ({_us_text(cpu_us)}); {cost.nats_messages:.1f} NATS msgs, "
             + ", ".join(f"{key} {value:.2f}" for key, value in induced.items() if value)
         )
@@ -381,7 +401,7 @@ class Measurement:
         )
         return per_order
 
-    async def measure_step(self, profile: Profile, load: float) -> Step:
+    async def measure_step(self, load: float) -> StepRun:
         o = self.options
         scenario = o.scenario
         rates = scenario.rates(load)
@@ -392,41 +412,60 @@ class Measurement:
         label = f"step {load:.0%}"
         self.say(
             f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
-            f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:.0f} s"
+            f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:g} s"
         )
+        unsent_before = sum(self.generator.unsent.values())
         run = await self.drive(label, rates)
-        achieved: dict[Action, float] = {action: 0.0 for action in rates}
+        unsent = sum(self.generator.unsent.values()) - unsent_before
+        achieved: dict[Action, float] = dict.fromkeys(rates, 0.0)
         for sample in run.samples:
             achieved[sample.action] += 1 / run.window.seconds
-        cores = run.window.cores()
-        predicted = profile.predicted_cores(achieved)
         limits = scenario.steps
         posts = [s.done - s.sent for s in run.samples if s.is_post_order and not s.failed]
         late = sum(1 for s in run.samples if s.sent - s.scheduled > limits.max_p99_ms / 1000)
         failed = sum(1 for s in run.samples if s.failed)
-        error_share = (failed + late) / max(len(run.samples), 1)
+        error_share = (failed + late + unsent) / max(len(run.samples) + unsent, 1)
         p50, p99 = percentile(posts, 50) * 1000, percentile(posts, 99) * 1000
         past = not posts or p99 > limits.max_p99_ms or error_share > limits.max_error_share
-        step = Step(
-            load=load,
-            orders_per_s=sum(achieved[a] for a in ORDER_ACTIONS if a in achieved),
-            users=self.crowd.users,
-            cores=cores,
-            predicted_cores=predicted,
-            post_p50_ms=p50,
-            post_p99_ms=p99,
-            error_share=error_share,
-            past_knee=past,
-        )
-        measured, expected = sum(cores.values()), sum(predicted.values())
+        step = StepRun(load, achieved, run.window.cores(), p50, p99, error_share, past)
         self.say(
             f"{label}: {step.orders_per_s:,.0f} orders/s, POST /order p50 {p50:.0f} ms p99 {p99:.0f} ms, "
-            f"{failed} failed + {late} late of {len(run.samples):,}: {measured:.2f} cores measured, "
-            f"{expected:.2f} predicted ({(expected - measured) / max(measured, 1e-9):+.0%})"
-            + ("  <- past the knee" if past else "")
+            f"{failed} failed + {late} late + {unsent} unsent of {len(run.samples) + unsent:,}: "
+            f"{sum(step.cores.values()):.2f} cores" + ("  <- past the knee" if past else "")
         )
         await self.settle(10.0)
         return step
+
+
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    """A step as driven; it becomes a `Step` once the costs are known to predict it from."""
+
+    load: float
+    achieved: dict[Action, float]
+    """Actions/s sent in the window."""
+    cores: dict[str, float]
+    post_p50_ms: float
+    post_p99_ms: float
+    error_share: float
+    past_knee: bool
+
+    @property
+    def orders_per_s(self) -> float:
+        return sum(self.achieved.get(action, 0.0) for action in ORDER_ACTIONS)
+
+    def step(self, profile: Profile, users: int) -> Step:
+        return Step(
+            load=self.load,
+            orders_per_s=self.orders_per_s,
+            users=users,
+            cores=self.cores,
+            predicted_cores=profile.predicted_cores(self.achieved),
+            post_p50_ms=self.post_p50_ms,
+            post_p99_ms=self.post_p99_ms,
+            error_share=self.error_share,
+            past_knee=self.past_knee,
+        )
 
 
 def fan_out_cost(alone: ActionCost, crowd: ActionCost) -> float:
@@ -467,13 +506,18 @@ def machine() -> Machine:
     )
 
 
-def describe_method(options: MeasureOptions, notes: list[str]) -> str:
+def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> str:
     o = options
     lines = [
         METHOD,
-        f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; "
-        f"each action at least {o.min_rate:g}/s; "
-        "per-service costs below zero (an idle service's noise) are counted as 0",
+        f"the steps come first and find the knee; each action is then measured at its rate at {basis:.0%} "
+        "of the scenario (the full load, or the knee when the machine holds less), at least "
+        f"{o.min_rate:g}/s; limit orders (the main flow) alone; market orders, cancels, amends and "
+        "RabbitMQ orders on top of the limit orders' flow, charged what they add to it (they share its "
+        "batches, whose fixed cost a lone command would pay alone); REST reads alone",
+        f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; per-service costs below zero "
+        "(noise) are counted as 0",
+        "the pusher's cost per WebSocket message: limit orders with and without the crowd",
         f"system: one process per service; {o.servers.describe()}",
         f"steps: the crowd of {o.scenario.users:,} users held throughout, the actions at the step's share",
     ]
@@ -535,56 +579,67 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
             say(f"kept the data folder and logs: {system.workdir}")
 
 
+COMMANDS = (Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
+"""Order commands measured on top of the main flow (limit orders): they share its batches."""
+
+
 async def _phases(m: Measurement) -> Profile:
     o = m.options
     scenario = o.scenario
-    full = scenario.rates(1.0)
-    alone = await m.measure_without_crowd(full[Action.PLACE_LIMIT])
+    alone = await m.measure_without_crowd(scenario.rates(1.0)[Action.PLACE_LIMIT])
     await m.measure_crowd(scenario.users)
     idle = await m.measure_idle()
+    runs: list[StepRun] = []
+    for load in scenario.steps.loads:
+        run = await m.measure_step(load)
+        runs.append(run)
+        if run.past_knee:
+            break
+    held = [run.load for run in runs if not run.past_knee]
+    knee = max(held) if held else None
+    limits = scenario.steps
+    where = f"{knee:.0%} of the scenario" if knee is not None else "the first step already passed it"
+    m.say(f"knee: {where} (limits {limits.max_p99_ms:g} ms p99, {limits.max_error_share:.0%} errors)")
+    basis = min(knee, 1.0) if knee is not None else runs[0].load
+    m.basis = basis
+    rates = scenario.rates(basis)
+    m.say(
+        f"costs: each action at its rate at {basis:.0%} of the scenario (the full load, or the knee below it)"
+    )
+    main = await m.measure_action(Action.PLACE_LIMIT, rates[Action.PLACE_LIMIT])
+    m.costs[Action.PLACE_LIMIT] = main
     for action in Action:
-        m.costs[action] = await m.measure_action(action, full[action])
-    place = m.costs[Action.PLACE_LIMIT]
+        if action is not Action.PLACE_LIMIT:
+            on_top = main if action in COMMANDS else None
+            m.costs[action] = await m.measure_action(action, rates[action], main=on_top)
     trades_holders = scenario.holders().get(Channel.TRADES, 0)
+    per_order = await m.measure_open_orders(o.open_orders)
     crowd_costs = CrowdCosts(
         users=m.crowd.users,
-        ws_message_cpu_us=fan_out_cost(alone, place),
+        ws_message_cpu_us=fan_out_cost(alone, main),
         memory_per_user_bytes=m.pusher_rss_per_user,
-        memory_per_open_order_bytes={},
-        stream_bytes_per_order=place.induced.get("stream_bytes", 0.0),
+        memory_per_open_order_bytes=per_order,
+        stream_bytes_per_order=main.induced.get("stream_bytes", 0.0),
         ws_messages_per_trade=m.trades_delivered_per_trade / trades_holders if trades_holders else 0.0,
     )
     profile = Profile(
         version=PROFILE_VERSION,
         scenario=scenario,
         machine=machine(),
-        method=describe_method(o, m.notes),
+        method=describe_method(o, m.notes, basis),
         idle_cores=idle.cores,
         actions=dict(m.costs),
         crowd=crowd_costs,
-    )
-    steps: list[Step] = []
-    for load in scenario.steps.loads:
-        step = await m.measure_step(profile, load)
-        steps.append(step)
-        if step.past_knee:
-            break
-    within = [step.load for step in steps if not step.past_knee]
-    knee = max(within) if within else None
-    say_knee = (
-        f"knee: {knee:.0%} of the scenario" if knee is not None else "knee: the first step already passed"
-    )
-    m.say(say_knee + f" ({scenario.steps.max_p99_ms:g} ms p99, {scenario.steps.max_error_share:.0%} errors)")
-    per_order = await m.measure_open_orders(o.open_orders)
-    crowd_costs = msgspec.structs.replace(crowd_costs, memory_per_open_order_bytes=per_order)
-    return msgspec.structs.replace(
-        profile,
-        crowd=crowd_costs,
-        steps=steps,
         knee_load=knee,
-        method=describe_method(o, m.notes),
-        machine=machine(),
     )
+    steps = [run.step(profile, m.crowd.users) for run in runs]
+    for step in steps:
+        measured, predicted = sum(step.cores.values()), sum(step.predicted_cores.values())
+        m.say(
+            f"step {step.load:.0%}: {measured:.2f} cores measured, {predicted:.2f} predicted "
+            f"({(predicted - measured) / max(measured, 1e-9):+.0%})"
+        )
+    return msgspec.structs.replace(profile, steps=steps)
 
 
 # --------------------------------------------------------------------------------- output
