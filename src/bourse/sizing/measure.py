@@ -409,7 +409,7 @@ class Measurement:
         if len(self.generator.resting) < need:
             await self.generator.prepare_resting(need - len(self.generator.resting))
         await self.settle(15.0)
-        label = f"step {load:.0%}"
+        label = f"step {share(load)}"
         self.say(
             f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
             f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:g} s"
@@ -468,6 +468,11 @@ class StepRun:
         )
 
 
+def share(load: float) -> str:
+    """A load as a share of the scenario: 25%, 12.5%."""
+    return f"{load * 100:.3g}%"
+
+
 def fan_out_cost(alone: ActionCost, crowd: ActionCost) -> float:
     """Pusher CPU µs per WebSocket message delivered: the same orders with and without the
     crowd, the difference of the pusher's cost per order over the difference of the messages
@@ -510,7 +515,7 @@ def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> 
     o = options
     lines = [
         METHOD,
-        f"the steps come first and find the knee; each action is then measured at its rate at {basis:.0%} "
+        f"the steps come first and find the knee; each action is then measured at its rate at {share(basis)} "
         "of the scenario (the full load, or the knee when the machine holds less), at least "
         f"{o.min_rate:g}/s; limit orders (the main flow) alone; market orders, cancels, amends and "
         "RabbitMQ orders on top of the limit orders' flow, charged what they add to it (they share its "
@@ -555,8 +560,13 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
                 topology.routing_key,
                 url_user(options.servers.rabbitmq_url),
             )
+        traders = max(scenario.traders, 1)
         generator = LoadGenerator(
-            system.api, system.tokens, OrderMaker(scenario.markets, max(scenario.traders, 1)), amqp=amqp
+            system.api,
+            system.tokens,
+            OrderMaker(scenario.markets, traders),
+            amqp=amqp,
+            max_connections=min(max(256, traders), 2000),  # a connection per trader, as a crowd has
         )
         nc = await nats.connect(system.nats_url)
         async with httpx.AsyncClient() as http:
@@ -579,6 +589,9 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
             say(f"kept the data folder and logs: {system.workdir}")
 
 
+KNEE_HALVINGS = 3
+"""When the scenario's first step already passes the limits, the load is halved this many times
+at most to find one that holds (the knee is found, not assumed to be below the first step)."""
 COMMANDS = (Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
 """Order commands measured on top of the main flow (limit orders): they share its batches."""
 
@@ -595,17 +608,22 @@ async def _phases(m: Measurement) -> Profile:
         runs.append(run)
         if run.past_knee:
             break
+    load = runs[0].load
+    for _ in range(KNEE_HALVINGS):  # the first step already passed: look below it
+        if any(not run.past_knee for run in runs):
+            break
+        load /= 2
+        m.say(f"the first step passed the limits: trying {share(load)}")
+        runs.insert(0, await m.measure_step(load))
     held = [run.load for run in runs if not run.past_knee]
     knee = max(held) if held else None
     limits = scenario.steps
-    where = f"{knee:.0%} of the scenario" if knee is not None else "the first step already passed it"
+    where = f"{share(knee)} of the scenario" if knee is not None else "the first step already passed it"
     m.say(f"knee: {where} (limits {limits.max_p99_ms:g} ms p99, {limits.max_error_share:.0%} errors)")
     basis = min(knee, 1.0) if knee is not None else runs[0].load
     m.basis = basis
     rates = scenario.rates(basis)
-    m.say(
-        f"costs: each action at its rate at {basis:.0%} of the scenario (the full load, or the knee below it)"
-    )
+    m.say(f"costs: each action at its rate at {share(basis)} of the scenario (full load, or the knee below)")
     main = await m.measure_action(Action.PLACE_LIMIT, rates[Action.PLACE_LIMIT])
     m.costs[Action.PLACE_LIMIT] = main
     for action in Action:
@@ -636,7 +654,7 @@ async def _phases(m: Measurement) -> Profile:
     for step in steps:
         measured, predicted = sum(step.cores.values()), sum(step.predicted_cores.values())
         m.say(
-            f"step {step.load:.0%}: {measured:.2f} cores measured, {predicted:.2f} predicted "
+            f"step {share(step.load)}: {measured:.2f} cores measured, {predicted:.2f} predicted "
             f"({(predicted - measured) / max(measured, 1e-9):+.0%})"
         )
     return msgspec.structs.replace(profile, steps=steps)
@@ -702,13 +720,13 @@ def cost_table(profile: Profile) -> str:
         for step in profile.steps:
             measured, predicted = sum(step.cores.values()), sum(step.predicted_cores.values())
             lines.append(
-                f"{step.load:>6.0%}{step.orders_per_s:>10,.0f}{step.post_p50_ms:>8.0f}{step.post_p99_ms:>8.0f}"
+                f"{share(step.load):>6}{step.orders_per_s:>10,.0f}{step.post_p50_ms:>8.0f}{step.post_p99_ms:>8.0f}"
                 f"{step.error_share:>8.1%}{measured:>8.2f}{predicted:>10.2f}"
                 f"{(predicted - measured) / max(measured, 1e-9):>+7.0%}"
                 + ("  past the knee" if step.past_knee else "")
             )
         knee = (
-            f"{profile.knee_load:.0%} of the scenario"
+            f"{share(profile.knee_load)} of the scenario"
             if profile.knee_load is not None
             else "below the first step"
         )

@@ -31,6 +31,7 @@ from bourse.sizing.measure import (
     run_async,
     say_line,
     servers_from,
+    share,
 )
 from bourse.sizing.plan import measured_cores, plan_scenario
 from bourse.sizing.profile import Profile, load_profile
@@ -66,7 +67,7 @@ def choose_target(profile: Profile, orders_per_s: float | None, users: int | Non
         return Target(
             best.orders_per_s,
             best.users,
-            f"the profile's first step ({best.load:.0%}) already passed the knee: validated there",
+            f"the profile's first step ({share(best.load)}) already passed the knee: validated there",
         )
     if held:
         knee = max(held, key=lambda step: step.load)
@@ -74,7 +75,7 @@ def choose_target(profile: Profile, orders_per_s: float | None, users: int | Non
             return Target(
                 knee.orders_per_s,
                 knee.users,
-                f"the largest load the profile's steps held ({knee.load:.0%} of its scenario, the knee)",
+                f"the largest load the profile's steps held ({share(knee.load)} of its scenario, the knee)",
             )
     return Target(DEFAULT_ORDERS_PER_S, DEFAULT_USERS, "the brief's load")
 
