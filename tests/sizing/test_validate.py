@@ -1,0 +1,69 @@
+"""`bourse size validate`'s choices and arithmetic, without a system: which load it runs (what was
+asked; the brief's if the profile held it; else the largest load the profile's steps held), and
+how it sets the prediction against the measurement per service."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pytest
+
+from bourse.cli import build_parser
+from bourse.sizing.validate import DEFAULT_ORDERS_PER_S, DEFAULT_USERS, Target, Validation, choose_target
+from tests.sizing.synthetic import SCENARIO, synthetic_profile
+
+
+def test_the_load_asked_for_is_the_load_validated() -> None:
+    target = choose_target(synthetic_profile(), 500.0, 2000)
+    assert (target.orders_per_s, target.users) == (500.0, 2000)
+    assert choose_target(synthetic_profile(), None, 3000).orders_per_s == DEFAULT_ORDERS_PER_S
+
+
+def test_without_steps_the_briefs_load_is_validated() -> None:
+    target = choose_target(synthetic_profile(steps=False), None, None)
+    assert (target.orders_per_s, target.users) == (DEFAULT_ORDERS_PER_S, DEFAULT_USERS)
+
+
+def test_a_knee_below_the_briefs_load_is_validated_at_the_knee() -> None:
+    # the synthetic steps hold up to 150 % of 100 orders/s: far below 1,000 orders/s
+    target = choose_target(synthetic_profile(), None, None)
+    assert target.orders_per_s == pytest.approx(150.0)
+    assert target.users == 1500
+    assert "knee" in target.why
+
+
+def test_when_every_step_passed_the_limits_the_first_step_is_validated() -> None:
+    profile = synthetic_profile()
+    past = [msgspec.structs.replace(step, past_knee=True) for step in profile.steps]
+    target = choose_target(msgspec.structs.replace(profile, steps=past, knee_load=None), None, None)
+    assert target.orders_per_s == pytest.approx(50.0)
+    assert "already passed" in target.why
+
+
+def test_the_error_per_service_is_the_prediction_against_the_measurement() -> None:
+    validation = Validation(
+        target=Target(100.0, 1000, "as asked"),
+        scenario=SCENARIO,
+        predicted={"gateway": 0.30, "accounts": 0.10, "ids": 0.01},
+        measured={"gateway": 0.25, "accounts": 0.10, "ids": 0.0},
+        runs=[{}, {}, {}],
+        orders_per_s=99.0,
+    )
+    assert validation.error("gateway") == pytest.approx(0.2)
+    assert validation.error("accounts") == 0.0
+    assert math.isinf(validation.error("ids"))
+    assert validation.total_error == pytest.approx(0.06 / 0.35)
+    table = validation.table()
+    assert "gateway" in table
+    assert "+20%" in table
+    assert table.count("outside ±25 %") == 1  # ids: nothing measured
+
+
+def test_the_size_group_has_measure_and_validate() -> None:
+    parser = build_parser()
+    measure = parser.parse_args(["size", "measure", "--quick", "--redis-url", "redis://127.0.0.1:6379/0"])
+    assert measure.quick
+    assert measure.redis_url == "redis://127.0.0.1:6379/0"
+    validate = parser.parse_args(["size", "validate", "--orders-per-s", "500", "--users", "2000"])
+    assert (validate.orders_per_s, validate.users, validate.repeats) == (500.0, 2000, 3)
