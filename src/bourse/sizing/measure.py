@@ -68,6 +68,8 @@ from bourse.sizing.system import Servers, SystemUnderTest, start_system, stop_sy
 from bourse.sizing.workload import OrderMaker
 
 PROFILE_VERSION = 1
+INTERRUPTED = 130
+"""Exit code after Ctrl-C or SIGTERM (the system under test is stopped first)."""
 QUICK_USERS = 200
 QUICK_ORDERS_PER_S = 150.0
 OPEN_ORDER_SERVICES = ("accounts", "matching", "query")
@@ -209,7 +211,7 @@ class Measurement:
     costs: dict[Action, ActionCost] = field(default_factory=dict)
     trades_delivered_per_trade: float = 0.0
     basis: float = 1.0
-    """The load the costs were measured at (the full load, or the knee below it)."""
+    """The load the costs were measured at (`cost_basis`)."""
 
     # ---------------------------------------------------------------------- readings
 
@@ -285,9 +287,15 @@ class Measurement:
         return self.idle
 
     async def measure_action(
-        self, action: Action, rate: float, *, label: str = "", main: ActionCost | None = None
+        self,
+        action: Action,
+        rate: float,
+        *,
+        label: str = "",
+        main: ActionCost | None = None,
+        floor: bool = True,
     ) -> ActionCost:
-        """One action at `rate` (at least `min_rate`): its cost over the idle measured last.
+        """One action at `rate` (at least `min_rate` with `floor`): its cost over the idle measured last.
 
         With `main` (the main flow's cost: limit orders, measured alone at `main.rate`), the
         action is driven on top of that flow and charged what it adds to it: the window's CPU
@@ -298,7 +306,7 @@ class Measurement:
         assert self.idle is not None
         o = self.options
         label = label or str(action)
-        rate = max(rate, o.min_rate)
+        rate = max(rate, o.min_rate) if floor else rate
         if action in (Action.CANCEL, Action.AMEND):
             self.generator.resting.clear()  # fresh orders known to rest
             wanted = math.ceil(rate * (o.warmup_s + o.window_s + 0.3) * 1.15) + 20
@@ -427,7 +435,10 @@ class Measurement:
         error_share = (failed + late + unsent) / max(len(run.samples) + unsent, 1)
         p50, p99 = percentile(posts, 50) * 1000, percentile(posts, 99) * 1000
         past = not posts or p99 > limits.max_p99_ms or error_share > limits.max_error_share
-        step = StepRun(load, achieved, run.window.cores(), p50, p99, error_share, past)
+        delivered = sum(achieved[a] for a in ORDER_ACTIONS) >= DELIVERED * scenario.orders_per_s(
+            load
+        ) and failed <= (1 - DELIVERED) * max(len(run.samples), 1)
+        step = StepRun(load, achieved, run.window.cores(), p50, p99, error_share, past, delivered)
         self.say(
             f"{label}: {step.orders_per_s:,.0f} orders/s, POST /order p50 {p50:.0f} ms p99 {p99:.0f} ms, "
             f"{failed} failed + {late} late + {unsent} unsent of {len(run.samples) + unsent:,}: "
@@ -449,6 +460,9 @@ class StepRun:
     post_p99_ms: float
     error_share: float
     past_knee: bool
+    delivered: bool
+    """The orders/s asked for were sent (DELIVERED of them at least) and answered: the load was
+    carried, whatever its latency (a busy machine's other work slows answers, not our CPU)."""
 
     @property
     def orders_per_s(self) -> float:
@@ -466,6 +480,15 @@ class StepRun:
             error_share=self.error_share,
             past_knee=self.past_knee,
         )
+
+
+def cost_basis(runs: list[StepRun]) -> float:
+    """The load the costs are measured at: the full load (1.0), or, when the machine did not
+    carry it, the largest step that delivered its orders; the smallest step if none did.
+    Batching makes a command's cost fall as the load rises, so costs are taken at the rates the
+    plan is for, as far as this machine can drive them."""
+    delivered = [run.load for run in runs if run.delivered]
+    return min(max(delivered), 1.0) if delivered else min(run.load for run in runs)
 
 
 def share(load: float) -> str:
@@ -516,7 +539,7 @@ def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> 
     lines = [
         METHOD,
         f"the steps come first and find the knee; each action is then measured at its rate at {share(basis)} "
-        "of the scenario (the full load, or the knee when the machine holds less), at least "
+        "of the scenario (the full load, or the largest step the machine carried), at least "
         f"{o.min_rate:g}/s; limit orders (the main flow) alone; market orders, cancels, amends and "
         "RabbitMQ orders on top of the limit orders' flow, charged what they add to it (they share its "
         "batches, whose fixed cost a lone command would pay alone); REST reads alone",
@@ -589,6 +612,7 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
             say(f"kept the data folder and logs: {system.workdir}")
 
 
+DELIVERED = 0.9
 KNEE_HALVINGS = 3
 """When the scenario's first step already passes the limits, the load is halved this many times
 at most to find one that holds (the knee is found, not assumed to be below the first step)."""
@@ -620,11 +644,13 @@ async def _phases(m: Measurement) -> Profile:
     limits = scenario.steps
     where = f"{share(knee)} of the scenario" if knee is not None else "the first step already passed it"
     m.say(f"knee: {where} (limits {limits.max_p99_ms:g} ms p99, {limits.max_error_share:.0%} errors)")
-    basis = min(knee, 1.0) if knee is not None else runs[0].load
+    basis = cost_basis(runs)
     m.basis = basis
     rates = scenario.rates(basis)
-    m.say(f"costs: each action at its rate at {share(basis)} of the scenario (full load, or the knee below)")
-    main = await m.measure_action(Action.PLACE_LIMIT, rates[Action.PLACE_LIMIT])
+    m.say(
+        f"costs: each action at its rate at {share(basis)} of the scenario (full load, or what was carried)"
+    )
+    main = await m.measure_action(Action.PLACE_LIMIT, rates[Action.PLACE_LIMIT], floor=False)
     m.costs[Action.PLACE_LIMIT] = main
     for action in Action:
         if action is not Action.PLACE_LIMIT:
@@ -767,6 +793,9 @@ def run_measure(options: MeasureOptions, out: Path) -> int:
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"bourse size measure: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bourse size measure: interrupted; the system was stopped, nothing written", file=sys.stderr)
+        return INTERRUPTED
     out.parent.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out)
     print()

@@ -12,6 +12,7 @@ of the target, the comparison is still of the same load."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import math
 import statistics
@@ -26,6 +27,7 @@ from nats.aio.client import Client
 from bourse.sizing.crowd import Crowd
 from bourse.sizing.loadgen import LoadGenerator, percentile
 from bourse.sizing.measure import (
+    INTERRUPTED,
     Measurement,
     MeasureOptions,
     run_async,
@@ -252,6 +254,9 @@ def validate_command(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"bourse size validate: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bourse size validate: interrupted; the system was stopped", file=sys.stderr)
+        return INTERRUPTED
     print()
     print(result.table())
     return 0
