@@ -33,12 +33,15 @@ def test_a_knee_below_the_briefs_load_is_validated_at_the_knee() -> None:
     assert "knee" in target.why
 
 
-def test_when_every_step_passed_the_limits_the_first_step_is_validated() -> None:
+def test_when_every_step_passed_the_latency_limit_the_largest_without_errors_is_validated() -> None:
     profile = synthetic_profile()
-    past = [msgspec.structs.replace(step, past_knee=True) for step in profile.steps]
+    past = [
+        msgspec.structs.replace(step, past_knee=True, error_share=0.0 if step.load <= 1.0 else 0.5)
+        for step in profile.steps
+    ]
     target = choose_target(msgspec.structs.replace(profile, steps=past, knee_load=None), None, None)
-    assert target.orders_per_s == pytest.approx(50.0)
-    assert "already passed" in target.why
+    assert target.orders_per_s == pytest.approx(100.0)
+    assert "without errors" in target.why
 
 
 def test_the_error_per_service_is_the_prediction_against_the_measurement() -> None:

@@ -65,11 +65,14 @@ def choose_target(profile: Profile, orders_per_s: float | None, users: int | Non
         )
     held = [step for step in profile.steps if not step.past_knee]
     if profile.steps and not held:
-        best = min(profile.steps, key=lambda step: step.load)
+        limit = profile.scenario.steps.max_error_share
+        carried = [step for step in profile.steps if step.error_share <= limit] or profile.steps[:1]
+        best = max(carried, key=lambda step: step.load)
         return Target(
             best.orders_per_s,
             best.users,
-            f"the profile's first step ({share(best.load)}) already passed the knee: validated there",
+            f"every step of the profile passed the latency limit; the largest that carried its load "
+            f"without errors ({share(best.load)} of its scenario)",
         )
     if held:
         knee = max(held, key=lambda step: step.load)
