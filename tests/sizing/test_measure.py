@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bourse.sizing.measure import MeasureOptions, measure
+from bourse.sizing.measure import COMMANDS, MeasureOptions, measure
 from bourse.sizing.profile import NATS, Profile, load_profile, save_profile
 from bourse.sizing.scenario import ORDER_ACTIONS, Action, load_scenario
 
@@ -51,8 +51,9 @@ async def test_the_prediction_adds_up_to_the_measured_cpu_within_ten_percent(qui
     """At the step the costs were measured at (the full load, or the largest step carried) the sum of
     rate x cost per service, plus idle, is the CPU measured there."""
     assert quick_profile.steps, "no step was measured"
-    limit_rate = quick_profile.scenario.rates(1.0)[Action.PLACE_LIMIT]
-    basis = quick_profile.actions[Action.PLACE_LIMIT].rate / limit_rate  # the load it was driven at
+    full = quick_profile.scenario.rates(1.0)
+    flow = sum(full[action] for action in COMMANDS)  # every order command went at the commands' rate
+    basis = quick_profile.actions[Action.PLACE_LIMIT].rate / flow  # the load the costs were taken at
     step = min(quick_profile.steps, key=lambda step: abs(step.load - basis))
     assert step.load == pytest.approx(basis, rel=0.1)
     measured = sum(step.cores.values())

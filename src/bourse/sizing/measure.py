@@ -286,56 +286,33 @@ class Measurement:
         self.say(f"{label} {window.seconds:.1f} s: {total:.2f} cores ({_cores_text(self.idle.cores)})")
         return self.idle
 
-    async def measure_action(
-        self,
-        action: Action,
-        rate: float,
-        *,
-        label: str = "",
-        main: ActionCost | None = None,
-        floor: bool = True,
-    ) -> ActionCost:
-        """One action at `rate` (at least `min_rate` with `floor`): its cost over the idle measured last.
-
-        With `main` (the main flow's cost: limit orders, measured alone at `main.rate`), the
-        action is driven on top of that flow and charged what it adds to it: the window's CPU
-        over idle, less the limit orders' own cost times the limit orders sent in it. Orders,
-        cancels and amends share the stages' batches (a batch's fixed cost is paid once for
-        every command in it), so an order command costs what it costs riding the batches of
-        the full flow, not what it costs alone, each in a batch of its own."""
+    async def measure_action(self, action: Action, rate: float, *, label: str = "") -> ActionCost:
+        """One action alone at `rate`: per service, its CPU over the idle measured last, per
+        action sent. Cancels and amends get resting orders of their own first, market orders
+        a book to take from (both placed outside the window)."""
         assert self.idle is not None
         o = self.options
         label = label or str(action)
-        rate = max(rate, o.min_rate) if floor else rate
-        if main is not None:  # enough of it to stand out of the flow's noise
-            rate = max(rate, ON_TOP_SHARE * main.rate)
-        if action in (Action.CANCEL, Action.AMEND):
+        window = o.warmup_s + o.window_s + 0.3
+        wanted = 0
+        if action is Action.CANCEL:
+            wanted = math.ceil(rate * window * 1.15) + 20
+        elif action is Action.AMEND:
+            wanted = min(math.ceil(rate * window * 1.15) + 20, 2_000)  # an order may be amended again
+        elif action is Action.PLACE_MARKET:
+            wanted = math.ceil(rate * window * MARKET_FILLS) + 20  # what the market orders will take
+        if wanted:
             self.generator.resting.clear()  # fresh orders known to rest
-            wanted = math.ceil(rate * (o.warmup_s + o.window_s + 0.3) * 1.15) + 20
-            if action is Action.AMEND:
-                wanted = min(wanted, 2_000)  # an order may be amended again
             placed = await self.generator.prepare_resting(wanted)
-            self.say(f"{label}: {placed} resting orders placed to work on")
+            self.say(f"{label}: {placed:,} resting orders placed first")
             await self.settle(15.0)
-        rates = {action: rate}
-        how = "alone"
-        if main is not None:
-            rates[Action.PLACE_LIMIT] = main.rate
-            how = f"on top of limit orders at {main.rate:,.0f}/s"
-        self.say(f"{label}: driving {rate:,.0f}/s {how} for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
-        run = await self.drive(label, rates)
-        samples = [s for s in run.samples if s.action is action]
-        sent = len(samples)
+        self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
+        run = await self.drive(label, {action: rate})
+        sent = len(run.samples)
         if sent == 0:
             raise RuntimeError(f"{label}: nothing was sent in the window")
         cpu, counts = self.idle.excess(run.window)
         nats = {key: counts.pop(key, 0.0) for key in ("nats_messages", "nats_bytes")}
-        if main is not None:
-            flow = sum(1 for s in run.samples if s.action is Action.PLACE_LIMIT)
-            cpu = {name: used - main.cpu_us.get(name, 0.0) * flow / 1e6 for name, used in cpu.items()}
-            counts = {key: value - main.induced.get(key, 0.0) * flow for key, value in counts.items()}
-            nats["nats_messages"] -= main.nats_messages * flow
-            nats["nats_bytes"] -= main.nats_bytes * flow
         cpu_us = {name: max(used, 0.0) / sent * 1e6 for name, used in cpu.items()}
         induced = {key: max(value, 0.0) / sent for key, value in counts.items() if key != "trades_delivered"}
         cost = ActionCost(
@@ -346,21 +323,36 @@ class Measurement:
             nats_bytes=max(nats["nats_bytes"], 0.0) / sent,
             induced=induced,
         )
-        if action is Action.PLACE_LIMIT and main is None and counts.get("trades", 0.0) > 0:
+        if action is Action.PLACE_LIMIT and counts.get("trades", 0.0) > 0:
             self.trades_delivered_per_trade = max(counts.get("trades_delivered", 0.0), 0.0) / counts["trades"]
-        failed = sum(1 for s in samples if s.failed)
+        failed = sum(1 for s in run.samples if s.failed)
         self.say(
             f"{label}: {cost.rate:,.0f}/s, {sent:,} sent, {failed} failed, p99 "
-            f"{percentile([s.done - s.sent for s in samples], 99) * 1000:.0f} ms: "
+            f"{percentile([s.done - s.sent for s in run.samples], 99) * 1000:.0f} ms: "
             f"{cost.total_us:,.0f} µs/action ({_us_text(cpu_us)}); {cost.nats_messages:.1f} NATS msgs, "
             + ", ".join(f"{key} {value:.2f}" for key, value in induced.items() if value)
         )
         await self.settle(10.0)
         return cost
 
+    async def warm_up(self, load: float) -> None:
+        """The whole mix at `load` for a window, not measured: a fresh system's first orders pay
+        for first uses (code paths, caches, the first snapshots, the database's pages); measured,
+        they made the first step cost twice what the next one did per order."""
+        o = self.options
+        self.say(f"warm-up: the whole mix at {share(load)} for {o.window_s:g} s (not measured)")
+        await self.generator.prepare_resting(
+            math.ceil(self.options.scenario.rates(load)[Action.CANCEL] * o.window_s)
+        )
+        await self.generator.run(self.options.scenario.rates(load), o.window_s)
+        await self.settle(15.0)
+
     async def measure_without_crowd(self, rate: float) -> ActionCost:
-        """Before the crowd connects: idle, then limit orders at `rate`. What the pusher spends
-        per order with nobody to deliver to is the part of its cost that is not fan-out."""
+        """With the crowd gone: idle, then limit orders at `rate`. What the pusher spends per
+        order with nobody to deliver to is the part of its cost that is not fan-out."""
+        await self.crowd.stop()
+        self.say("crowd: disconnected")
+        await self.settle(15.0)
         await self.measure_idle("idle without the crowd")
         return await self.measure_action(Action.PLACE_LIMIT, rate, label="place_limit without the crowd")
 
@@ -540,14 +532,15 @@ def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> 
     o = options
     lines = [
         METHOD,
-        f"the steps come first and find the knee; each action is then measured at its rate at {share(basis)} "
-        "of the scenario (the full load, or the largest step the machine carried), at least "
-        f"{o.min_rate:g}/s; limit orders (the main flow) alone; market orders, cancels, amends and "
-        "RabbitMQ orders on top of the limit orders' flow, charged what they add to it (they share its "
-        "batches, whose fixed cost a lone command would pay alone); REST reads alone",
+        f"the steps come first and find the knee; the costs are then measured at {share(basis)} of the "
+        "scenario (the full load, or the largest step the machine carried): each order command (limit, "
+        "market, cancel, amend, RabbitMQ) alone at the rate of all the order commands there, since they "
+        "share the stages' batches and the pushers' ticks (so each pays the share of a batch it pays in "
+        "the mix; alone at its own small rate a command paid a whole batch, +77 % at the brief's first "
+        f"step); REST reads alone at their own rate (at least {o.min_rate:g}/s)",
         f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; per-service costs below zero "
         "(noise) are counted as 0",
-        "the pusher's cost per WebSocket message: limit orders with and without the crowd",
+        "the pusher's cost per WebSocket message: limit orders at the same rate with and without the crowd",
         f"system: one process per service; {o.servers.describe()}",
         f"steps: the crowd of {o.scenario.users:,} users held throughout, the actions at the step's share",
     ]
@@ -614,22 +607,22 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
 
 
 DELIVERED = 0.9
-ON_TOP_SHARE = 0.5
-"""A command driven on top of the limit orders' flow goes at half the flow's rate at least: what
-it adds must stand out of the flow's own noise (at a fifth of the flow, RabbitMQ orders sent
-over REST measured next to nothing in every stage but the gateway)."""
 KNEE_HALVINGS = 3
 """When the scenario's first step already passes the limits, the load is halved this many times
 at most to find one that holds (the knee is found, not assumed to be below the first step)."""
-COMMANDS = (Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
-"""Order commands measured on top of the main flow (limit orders): they share its batches."""
+COMMANDS = (Action.PLACE_LIMIT, Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
+"""Order commands: they go through the order intake, ORDERS, accounts and matching, and share
+those stages' batches (and the pushers' ticks)."""
+MARKET_FILLS = 2.2
+"""Resting orders placed per market order to come, so the book does not run dry in the window
+(a market order of the mix takes about 1.7)."""
 
 
 async def _phases(m: Measurement) -> Profile:
     o = m.options
     scenario = o.scenario
-    alone = await m.measure_without_crowd(scenario.rates(1.0)[Action.PLACE_LIMIT])
     await m.measure_crowd(scenario.users)
+    await m.warm_up(scenario.steps.loads[0])
     idle = await m.measure_idle()
     runs: list[StepRun] = []
     for load in scenario.steps.loads:
@@ -652,17 +645,18 @@ async def _phases(m: Measurement) -> Profile:
     basis = cost_basis(runs)
     m.basis = basis
     rates = scenario.rates(basis)
+    flow = sum(rates[action] for action in COMMANDS)
     m.say(
-        f"costs: each action at its rate at {share(basis)} of the scenario (full load, or what was carried)"
+        f"costs at {share(basis)} of the scenario (the full load, or what was carried): each order command "
+        f"alone at the commands' rate there, {flow:,.0f}/s; each REST read alone at its own rate"
     )
-    main = await m.measure_action(Action.PLACE_LIMIT, rates[Action.PLACE_LIMIT], floor=False)
-    m.costs[Action.PLACE_LIMIT] = main
     for action in Action:
-        if action is not Action.PLACE_LIMIT:
-            on_top = main if action in COMMANDS else None
-            m.costs[action] = await m.measure_action(action, rates[action], main=on_top)
-    trades_holders = scenario.holders().get(Channel.TRADES, 0)
+        rate = flow if action in COMMANDS else max(rates[action], o.min_rate)
+        m.costs[action] = await m.measure_action(action, rate)
+    main = m.costs[Action.PLACE_LIMIT]
     per_order = await m.measure_open_orders(o.open_orders)
+    alone = await m.measure_without_crowd(main.rate)
+    trades_holders = scenario.holders().get(Channel.TRADES, 0)
     crowd_costs = CrowdCosts(
         users=m.crowd.users,
         ws_message_cpu_us=fan_out_cost(alone, main),

@@ -3,18 +3,18 @@ the load was stepped up. `bourse size measure` writes one; `bourse size plan` re
 project ships the reference machine's, `reference_profile.json`, so a plan needs no measuring).
 
 The method (written into every profile, `METHOD`): one action at a time. With the system idle
-but for the scenario's connected crowd, each action is driven at the rate the scenario gives it
-at full load (or at the knee, when the machine holds less), and each service's CPU over the
-window, less its idle CPU, divided by the actions sent, is that action's cost in that service
+but for the scenario's connected crowd, each action is driven alone, and each service's CPU over
+the window, less its idle CPU, divided by the actions sent, is that action's cost in that service
 (CPU is read from each service's own process: `measure` runs one process per service).
 Everything an action sets off downstream (the accounts lock, the match, the trades it makes, the
 rows, the pushes) is inside its cost, and what it set off is counted too (`induced`). Isolating
 is sound where costs add up: each action's work is done by the same code whatever else runs.
-Batching is the one way actions share work (a stage's batch pays its fixed cost once for every
-command in it): so limit orders, the main flow, are driven alone at their full-load rate, and the
-other order commands (market orders, cancels, amends, RabbitMQ orders) on top of that flow,
-charged what they add to it; alone, at their own small rates, each would pay a whole batch (the
-first measure of the brief predicted +77 % that way). The stepped runs then check the sum: at
+Batching is the one way actions share work (a stage's batch, a pusher's 100 ms tick, pays its
+fixed cost once for every command in it): so each order command (limit, market, cancel, amend,
+RabbitMQ) is driven at the rate of all the order commands at full load (or at the largest load
+the machine carried), where it pays the share of a batch it pays in the mix; alone at its own
+small rate each would pay a whole batch (the first measure of the brief predicted +77 % that
+way). REST reads, not batched, go at their own rate. The stepped runs then check the sum: at
 each step the predicted CPU per service (the sum of rate x cost, plus idle) is compared with
 what was measured (`Step.predicted_cores` vs `Step.cores`)."""
 
@@ -29,12 +29,12 @@ from bourse.sizing.scenario import Action, Scenario
 REFERENCE_PROFILE = Path(__file__).with_name("reference_profile.json")
 
 METHOD = (
-    "one action at a time over an idle system holding the scenario's connected crowd, at its "
-    "full-load rate (or the knee's): limit orders alone, the other order commands on top of the "
-    "limit orders' flow (they share its batches), REST reads alone; per service, (CPU over the "
-    "window - idle CPU, and for a command on top of the flow, - the flow's own cost) / actions sent; "
-    "downstream work (locks, matches, trades, rows, pushes) is inside the cost and counted in "
-    "`induced`; stepped runs of the whole mix compare the summed prediction with the measurement"
+    "one action at a time over an idle system holding the scenario's connected crowd, at the "
+    "full load (or the largest load the machine carried): each order command alone at the rate of "
+    "all the order commands (they share the stages' batches), each REST read alone at its own rate; "
+    "per service, (CPU over the window - idle CPU) / actions sent; downstream work (locks, matches, "
+    "trades, rows, pushes) is inside the cost and counted in `induced`; stepped runs of the whole "
+    "mix compare the summed prediction with the measurement"
 )
 
 NATS = "nats-server"

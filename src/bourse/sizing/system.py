@@ -303,5 +303,41 @@ async def stop_system(system: SystemUnderTest, *, keep: bool = False) -> None:
                 await remove_topology(nc.jetstream(), system.namespace)
             finally:
                 await nc.close()
+    await _remove_namespace_elsewhere(system)
     if not keep:
         shutil.rmtree(system.workdir, ignore_errors=True)
+
+
+async def _remove_namespace_elsewhere(system: SystemUnderTest) -> None:
+    """What the run left in a given Redis (the cache's `<ns>:` keys) and RabbitMQ (the ingress's
+    exchanges and queues): removed, as the NATS streams are."""
+    servers = system.servers
+    if servers.redis_url:
+        import redis.asyncio as redis
+
+        with contextlib.suppress(Exception):
+            client = redis.Redis.from_url(servers.redis_url)
+            try:
+                batch: list[bytes] = []
+                async for key in client.scan_iter(match=f"{system.namespace}:*", count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        await client.delete(*batch)
+                        batch = []
+                if batch:
+                    await client.delete(*batch)
+            finally:
+                await client.aclose()
+    if servers.rabbitmq_url:
+        import aio_pika
+
+        from bourse.adapters.amqp import delete
+        from bourse.config.amqp import amqp_topology
+
+        settings = Settings(namespace=system.namespace, rabbitmq_url=servers.rabbitmq_url, _env_file=None)
+        with contextlib.suppress(Exception):
+            connection = await aio_pika.connect_robust(servers.rabbitmq_url, timeout=10)
+            try:
+                await delete(await connection.channel(), amqp_topology(settings))
+            finally:
+                await connection.close()
