@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from bourse.cli import build_parser
-from bourse.sizing.validate import DEFAULT_ORDERS_PER_S, DEFAULT_USERS, Target, Validation, choose_target
+from bourse.sizing.validate import DEFAULT_ORDERS_PER_S, Target, Validation, choose_target
 from tests.sizing.synthetic import SCENARIO, synthetic_profile
 
 
@@ -20,28 +20,28 @@ def test_the_load_asked_for_is_the_load_validated() -> None:
     assert choose_target(synthetic_profile(), None, 3000).orders_per_s == DEFAULT_ORDERS_PER_S
 
 
-def test_without_steps_the_briefs_load_is_validated() -> None:
+def test_without_steps_the_profiles_full_load_is_validated() -> None:
     target = choose_target(synthetic_profile(steps=False), None, None)
-    assert (target.orders_per_s, target.users) == (DEFAULT_ORDERS_PER_S, DEFAULT_USERS)
+    assert (target.orders_per_s, target.users) == (SCENARIO.orders_per_s(), SCENARIO.users)
 
 
-def test_a_knee_below_the_briefs_load_is_validated_at_the_knee() -> None:
-    # the synthetic steps hold up to 150 % of 100 orders/s: far below 1,000 orders/s
-    target = choose_target(synthetic_profile(), None, None)
-    assert target.orders_per_s == pytest.approx(150.0)
-    assert target.users == 1500
-    assert "knee" in target.why
+def test_a_full_load_the_steps_carried_is_validated() -> None:
+    target = choose_target(synthetic_profile(), None, None)  # its steps carried up to 200 %
+    assert target.orders_per_s == pytest.approx(100.0)
+    assert target.users == 1000
+    assert "full load" in target.why
 
 
-def test_when_every_step_passed_the_latency_limit_the_largest_without_errors_is_validated() -> None:
+def test_below_a_full_load_the_largest_step_carried_is_validated() -> None:
     profile = synthetic_profile()
-    past = [
-        msgspec.structs.replace(step, past_knee=True, error_share=0.0 if step.load <= 1.0 else 0.5)
+    short = [  # from 100 % on, the machine sent far fewer orders than asked
+        msgspec.structs.replace(step, orders_per_s=step.orders_per_s * (1.0 if step.load < 1 else 0.5))
         for step in profile.steps
     ]
-    target = choose_target(msgspec.structs.replace(profile, steps=past, knee_load=None), None, None)
-    assert target.orders_per_s == pytest.approx(100.0)
-    assert "without errors" in target.why
+    target = choose_target(msgspec.structs.replace(profile, steps=short), None, None)
+    assert target.orders_per_s == pytest.approx(50.0)
+    assert target.users == 500
+    assert "largest load this machine carried" in target.why
 
 
 def test_the_error_per_service_is_the_prediction_against_the_measurement() -> None:

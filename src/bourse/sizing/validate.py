@@ -2,8 +2,9 @@
 the CPU it predicted with the CPU measured.
 
 The load is the plan's (`plan_scenario`: the profile's user model scaled to `users` placing
-`orders_per_s`), by default the brief's 1,000 orders/s and 10,000 users, or, when the profile's
-steps found the knee below that, the largest load they found within the limits. The system is
+`orders_per_s`), by default the profile's full load (the brief's 1,000 orders/s and 10,000
+users) or, when this machine did not carry it in the profile's steps, the largest step it
+carried (where the profile's costs were measured). The system is
 started as `measure` starts it (one process per service, the crowd connected), the mix is
 driven for `repeats` windows, and per service the median of the measured cores is set against
 the plan's prediction (`plan.measured_cores`) for the rates achieved: if the generator fell short
@@ -27,6 +28,7 @@ from nats.aio.client import Client
 from bourse.sizing.crowd import Crowd
 from bourse.sizing.loadgen import LoadGenerator, percentile
 from bourse.sizing.measure import (
+    DELIVERED,
     INTERRUPTED,
     Measurement,
     MeasureOptions,
@@ -55,34 +57,31 @@ class Target:
 
 
 def choose_target(profile: Profile, orders_per_s: float | None, users: int | None) -> Target:
-    """The load to validate: what was asked; else the brief's 1,000 orders/s and 10,000 users if
-    the profile's steps held it, else the largest load its steps held (the knee)."""
+    """The load to validate: what was asked (the brief's 1,000 orders/s and 10,000 users for what
+    was not); else the profile's full load (the brief's, for the brief) if its steps carried it;
+    else the largest step they carried, the load its costs were measured at (`cost_basis`)."""
     if orders_per_s is not None or users is not None:
         return Target(
             orders_per_s if orders_per_s is not None else DEFAULT_ORDERS_PER_S,
             users if users is not None else DEFAULT_USERS,
             "as asked",
         )
-    held = [step for step in profile.steps if not step.past_knee]
-    if profile.steps and not held:
-        limit = profile.scenario.steps.max_error_share
-        carried = [step for step in profile.steps if step.error_share <= limit] or profile.steps[:1]
-        best = max(carried, key=lambda step: step.load)
-        return Target(
-            best.orders_per_s,
-            best.users,
-            f"every step of the profile passed the latency limit; the largest that carried its load "
-            f"without errors ({share(best.load)} of its scenario)",
-        )
-    if held:
-        knee = max(held, key=lambda step: step.load)
-        if knee.orders_per_s < DEFAULT_ORDERS_PER_S * 0.97:
-            return Target(
-                knee.orders_per_s,
-                knee.users,
-                f"the largest load the profile's steps held ({share(knee.load)} of its scenario, the knee)",
-            )
-    return Target(DEFAULT_ORDERS_PER_S, DEFAULT_USERS, "the brief's load")
+    scenario = profile.scenario
+    full = Target(
+        scenario.orders_per_s(), scenario.users, f"the full load of the profile's scenario ({scenario.name})"
+    )
+    if not profile.steps:
+        return full
+    carried = [s for s in profile.steps if s.orders_per_s >= DELIVERED * scenario.orders_per_s(s.load)]
+    if any(step.load >= 1.0 for step in carried):
+        return full
+    best = max(carried, key=lambda step: step.load) if carried else min(profile.steps, key=lambda s: s.load)
+    return Target(
+        best.orders_per_s,
+        best.users,
+        f"the largest load this machine carried in the profile's steps ({share(best.load)} of its scenario; "
+        "its costs were measured there)",
+    )
 
 
 @dataclass(slots=True)
