@@ -165,6 +165,7 @@ async def validate(
         async with httpx.AsyncClient() as http:
             m = Measurement(options, system, crowd, generator, nc, http, say)
             await m.measure_crowd(scenario.users)
+            await m.warm_up(rates)
             await m.measure_idle()
             return await _runs(m, profile, target, scenario, rates, repeats)
     finally:
