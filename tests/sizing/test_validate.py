@@ -40,7 +40,8 @@ def test_below_a_full_load_the_largest_step_carried_is_validated() -> None:
     ]
     target = choose_target(msgspec.structs.replace(profile, steps=short), None, None)
     assert target.orders_per_s == pytest.approx(50.0)
-    assert target.users == 500
+    assert target.load == 0.5  # run as the step ran: every rate at 50 %, the whole crowd
+    assert target.users == SCENARIO.users
     assert "largest load this machine carried" in target.why
 
 

@@ -54,6 +54,9 @@ class Target:
     orders_per_s: float
     users: int
     why: str
+    load: float | None = None
+    """A step of the profile's scenario to run as it ran (every rate at this share, the crowd
+    whole); None: the plan's scenario for `orders_per_s` and `users` (reads per user kept)."""
 
 
 def choose_target(profile: Profile, orders_per_s: float | None, users: int | None) -> Target:
@@ -77,10 +80,11 @@ def choose_target(profile: Profile, orders_per_s: float | None, users: int | Non
         return full
     best = max(carried, key=lambda step: step.load) if carried else min(profile.steps, key=lambda s: s.load)
     return Target(
-        best.orders_per_s,
-        best.users,
-        f"the largest load this machine carried in the profile's steps ({share(best.load)} of its scenario; "
-        "its costs were measured there)",
+        scenario.orders_per_s(best.load),
+        scenario.users,
+        f"the largest load this machine carried in the profile's steps ({share(best.load)} of its scenario, "
+        "every rate at that share; its costs were measured there)",
+        load=best.load,
     )
 
 
@@ -143,8 +147,12 @@ async def validate(
     repeats: int = 3,
     keep: bool = False,
 ) -> Validation:
-    scenario = plan_scenario(profile.scenario, users=target.users, orders_per_s=target.orders_per_s)
-    rates = scenario.rates()
+    if target.load is not None:
+        scenario = profile.scenario
+        rates = scenario.rates(target.load)
+    else:
+        scenario = plan_scenario(profile.scenario, users=target.users, orders_per_s=target.orders_per_s)
+        rates = scenario.rates()
     say(
         f"validating {target.orders_per_s:,.0f} orders/s and {target.users:,} users ({target.why}); "
         f"the plan predicts {sum(measured_cores(profile, scenario, rates).values()):.2f} cores"
@@ -199,7 +207,8 @@ async def _runs(
             await m.generator.prepare_resting(need - len(m.generator.resting))
         await m.settle(15.0)
         label = f"run {index}/{repeats}"
-        m.say(f"{label}: the mix at {scenario.orders_per_s():,.0f} orders/s for {o.window_s:g} s")
+        orders = sum(rates[a] for a in ORDER_ACTIONS)
+        m.say(f"{label}: the mix at {orders:,.0f} orders/s for {o.window_s:g} s")
         run = await m.drive(label, rates)
         achieved = dict.fromkeys(rates, 0.0)
         for sample in run.samples:
