@@ -2,22 +2,25 @@
 load above what they can carry; accepted orders per second per instance count.
 
     .venv/bin/python bench/scale_out.py                                  # gateway, then accounts shards
-    .venv/bin/python bench/scale_out.py --target gateway --instances 1,2,3 --cap 0.15
-    .venv/bin/python bench/scale_out.py --target accounts --cap 0.08 --windows 3 --duration 15
+    .venv/bin/python bench/scale_out.py --target gateway --instances 1,2,3 --gateway-cap 0.15
+    .venv/bin/python bench/scale_out.py --target accounts --accounts-cap 0.08 --rounds 1 --duration 15
 
-What runs, per instance count n (a fresh system each time, in a temporary folder):
+What runs, per instance count n (a fresh system each time, in a temporary folder; `--rounds`
+systems per count, in alternating order 1, 2, 3 then 3, 2, 1, so a drift in the machine's other
+work falls on every count):
 
 - a nats-server of the wheel (JetStream; `sync_interval` the NATS default unless `--nats-fsync`,
   so the shared server stays light) and the services the order path needs, one `bourse run`
   process each (`accounts`, `matching`, `auth`, `ids`; for the accounts target also `--gateways`
   gateway processes), all uncapped: "the rest";
-- n instances of the target, each its own process in its own CPU cgroup capped at `--cap` cores
-  (`cpu.cfs_quota_us` / `cpu.max`, over a 10 ms period so a throttled instance waits at most a
-  few ms): gateway instances each on their own HTTP port (the generator spreads its connections
-  over them, no load balancer); accounts instances are member shards (`BOURSE_ACCOUNTS_SHARDS=n`,
-  `BOURSE_ACCOUNTS_SHARD_IDS=[i]`, every process told n). The cap is set once the instance is
-  healthy (start-up at 0.15 cores would take a minute); the instances' caps add up to less than
-  what the rest leaves free, so instances never fight for a core.
+- n instances of the target, each its own process in its own CPU cgroup capped at
+  `--gateway-cap` / `--accounts-cap` cores (`cpu.cfs_quota_us` / `cpu.max`, over a 10 ms period
+  so a throttled instance waits at most a few ms; longer below 0.1 cores, the kernel's smallest
+  quota being 1 ms): gateway instances each on their own HTTP port (the generator spreads its
+  connections over them, no load balancer); accounts instances are member shards
+  (`BOURSE_ACCOUNTS_SHARDS=n`, `BOURSE_ACCOUNTS_SHARD_IDS=[i]`, every process told n). The cap is
+  set once the instance is healthy (start-up at 0.15 cores would take a minute); the instances'
+  caps add up to less than what the rest leaves free, so instances never fight for a core.
 - The rest, and the load generator (this process), run in cgroups of their own with a high
   `cpu.shares` / `cpu.weight`: other work on a shared box does not starve the system under test.
 
@@ -29,12 +32,13 @@ and what is measured is their capacity. Orders are the mix of `bourse.sizing.wor
 orders in a band where a share trades, some market orders) for `--members` funded demo members,
 spread evenly over the accounts shards.
 
-Measured, per window (`--windows` consecutive windows of `--duration` s after `--warmup` s):
-orders accepted (201/202) per second, per instance, p50/p99 of POST /order from the send; each
-instance's CPU (its /proc utime+stime over the window, in cores, against its cap) and how often it
-was throttled; each process of the rest (its busiest must stay well under a core, or the rest is
-the limit), the machine's busy share. The table has the medians of the windows; reports/ gets
-`scale-out-<time>.json`, `.png` (throughput and latency per instance count) and `.md` (the table).
+Measured, per window (`--windows` consecutive windows of `--duration` s after `--warmup` s, in
+each system): orders accepted (201/202) per second, per instance, p50/p99 of POST /order from the
+send; each instance's CPU (its /proc utime+stime over the window, in cores, against its cap), how
+often it was throttled, and its CPU per order; each process of the rest (its busiest must stay
+well under a core, or the rest is the limit), the machine's busy share. The table has the medians
+of all windows; reports/ gets `scale-out-<time>.json`, `.png` (throughput and latency per
+instance count) and `.md` (the table).
 """
 
 from __future__ import annotations
