@@ -39,13 +39,19 @@ def test_this_process_cpu_and_memory_are_read_from_proc() -> None:
 
 
 def test_an_actions_window_is_charged_only_what_idling_would_not_have_spent() -> None:
-    before = Mark(0.0, {"gateway": 1.0, "pusher": 2.0}, {COUNTERS["trades"]: 5.0}, {}, {"ORDERS": 100})
-    after = Mark(10.0, {"gateway": 3.0, "pusher": 2.5}, {COUNTERS["trades"]: 25.0}, {}, {"ORDERS": 900})
+    ticker = 'bourse_pusher_messages_delivered_total{kind="ticker"}'
+    before = Mark(
+        0.0, {"gateway": 1.0, "pusher": 2.0}, {COUNTERS["trades"]: 5.0, ticker: 10.0}, {}, {"ORDERS": 100}
+    )
+    after = Mark(
+        10.0, {"gateway": 3.0, "pusher": 2.5}, {COUNTERS["trades"]: 25.0, ticker: 70.0}, {}, {"ORDERS": 900}
+    )
     window = between(before, after)
     assert window.seconds == 10.0
     assert window.cpu_s == {"gateway": 2.0, "pusher": 0.5}
     assert window.counts["trades"] == 20.0
     assert window.counts["stream_bytes"] == 800.0
+    assert window.counts["ws_ticker"] == 60.0  # per channel kind, what plan scales by holders
     idle = Idle(cores={"gateway": 0.05, "pusher": 0.05}, rates={"trades": 0.0})
     cpu, counts = idle.excess(window)
     assert cpu == pytest.approx({"gateway": 1.5, "pusher": 0.0})

@@ -83,6 +83,8 @@ COUNTERS = {
 }
 """Induced counts: the name each is read under, summed over every service's /metrics."""
 TRADES_DELIVERED = 'bourse_pusher_messages_delivered_total{kind="trades"}'
+PUBLIC_KINDS = ("ticker", "trades", "depth", "kline")
+"""Pusher message kinds counted per action as `ws_<kind>` (what `plan` scales by holders)."""
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
 
@@ -157,12 +159,11 @@ def between(before: Mark, after: Mark) -> Window:
         end = after.cpu.get(name)
         if start is not None and end is not None:
             cpu[name] = end - start
+    names = {**COUNTERS, "trades_delivered": TRADES_DELIVERED}
+    names.update({f"ws_{kind}": f'{COUNTERS["ws_messages"]}{{kind="{kind}"}}' for kind in PUBLIC_KINDS})
     counts = {
-        key: after.counters.get(name, 0.0) - before.counters.get(name, 0.0) for key, name in COUNTERS.items()
+        key: after.counters.get(name, 0.0) - before.counters.get(name, 0.0) for key, name in names.items()
     }
-    counts["trades_delivered"] = after.counters.get(TRADES_DELIVERED, 0.0) - before.counters.get(
-        TRADES_DELIVERED, 0.0
-    )
     counts["stream_bytes"] = float(sum(after.streams.values()) - sum(before.streams.values()))
     if before.nats and after.nats:
         counts["nats_messages"] = sum(after.nats[k] - before.nats[k] for k in ("in_msgs", "out_msgs"))
