@@ -101,7 +101,7 @@ class MeasureOptions:
     (at 20/s, the pusher's idle wobble with 10,000 connections made 300-800 µs per read)."""
     open_orders: int = 20_000
     """Resting orders placed to measure the memory per open order."""
-    settle_s: float = 15.0
+    settle_s: float = 60.0
     """At most this long between phases for the pipeline to drain (CPU back near idle)."""
     keep: bool = False
     """Keep the data folder (the services' logs)."""
@@ -234,18 +234,23 @@ class Measurement:
                 counters[name] = counters.get(name, 0.0) + value
         return Mark(at, cpu, counters, nats_totals, streams)
 
-    async def settle(self, limit_s: float) -> None:
+    async def settle(self) -> None:
         """Until the services' CPU over half a second is back near idle (what an action set off
-        downstream is done), at most `limit_s`."""
+        downstream is done; a step past the knee leaves a backlog that took over 15 s to drain,
+        and measured into the next step), at most `settle_s`."""
         pids = self.system.pids()
-        idle = sum(self.idle.cores.values()) if self.idle is not None else 0.0
-        deadline = time.monotonic() + min(limit_s, self.options.settle_s)
-        while time.monotonic() < deadline:
+        quiet = sum(self.idle.cores.values()) * 1.5 + 0.06 if self.idle is not None else UNKNOWN_IDLE
+        started = time.monotonic()
+        used = 0.0
+        while time.monotonic() < started + self.options.settle_s:
             before = {name: cpu_seconds(pid) or 0.0 for name, pid in pids.items()}
             await asyncio.sleep(0.5)
             used = sum((cpu_seconds(pid) or 0.0) - before[name] for name, pid in pids.items()) / 0.5
-            if used <= idle * 1.5 + 0.06:
+            if used <= quiet:
+                if time.monotonic() - started > 5.0:
+                    self.say(f"  settled in {time.monotonic() - started:.0f} s")
                 return
+        self.say(f"  still {used:.2f} cores busy after {self.options.settle_s:g} s: going on")
 
     async def drive(self, label: str, rates: dict[Action, float]) -> Run:
         """Drive `rates` for the warm-up and the window; the window's marks are taken around it
@@ -277,7 +282,7 @@ class Measurement:
 
     async def measure_idle(self, label: str = "idle") -> Idle:
         o = self.options
-        await self.settle(10.0)
+        await self.settle()
         before = await self.mark()
         await asyncio.sleep(o.window_s)
         after = await self.mark()
@@ -308,7 +313,7 @@ class Measurement:
             self.generator.resting.clear()  # fresh orders known to rest
             placed = await self.generator.prepare_resting(wanted)
             self.say(f"{label}: {placed:,} resting orders placed first")
-            await self.settle(15.0)
+            await self.settle()
         self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
         run = await self.drive(label, {action: rate})
         sent = len(run.samples)
@@ -335,7 +340,7 @@ class Measurement:
             f"{cost.total_us:,.0f} µs/action ({_us_text(cpu_us)}); {cost.nats_messages:.1f} NATS msgs, "
             + ", ".join(f"{key} {value:.2f}" for key, value in induced.items() if value)
         )
-        await self.settle(10.0)
+        await self.settle()
         return cost
 
     async def warm_up(self, rates: dict[Action, float]) -> None:
@@ -348,7 +353,7 @@ class Measurement:
         )
         await self.generator.prepare_resting(math.ceil(rates.get(Action.CANCEL, 0.0) * o.window_s) + 20)
         await self.generator.run(rates, o.window_s)
-        await self.settle(15.0)
+        await self.settle()
 
     async def measure_without_crowd(self, rate: float) -> ActionCost:
         """With the crowd gone: idle, then limit orders at `rate`. What the pusher spends per
@@ -356,7 +361,7 @@ class Measurement:
         await self.crowd.stop()
         self.crowd_connected = False
         self.say("crowd: disconnected")
-        await self.settle(15.0)
+        await self.settle()
         await self.measure_idle("idle without the crowd")
         return await self.measure_action(Action.PLACE_LIMIT, rate, label="place_limit without the crowd")
 
@@ -391,12 +396,12 @@ class Measurement:
     async def measure_open_orders(self, count: int) -> dict[str, float]:
         """Resident memory per open order in the services that hold them: RSS after resting
         `count` more orders (beyond the band, so they stay) minus before."""
-        await self.settle(10.0)
+        await self.settle()
         pids = {name: p.process.pid for name in OPEN_ORDER_SERVICES if (p := self.system.service(name))}
         before = {name: rss_bytes(pid) or 0 for name, pid in pids.items()}
         self.generator.resting.clear()
         placed = await self.generator.prepare_resting(count)
-        await self.settle(30.0)
+        await self.settle()
         await asyncio.sleep(1.0)
         after = {name: rss_bytes(pid) or 0 for name, pid in pids.items()}
         per_order = {name: max(after[name] - before[name], 0) / max(placed, 1) for name in pids}
@@ -414,7 +419,7 @@ class Measurement:
         need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
         if len(self.generator.resting) < need:
             await self.generator.prepare_resting(need - len(self.generator.resting))
-        await self.settle(15.0)
+        await self.settle()
         label = f"step {share(load)}"
         self.say(
             f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
@@ -442,7 +447,7 @@ class Measurement:
             f"{failed} failed + {late} late + {unsent} unsent of {len(run.samples) + unsent:,}: "
             f"{sum(step.cores.values()):.2f} cores" + ("  <- past the knee" if past else "")
         )
-        await self.settle(10.0)
+        await self.settle()
         return step
 
 
@@ -611,6 +616,9 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
 
 
 DELIVERED = 0.9
+UNKNOWN_IDLE = 0.35
+"""Cores under which the system counts as settled before its idle is measured (the crowd of
+10,000 alone keeps the pusher at 0.06-0.09)."""
 KNEE_HALVINGS = 3
 """When the scenario's first step already passes the limits, the load is halved this many times
 at most to find one that holds (the knee is found, not assumed to be below the first step)."""

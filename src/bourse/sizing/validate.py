@@ -205,7 +205,7 @@ async def _runs(
         need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
         if len(m.generator.resting) < need:
             await m.generator.prepare_resting(need - len(m.generator.resting))
-        await m.settle(15.0)
+        await m.settle()
         label = f"run {index}/{repeats}"
         orders = sum(rates[a] for a in ORDER_ACTIONS)
         m.say(f"{label}: the mix at {orders:,.0f} orders/s for {o.window_s:g} s")
