@@ -527,6 +527,16 @@ def _sample_line(samples: list[Sample], seconds: float) -> str:
     )
 
 
+async def amqp_publisher(system: SystemUnderTest) -> AmqpPublisher | None:
+    """With a RabbitMQ URL, a publisher to the ingress's exchange (the scenario's RabbitMQ orders
+    go there); without one, None (they go over REST)."""
+    url = system.servers.rabbitmq_url
+    if not url:
+        return None
+    topology = amqp_topology(Settings(namespace=system.namespace, rabbitmq_url=url, _env_file=None))
+    return await AmqpPublisher.connect(url, topology.exchange, topology.routing_key, url_user(url))
+
+
 def machine() -> Machine:
     return Machine(
         cpus=os.cpu_count() or 1,
@@ -575,18 +585,7 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
     nc: Client | None = None
     try:
         crowd = await Crowd.start(scenario.users)
-        if options.servers.rabbitmq_url:
-            topology = amqp_topology(
-                Settings(
-                    namespace=system.namespace, rabbitmq_url=options.servers.rabbitmq_url, _env_file=None
-                )
-            )
-            amqp = await AmqpPublisher.connect(
-                options.servers.rabbitmq_url,
-                topology.exchange,
-                topology.routing_key,
-                url_user(options.servers.rabbitmq_url),
-            )
+        amqp = await amqp_publisher(system)
         traders = max(scenario.traders, 1)
         generator = LoadGenerator(
             system.api,

@@ -26,18 +26,19 @@ import nats
 from nats.aio.client import Client
 
 from bourse.sizing.crowd import Crowd
-from bourse.sizing.loadgen import LoadGenerator, percentile
+from bourse.sizing.loadgen import AmqpPublisher, LoadGenerator, percentile
 from bourse.sizing.measure import (
     DELIVERED,
     INTERRUPTED,
     Measurement,
     MeasureOptions,
+    amqp_publisher,
     run_async,
     say_line,
     servers_from,
     share,
 )
-from bourse.sizing.plan import measured_cores, plan_scenario
+from bourse.sizing.plan import DEFAULT_OPEN_ORDERS_PER_TRADER, measured_cores, plan_scenario
 from bourse.sizing.profile import Profile, load_profile
 from bourse.sizing.scenario import ORDER_ACTIONS, Action, Scenario
 from bourse.sizing.system import Servers, start_system, stop_system
@@ -163,22 +164,30 @@ async def validate(
     system = await start_system(servers, max(scenario.traders, 1), say, keep=keep)
     crowd: Crowd | None = None
     generator: LoadGenerator | None = None
+    amqp: AmqpPublisher | None = None
     nc: Client | None = None
     try:
         crowd = await Crowd.start(scenario.users)
-        generator = LoadGenerator(
-            system.api, system.tokens, OrderMaker(scenario.markets, max(scenario.traders, 1))
-        )
+        amqp = await amqp_publisher(system)
+        maker = OrderMaker(scenario.markets, max(scenario.traders, 1))
+        generator = LoadGenerator(system.api, system.tokens, maker, amqp=amqp)
         nc = await nats.connect(system.nats_url)
         async with httpx.AsyncClient() as http:
             m = Measurement(options, system, crowd, generator, nc, http, say)
             await m.measure_crowd(scenario.users)
+            opens = DEFAULT_OPEN_ORDERS_PER_TRADER * scenario.traders
+            say(f"the plan's open orders: {opens:,} resting ({DEFAULT_OPEN_ORDERS_PER_TRADER} per trader)")
+            await generator.prepare_resting(opens)
+            generator.resting.clear()  # they stay: the state the plan assumes, not a stock for cancels
             await m.warm_up(rates)
             await m.measure_idle()
             return await _runs(m, profile, target, scenario, rates, repeats)
     finally:
         if generator is not None:
             generator.close()
+        if amqp is not None:
+            with contextlib.suppress(Exception):
+                await amqp.close()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
