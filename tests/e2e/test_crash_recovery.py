@@ -112,7 +112,8 @@ class Proc:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    async def healthy(self, http: httpx.AsyncClient, timeout_s: float = 20.0) -> None:
+    async def healthy(self, http: httpx.AsyncClient, timeout_s: float = 60.0) -> None:
+        # a bound, not a measure: a process start took over 20 s on a box at load 14
         deadline = time.monotonic() + timeout_s
         while True:
             assert self.process is not None
