@@ -51,10 +51,10 @@ from bourse.config.settings import Settings
 from bourse.contracts.messages import ACCOUNTS_REPORTS_DECODER, AMQP_REPLY_DECODER, EVENT_BATCH_DECODER
 from bourse.contracts.subjects import ACCOUNTS
 from bourse.domain.orders import OrderAccepted, OrderRejected
+from bourse.sizing.probes import cpu_seconds
 from e2e_bench import (
     Server,
     base_env,
-    cpu_seconds,
     free_port,
     spawn,
     start_own_nats,

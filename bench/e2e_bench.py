@@ -79,13 +79,13 @@ from bourse.contracts.subjects import EVENTS, MATCH, ORDERS, STREAMS
 from bourse.domain.orders import OrderAccepted, PlaceOrder, Trade
 from bourse.services import services_for
 from bourse.sizing.lean_http import LeanHttpConnection, build_request
+from bourse.sizing.probes import cpu_seconds, machine_busy
 from bourse.sizing.workload import BAND, CROSS, MIXES
 from bourse.sizing.workload import write_markets_file as write_markets_file  # ws_bench, amqp_bench use it
 from otlp_sink import OtlpSink
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUCCESS = ("200", "201", "202")
 
 
@@ -152,14 +152,6 @@ def proc_stat(pid: int) -> list[str] | None:
         return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process (all its threads), from /proc/<pid>/stat."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def rss_mb(pid: int) -> float | None:
     fields = proc_stat(pid)
     return None if fields is None else int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -186,14 +178,6 @@ def command_line(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
-
-
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
 
 
 @dataclass(slots=True)
@@ -745,7 +729,7 @@ def cpu_mark(pids: dict[str, int]) -> CpuMark:
         time.perf_counter(),
         {label: cpu_seconds(pid) for label, pid in pids.items()},
         times.user + times.system,
-        machine_cpu(),
+        machine_busy(),
     )
 
 

@@ -63,7 +63,6 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -130,12 +129,11 @@ from bourse.domain.orders import (
 from bourse.domain.tickers import Ticker, change_bp
 from bourse.domain.values import Amount, MemberId, OrderId, Price, QuoteUnits, TradeId
 from bourse.services import services_for
+from bourse.sizing.probes import CLK_TCK, cpu_seconds, machine_busy, raise_nofile, rss_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
 SCRIPT = os.path.abspath(__file__)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 Json = dict[str, Any]
 
 PRIVATE = ("orders", "my_trades", "balances")
@@ -153,42 +151,6 @@ KIND_ORDER = (
 
 
 # ------------------------------------------------------------------------------------ processes
-
-
-def raise_nofile() -> int:
-    """RLIMIT_NOFILE soft limit up to the hard limit (in this process; children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    fields = proc_stat(pid)
-    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-    except (OSError, IndexError):
-        return None
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
 
 
 def load_average() -> float:
@@ -1350,7 +1312,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 now = time.monotonic()
                 cpu = cpu_seconds(pusher_pid) or 0.0
                 ccpu = sum(cpu_seconds(c.pid) or 0.0 for c in clients)
-                ticks = machine_ticks()
+                ticks = machine_busy()
                 ours = sum(v or 0.0 for v in cpu_mark(pids).values()) + ccpu + sum(os.times()[:2])
                 seconds = max(now - last[0], 1e-9)
                 prev_counts: dict[str, int] = last[3]
@@ -1376,7 +1338,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 last[:] = [now, cpu, ccpu, totals["counts"], ticks, ours]
                 return totals, row
 
-            last: list[Any] = [started, cpu_seconds(pusher_pid) or 0.0, 0.0, {}, machine_ticks(), 0.0]
+            last: list[Any] = [started, cpu_seconds(pusher_pid) or 0.0, 0.0, {}, machine_busy(), 0.0]
             last[2] = sum(cpu_seconds(c.pid) or 0.0 for c in clients)
             last[5] = sum(v or 0.0 for v in cpu_mark(pids).values()) + last[2] + sum(os.times()[:2])
             await asyncio.gather(
@@ -1415,7 +1377,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             cpu0 = cpu_mark(pids)
             ccpu0 = {c.pid: cpu_seconds(c.pid) or 0.0 for c in clients}
             self0 = os.times()
-            ticks0 = machine_ticks()
+            ticks0 = machine_busy()
             feed0 = dict(feed.counts) if feed is not None else {}
             collector.measuring = True
             spy = start_profile(args, pusher_pid)
@@ -1446,7 +1408,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             cpu1 = cpu_mark(pids)
             ccpu1 = {c.pid: cpu_seconds(c.pid) or 0.0 for c in clients}
             self1 = os.times()
-            ticks1 = machine_ticks()
+            ticks1 = machine_busy()
             collector.measuring = False
             totals1 = collector.totals
             health1 = await pusher_health(system, session)
