@@ -35,7 +35,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -592,7 +592,18 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
         f"{scenario.orders_per_s():,.0f} orders/s at full load; windows {options.window_s:g} s "
         f"(+{options.warmup_s:g} s warm-up)"
     )
-    system = await start_system(options.servers, max(scenario.traders, 1), say, keep=options.keep)
+    async with running(options, say) as m:
+        return await _phases(m)
+
+
+@contextlib.asynccontextmanager
+async def running(options: MeasureOptions, say: Callable[[str], None]) -> AsyncIterator[Measurement]:
+    """The system under test, its crowd connected and a load generator ready, as one
+    `Measurement`; everything stopped in reverse order on the way out (`measure` and
+    `validate` both run in one)."""
+    scenario = options.scenario
+    traders = max(scenario.traders, 1)
+    system = await start_system(options.servers, traders, say, keep=options.keep)
     crowd: Crowd | None = None
     generator: LoadGenerator | None = None
     amqp: AmqpPublisher | None = None
@@ -600,7 +611,6 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
     try:
         crowd = await Crowd.start(scenario.users)
         amqp = await amqp_publisher(system)
-        traders = max(scenario.traders, 1)
         generator = LoadGenerator(
             system.api,
             system.tokens,
@@ -609,8 +619,7 @@ async def measure(options: MeasureOptions, say: Callable[[str], None]) -> Profil
         )
         nc = await nats.connect(system.nats_url)
         async with httpx.AsyncClient() as http:
-            m = Measurement(options, system, crowd, generator, nc, http, say)
-            return await _phases(m)
+            yield Measurement(options, system, crowd, generator, nc, http, say)
     finally:
         if generator is not None:
             generator.close()

@@ -14,26 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
-import nats
-from nats.aio.client import Client
-
-from bourse.sizing.crowd import Crowd
-from bourse.sizing.loadgen import AmqpPublisher, LoadGenerator, percentile
+from bourse.sizing.loadgen import percentile
 from bourse.sizing.measure import (
     DELIVERED,
     INTERRUPTED,
     Measurement,
     MeasureOptions,
-    amqp_publisher,
     run_async,
+    running,
     say_line,
     servers_from,
     share,
@@ -41,8 +35,7 @@ from bourse.sizing.measure import (
 from bourse.sizing.plan import DEFAULT_OPEN_ORDERS_PER_TRADER, measured_cores, plan_scenario
 from bourse.sizing.profile import Profile, load_profile
 from bourse.sizing.scenario import ORDER_ACTIONS, Action, Scenario
-from bourse.sizing.system import Servers, start_system, stop_system
-from bourse.sizing.workload import OrderMaker
+from bourse.sizing.system import Servers
 
 DEFAULT_ORDERS_PER_S = 1000.0
 DEFAULT_USERS = 10_000
@@ -161,40 +154,15 @@ async def validate(
     options = MeasureOptions(
         scenario=scenario, servers=servers, window_s=window_s, warmup_s=warmup_s, keep=keep
     )
-    system = await start_system(servers, max(scenario.traders, 1), say, keep=keep)
-    crowd: Crowd | None = None
-    generator: LoadGenerator | None = None
-    amqp: AmqpPublisher | None = None
-    nc: Client | None = None
-    try:
-        crowd = await Crowd.start(scenario.users)
-        amqp = await amqp_publisher(system)
-        maker = OrderMaker(scenario.markets, max(scenario.traders, 1))
-        generator = LoadGenerator(system.api, system.tokens, maker, amqp=amqp)
-        nc = await nats.connect(system.nats_url)
-        async with httpx.AsyncClient() as http:
-            m = Measurement(options, system, crowd, generator, nc, http, say)
-            await m.measure_crowd(scenario.users)
-            opens = DEFAULT_OPEN_ORDERS_PER_TRADER * scenario.traders
-            say(f"the plan's open orders: {opens:,} resting ({DEFAULT_OPEN_ORDERS_PER_TRADER} per trader)")
-            await generator.prepare_resting(opens)
-            generator.resting.clear()  # they stay: the state the plan assumes, not a stock for cancels
-            await m.warm_up(rates)
-            await m.measure_idle()
-            return await _runs(m, profile, target, scenario, rates, repeats)
-    finally:
-        if generator is not None:
-            generator.close()
-        if amqp is not None:
-            with contextlib.suppress(Exception):
-                await amqp.close()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
-        if crowd is not None:
-            await crowd.stop()
-        say("stopping the system")
-        await stop_system(system, keep=keep)
+    async with running(options, say) as m:
+        await m.measure_crowd(scenario.users)
+        opens = DEFAULT_OPEN_ORDERS_PER_TRADER * scenario.traders
+        say(f"the plan's open orders: {opens:,} resting ({DEFAULT_OPEN_ORDERS_PER_TRADER} per trader)")
+        await m.generator.prepare_resting(opens)
+        m.generator.resting.clear()  # they stay: the state the plan assumes, not a stock for cancels
+        await m.warm_up(rates)
+        await m.measure_idle()
+        return await _runs(m, profile, target, scenario, rates, repeats)
 
 
 async def _runs(
