@@ -49,7 +49,7 @@ def add_measure(size: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a first look: 200 users, at most 150 orders/s, 3 s windows, two steps (about 2 minutes)",
+        help="a first look: 200 users, at most 150 orders/s, 5 s windows, two steps (about 2 minutes)",
     )
     parser.add_argument(
         "--window",

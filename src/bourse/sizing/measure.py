@@ -51,6 +51,7 @@ from bourse.config.amqp import amqp_topology
 from bourse.config.settings import Settings
 from bourse.sizing.crowd import Crowd, CrowdStats, crowd_users
 from bourse.sizing.loadgen import AmqpPublisher, LoadGenerator, Sample, percentile, window_samples
+from bourse.sizing.plan import DEFAULT_OPEN_ORDERS_PER_TRADER
 from bourse.sizing.probes import cpu_model, cpu_seconds, git_commit, rss_bytes, scrape, varz
 from bourse.sizing.profile import (
     METHOD,
@@ -63,7 +64,7 @@ from bourse.sizing.profile import (
 from bourse.sizing.profile import (
     Crowd as CrowdCosts,
 )
-from bourse.sizing.scenario import ORDER_ACTIONS, Action, Channel, Scenario
+from bourse.sizing.scenario import COMMANDS, ORDER_ACTIONS, Action, Channel, Scenario
 from bourse.sizing.system import RABBITMQ, Servers, SystemUnderTest, start_system, stop_system, stream_bytes
 from bourse.sizing.workload import OrderMaker
 
@@ -72,6 +73,8 @@ INTERRUPTED = 130
 """Exit code after Ctrl-C or SIGTERM (the system under test is stopped first)."""
 QUICK_USERS = 200
 QUICK_ORDERS_PER_S = 150.0
+QUICK_WINDOW_S = 5.0
+"""A quick run's windows: at 3 s the same action's cost moved by 10-15 % from run to run."""
 OPEN_ORDER_SERVICES = ("accounts", "matching", "query")
 COUNTERS = {
     "trades": "bourse_order_to_trade_seconds_count",
@@ -109,7 +112,7 @@ class MeasureOptions:
     @classmethod
     def for_scenario(cls, scenario: Scenario, *, quick: bool = False, **overrides: object) -> MeasureOptions:
         """The full measure of a scenario (its windows of `steps.step_s`), or the quick look: a
-        crowd of 200, at most 150 orders/s, 3 s windows, two steps."""
+        crowd of 200, at most 150 orders/s, 5 s windows, two steps."""
         if not quick:
             options = cls(scenario=scenario, window_s=scenario.steps.step_s)
         else:
@@ -117,11 +120,11 @@ class MeasureOptions:
                 users=min(scenario.users, QUICK_USERS),
                 orders_per_s=min(scenario.orders_per_s(), QUICK_ORDERS_PER_S),
             )
-            steps = msgspec.structs.replace(small.steps, loads=[0.5, 1.0], step_s=3.0)
+            steps = msgspec.structs.replace(small.steps, loads=[0.5, 1.0], step_s=QUICK_WINDOW_S)
             options = cls(
                 scenario=msgspec.structs.replace(small, steps=steps),
                 quick=True,
-                window_s=3.0,
+                window_s=QUICK_WINDOW_S,
                 warmup_s=1.0,
                 min_rate=50.0,
                 open_orders=1_000,
@@ -426,6 +429,15 @@ class Measurement:
         )
         return per_order
 
+    async def hold_open_orders(self) -> None:
+        """Rest the plan's open orders (`DEFAULT_OPEN_ORDERS_PER_TRADER` per trader) for the rest
+        of the run: the stages snapshot their state every 5 s, so their CPU grows with it, and
+        the costs, the steps and `validate` must all see the state a plan assumes."""
+        opens = DEFAULT_OPEN_ORDERS_PER_TRADER * self.options.scenario.traders
+        self.say(f"the plan's open orders: {opens:,} resting ({DEFAULT_OPEN_ORDERS_PER_TRADER} per trader)")
+        await self.generator.prepare_resting(opens)
+        self.generator.resting.clear()  # they stay: the state, not a stock for cancels
+
     async def measure_step(self, load: float) -> StepRun:
         o = self.options
         scenario = o.scenario
@@ -513,6 +525,35 @@ def share(load: float) -> str:
     return f"{load * 100:.3g}%"
 
 
+def split_active_floor(
+    high: ActionCost, low: ActionCost, commands: dict[Action, ActionCost]
+) -> tuple[dict[str, float], dict[Action, ActionCost]]:
+    """(Per service the active floor in cores, each command's cost less the floor): the line
+    through limit orders' CPU over idle at two rates (`high`, `low`) gives, per service, the floor
+    (its value at rate 0, at least 0, at most the CPU at the low rate) and the marginal cost (its
+    slope, at least 0). Each command measured alone at about `high`'s rate paid the whole floor
+    over its own actions: its marginal cost is its cost less the floor per action at its rate."""
+    active: dict[str, float] = {}
+    for service, us in high.cpu_us.items():
+        y_high = us * high.rate / 1e6
+        y_low = low.cpu_us.get(service, 0.0) * low.rate / 1e6
+        slope = max((y_high - y_low) / (high.rate - low.rate), 0.0) if high.rate > low.rate else 0.0
+        floor = min(max(y_high - slope * high.rate, 0.0), max(y_low, 0.0))
+        if floor > 0:
+            active[service] = floor
+    marginal = {
+        action: msgspec.structs.replace(
+            cost,
+            cpu_us={
+                service: max(us - active.get(service, 0.0) * 1e6 / cost.rate, 0.0)
+                for service, us in cost.cpu_us.items()
+            },
+        )
+        for action, cost in commands.items()
+    }
+    return active, marginal
+
+
 def fan_out_cost(alone: ActionCost, crowd: ActionCost) -> float:
     """Pusher CPU µs per WebSocket message delivered: the same orders with and without the
     crowd, the difference of the pusher's cost per order over the difference of the messages
@@ -573,6 +614,10 @@ def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> 
         f"step); REST reads alone at their own rate (at least {o.min_rate:g}/s)",
         f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; per-service costs below zero "
         "(noise) are counted as 0",
+        "the active floor: limit orders also at half the commands' rate, right after; per service the "
+        "line through the two gives the floor (paid once per process while any order command flows) "
+        "and the limit order's marginal cost; every other command's cost is its cost alone less the "
+        "floor's share at its rate",
         "the pusher's cost per WebSocket message: limit orders at the same rate with and without the crowd",
         f"system: one process per service; {o.servers.describe()}",
         f"steps: the crowd of {o.scenario.users:,} users held throughout, the actions at the step's share",
@@ -644,12 +689,12 @@ UNKNOWN_IDLE = 0.35
 OWN_BATCHES = frozenset({"amqp-ingress", RABBITMQ})
 """Services one action alone passes through (RabbitMQ orders): they batch it by its own rate."""
 MIN_OWN_RATE = 5.0
+LOW_SHARE = 0.5
+"""Limit orders are also driven at this share of the commands' rate: the two points give each
+service's active floor and marginal cost (`split_active_floor`)."""
 KNEE_HALVINGS = 3
 """When the scenario's first step already passes the limits, the load is halved this many times
 at most to find one that holds (the knee is found, not assumed to be below the first step)."""
-COMMANDS = (Action.PLACE_LIMIT, Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
-"""Order commands: they go through the order intake, ORDERS, accounts and matching, and share
-those stages' batches (and the pushers' ticks)."""
 MARKET_FILLS = 2.2
 """Resting orders placed per market order to come, so the book does not run dry in the window
 (a market order of the mix takes about 1.7)."""
@@ -659,6 +704,7 @@ async def _phases(m: Measurement) -> Profile:
     o = m.options
     scenario = o.scenario
     await m.measure_crowd(scenario.users)
+    await m.hold_open_orders()
     await m.warm_up(scenario.rates(scenario.steps.loads[0]))
     idle = await m.measure_idle()
     runs: list[StepRun] = []
@@ -687,12 +733,20 @@ async def _phases(m: Measurement) -> Profile:
         f"costs at {share(basis)} of the scenario (the full load, or what was carried): each order command "
         f"alone at the commands' rate there, {flow:,.0f}/s; each REST read alone at its own rate"
     )
+    low: ActionCost | None = None
     for action in Action:
         rate = flow if action in COMMANDS else max(rates[action], o.min_rate)
         m.costs[action] = await m.measure_action(action, rate)
+        if action is Action.PLACE_LIMIT:  # right after, so that both see the same system
+            per_trade = m.trades_delivered_per_trade  # as delivered at the commands' rate
+            low = await m.measure_action(action, rate * LOW_SHARE, label=f"{action} at half that rate")
+            m.trades_delivered_per_trade = per_trade
     if o.servers.rabbitmq_url and rates[Action.AMQP_ORDER] > 0:
         m.costs[Action.AMQP_ORDER] = await m.measure_own_batches(Action.AMQP_ORDER, rates[Action.AMQP_ORDER])
     main = m.costs[Action.PLACE_LIMIT]
+    assert low is not None
+    active, marginal = split_active_floor(main, low, {a: m.costs[a] for a in COMMANDS})
+    m.say(f"active floor while orders flow: {sum(active.values()):.2f} cores ({_cores_text(active)})")
     per_order = await m.measure_open_orders(o.open_orders)
     alone = await m.measure_without_crowd(main.rate)
     trades_holders = scenario.holders().get(Channel.TRADES, 0)
@@ -710,9 +764,10 @@ async def _phases(m: Measurement) -> Profile:
         machine=machine(),
         method=describe_method(o, m.notes, basis),
         idle_cores=idle.cores,
-        actions=dict(m.costs),
+        actions={**m.costs, **marginal},
         crowd=crowd_costs,
         knee_load=knee,
+        active_cores=active,
     )
     steps = [run.step(profile, m.crowd.users) for run in runs]
     for step in steps:
@@ -747,18 +802,23 @@ def cost_table(profile: Profile) -> str:
         + "".join(f"{SHORT.get(s, s)[:7]:>8}" for s in services)
         + f"{'total':>8}{'nats':>6}"
     )
-    lines = ["CPU µs per action, per service (idle subtracted); NATS messages per action", head]
+    lines = [
+        "CPU µs per action, per service (idle subtracted; an order command's over the active floor, "
+        "paid once per process while orders flow); NATS messages per action",
+        head,
+    ]
     for action, cost in profile.actions.items():
         lines.append(
             f"{action!s:<14}"
             + "".join(f"{cost.cpu_us.get(s, 0.0):>8,.0f}" for s in services)
             + f"{cost.total_us:>8,.0f}{cost.nats_messages:>6.1f}"
         )
-    lines.append(
-        f"{'idle (cores)':<14}"
-        + "".join(f"{profile.idle_cores.get(s, 0.0):>8.3f}" for s in services)
-        + f"{sum(profile.idle_cores.values()):>8.3f}"
-    )
+    for label, cores in (("idle (cores)", profile.idle_cores), ("active (cores)", profile.active_cores)):
+        lines.append(
+            f"{label:<14}"
+            + "".join(f"{cores.get(s, 0.0):>8.3f}" for s in services)
+            + f"{sum(cores.values()):>8.3f}"
+        )
     lines += [
         "",
         "induced per action: "

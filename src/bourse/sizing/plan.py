@@ -10,8 +10,9 @@ How the numbers are made:
 - The scenario is scaled to the target (`plan_scenario`): same behaviour per user, the users
   asked for, per-trader rates scaled to the orders asked for, REST reads rescaled to a total if
   one is given.
-- CPU per service is the profile's prediction (`Profile.predicted_cores`: idle + sum of rate x
-  cost per action), corrected for the size of the crowd (`websocket_load`), then multiplied by
+- CPU per service is the profile's prediction (`Profile.predicted_cores`: idle + the active
+  floor + sum of rate x cost per action; a service planned on several processes pays idle and
+  floor in each), corrected for the size of the crowd (`websocket_load`), then multiplied by
   the factor of a service rewritten off Python (`--rewrite`).
 - Each service then scales by its kind (`SCALING`).
 """
@@ -310,7 +311,8 @@ def measured_cores(profile: Profile, scenario: Scenario, rates: Mapping[Action, 
     """CPU cores per service at `rates` on the profile's machine, Python as it is:
     `Profile.predicted_cores` with the pusher corrected for the crowd. The pusher's fan-out of
     market data follows `websocket_load`; its idle (heartbeats every 10 s and protocol pings to
-    each connection) scales with connected users. Every other idle is one process's, counted once."""
+    each connection) scales with connected users. Every other idle is one process's
+    (`_service_plan` adds one per extra process)."""
     ws = websocket_load(profile, scenario, rates)
     cores = profile.predicted_cores(dict(rates), max(ws.extra_per_s, 0.0))
     if PUSHER in cores:
@@ -385,6 +387,17 @@ def _writer_limit(cores: float, cap: float | None, t: _Target) -> tuple[bool, li
     ]
 
 
+PER_PROCESS_FLOOR = frozenset({Scaling.INSTANCES, Scaling.MEMBER_SHARDS, Scaling.MARKET_GROUPS})
+
+
+def _floor_per_process(name: str, profile: Profile) -> float:
+    """Cores one more process of `name` costs whatever its share of the load: its idle and its
+    active floor (`Profile.active_cores`). The pusher's idle is its connections' (spread over its
+    instances, already scaled to the crowd), so only its active floor counts."""
+    idle = 0.0 if name == PUSHER else profile.idle_cores.get(name, 0.0)
+    return idle + profile.active_cores.get(name, 0.0)
+
+
 def _memory(name: str, units: int, t: _Target) -> float:
     per_copy = t.profile.crowd.memory_per_open_order_bytes.get(name, 0.0) * t.open_orders
     memory = per_copy * (units if name in WHOLE_STATE_PER_INSTANCE else 1)
@@ -409,6 +422,12 @@ def _service_plan(name: str, python_cores: float, factor: float | None, t: _Targ
     us = max(python_cores - idle, 0.0) * kept * 1e6 / t.orders_per_s
     cap = t.headroom * 1e6 / us if us > 0 else None
     units = _units(scaling, cores, t.headroom, len(t.scenario.markets))
+    if scaling in PER_PROCESS_FLOOR and units > 1:
+        per_unit = _floor_per_process(name, t.profile) * kept
+        cores += (units - 1) * per_unit
+        units = _units(scaling, cores, t.headroom, len(t.scenario.markets))
+        unit = UNIT_NAMES[scaling][0]
+        notes.append(f"each {unit} pays its own idle and active floor: {per_unit:.3f} cores")
     fits = True
     limits: list[str] = []
     if scaling is Scaling.MARKET_GROUPS:

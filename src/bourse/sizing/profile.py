@@ -14,9 +14,22 @@ fixed cost once for every command in it): so each order command (limit, market, 
 RabbitMQ) is driven at the rate of all the order commands at full load (or at the largest load
 the machine carried), where it pays the share of a batch it pays in the mix; alone at its own
 small rate each would pay a whole batch (the first measure of the brief predicted +77 % that
-way). REST reads, not batched, go at their own rate. The stepped runs then check the sum: at
-each step the predicted CPU per service (the sum of rate x cost, plus idle) is compared with
-what was measured (`Step.predicted_cores` vs `Step.cores`)."""
+way). REST reads, not batched, go at their own rate.
+
+A stage's CPU is not proportional to the orders it carries: each consumer takes what has
+arrived while it worked on the last batch, so from a few orders a second up it runs batch after
+batch, and a larger flow makes larger batches more than more of them (the reference machine's
+stages spent about the same CPU at 31 and 248 orders/s). So each service's CPU while orders flow
+is split into an active floor (`Profile.active_cores`: paid once per process as soon as any
+order command flows) and a marginal cost per action (`ActionCost.cpu_us`). Limit orders alone
+at two rates, the commands' rate and half of it, give the floor and the limit order's marginal
+cost (the line through the two points); every other command's marginal cost is its cost alone
+at the commands' rate less the floor's share at that rate. The line holds between the two rates
+and over-predicts above them (batches keep growing): a plan errs on the side of more cores.
+
+The stepped runs then check the sum: at each step the predicted CPU per service (idle, plus the
+floor, plus the sum of rate x cost) is compared with what was measured (`Step.predicted_cores`
+vs `Step.cores`)."""
 
 from __future__ import annotations
 
@@ -24,7 +37,7 @@ from pathlib import Path
 
 import msgspec
 
-from bourse.sizing.scenario import Action, Scenario
+from bourse.sizing.scenario import COMMANDS, Action, Scenario
 
 REFERENCE_PROFILE = Path(__file__).with_name("reference_profile.json")
 
@@ -33,8 +46,10 @@ METHOD = (
     "full load (or the largest load the machine carried): each order command alone at the rate of "
     "all the order commands (they share the stages' batches), each REST read alone at its own rate; "
     "per service, (CPU over the window - idle CPU) / actions sent; downstream work (locks, matches, "
-    "trades, rows, pushes) is inside the cost and counted in `induced`; stepped runs of the whole "
-    "mix compare the summed prediction with the measurement"
+    "trades, rows, pushes) is inside the cost and counted in `induced`; limit orders alone at the "
+    "commands' rate and at half of it split each service's CPU into an active floor (paid once "
+    "while any order command flows) and a marginal cost per action; stepped runs of the whole mix "
+    "compare the summed prediction with the measurement"
 )
 
 NATS = "nats-server"
@@ -56,7 +71,8 @@ class ActionCost(msgspec.Struct, frozen=True):
     sent: int
     """Actions sent in the window (the divisor)."""
     cpu_us: dict[str, float]
-    """Per service (and `nats-server`), CPU microseconds per action."""
+    """Per service (and `nats-server`), CPU microseconds per action: for an order command, the
+    marginal cost over the active floor (`Profile.active_cores`)."""
     nats_messages: float
     """NATS messages (published into the server and delivered out of it) per action."""
     nats_bytes: float
@@ -114,6 +130,9 @@ class Profile(msgspec.Struct, frozen=True):
     steps: list[Step] = msgspec.field(default_factory=list)
     knee_load: float | None = None
     """The last step within the limits (None: the first step already passed them)."""
+    active_cores: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per service, CPU cores over idle paid once per process while any order command flows
+    (its consumers run batch after batch, whatever their size)."""
 
     @property
     def services(self) -> list[str]:
@@ -123,9 +142,13 @@ class Profile(msgspec.Struct, frozen=True):
         return sorted(names)
 
     def predicted_cores(self, rates: dict[Action, float], ws_messages_per_s: float = 0.0) -> dict[str, float]:
-        """CPU cores per service for these action rates: idle + sum of rate x cost (+ the pusher's
-        fan-out for `ws_messages_per_s` market-data messages written)."""
+        """CPU cores per service for these action rates: idle, + the active floor if any order
+        command flows, + sum of rate x cost (+ the pusher's fan-out for `ws_messages_per_s`
+        market-data messages written)."""
         cores = dict(self.idle_cores)
+        if any(rates.get(action, 0.0) > 0 for action in COMMANDS):
+            for service, active in self.active_cores.items():
+                cores[service] = cores.get(service, 0.0) + active
         for action, rate in rates.items():
             cost = self.actions.get(action)
             if cost is None or rate <= 0:

@@ -287,8 +287,9 @@ def html_report(plan: Plan, profile: Profile, source: str) -> str:
         zip(FIGURES, (cost_figure(profile), latency_figure(profile), cpu_figure(profile)), strict=True)
     )
     captions = {
-        "cost-per-action": "CPU µs each micro-action costs each service (one action at a time, at its "
-        "full-load rate, over an idle system holding the crowd)",
+        "cost-per-action": "CPU µs each micro-action costs each service (one action at a time over an "
+        "idle system holding the crowd; for an order command, the marginal cost over each service's "
+        "active floor, which is paid once per process while orders flow)",
         "latency-against-load": "POST /order latency at each load step; the dashed line is the knee, "
         "the last step within the limits",
         "cpu-against-load": "CPU per service measured at each step (stacked), and the profile's "

@@ -36,6 +36,9 @@ class Action(StrEnum):
 
 ORDER_ACTIONS = (Action.PLACE_LIMIT, Action.PLACE_MARKET, Action.AMQP_ORDER)
 """The actions that place a new order (what `orders/s` counts)."""
+COMMANDS = (Action.PLACE_LIMIT, Action.PLACE_MARKET, Action.CANCEL, Action.AMEND, Action.AMQP_ORDER)
+"""Order commands: they go through the order intake, ORDERS, accounts and matching, and share
+those stages' batches (and the pushers' ticks)."""
 
 
 class Channel(StrEnum):

@@ -32,7 +32,7 @@ from bourse.sizing.measure import (
     servers_from,
     share,
 )
-from bourse.sizing.plan import DEFAULT_OPEN_ORDERS_PER_TRADER, measured_cores, plan_scenario
+from bourse.sizing.plan import measured_cores, plan_scenario
 from bourse.sizing.profile import Profile, load_profile
 from bourse.sizing.scenario import ORDER_ACTIONS, Action, Scenario
 from bourse.sizing.system import Servers
@@ -156,10 +156,7 @@ async def validate(
     )
     async with running(options, say) as m:
         await m.measure_crowd(scenario.users)
-        opens = DEFAULT_OPEN_ORDERS_PER_TRADER * scenario.traders
-        say(f"the plan's open orders: {opens:,} resting ({DEFAULT_OPEN_ORDERS_PER_TRADER} per trader)")
-        await m.generator.prepare_resting(opens)
-        m.generator.resting.clear()  # they stay: the state the plan assumes, not a stock for cancels
+        await m.hold_open_orders()
         await m.warm_up(rates)
         await m.measure_idle()
         return await _runs(m, profile, target, scenario, rates, repeats)
