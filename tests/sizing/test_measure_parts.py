@@ -58,6 +58,17 @@ def test_an_actions_window_is_charged_only_what_idling_would_not_have_spent() ->
     assert counts["trades"] == 20.0
 
 
+def test_a_window_is_disturbed_when_other_work_took_the_machine() -> None:
+    # 10 s: the system used 2.5 CPU s, the tools 1.0; the machine was busy 4.0 s, then 9.0 s
+    before = Mark(0.0, {"gateway": 1.0, "matching": 1.0}, {}, {}, {}, machine_s=100.0, tools_s=5.0)
+    quiet = Mark(10.0, {"gateway": 3.0, "matching": 1.5}, {}, {}, {}, machine_s=104.0, tools_s=6.0)
+    busy = Mark(10.0, {"gateway": 3.0, "matching": 1.5}, {}, {}, {}, machine_s=109.0, tools_s=6.0)
+    assert between(before, quiet).other_cores == pytest.approx(0.05)
+    assert not between(before, quiet).disturbed
+    assert between(before, busy).other_cores == pytest.approx(0.55)
+    assert between(before, busy).disturbed
+
+
 def _cost(rate: float, cpu_us: dict[str, float]) -> ActionCost:
     return ActionCost(rate=rate, sent=int(rate * 10), cpu_us=cpu_us, nats_messages=10, nats_bytes=1e3)
 

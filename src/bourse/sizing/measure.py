@@ -52,7 +52,16 @@ from bourse.config.settings import Settings
 from bourse.sizing.crowd import Crowd, CrowdStats, crowd_users
 from bourse.sizing.loadgen import AmqpPublisher, LoadGenerator, Sample, percentile, window_samples
 from bourse.sizing.plan import DEFAULT_OPEN_ORDERS_PER_TRADER
-from bourse.sizing.probes import cpu_model, cpu_seconds, git_commit, rss_bytes, scrape, varz
+from bourse.sizing.probes import (
+    CLK_TCK,
+    cpu_model,
+    cpu_seconds,
+    git_commit,
+    machine_busy,
+    rss_bytes,
+    scrape,
+    varz,
+)
 from bourse.sizing.profile import (
     METHOD,
     ActionCost,
@@ -142,6 +151,10 @@ class Mark:
     counters: dict[str, float]
     nats: dict[str, float]
     streams: dict[str, int]
+    machine_s: float = 0.0
+    """Busy CPU seconds of the whole machine (/proc/stat)."""
+    tools_s: float = 0.0
+    """CPU seconds of the measuring tools: this process (the load generator) and the crowd's."""
 
 
 @dataclass(slots=True)
@@ -152,8 +165,15 @@ class Window:
     """Induced counts (COUNTERS' keys, `stream_bytes`, `nats_messages`, `nats_bytes`,
     `trades_delivered`) over the window."""
 
+    other_cores: float = 0.0
+    """Cores the machine spent on work that is neither the system nor the measuring tools."""
+
     def cores(self) -> dict[str, float]:
         return {name: used / self.seconds for name, used in self.cpu_s.items()}
+
+    @property
+    def disturbed(self) -> bool:
+        return self.other_cores > DISTURBED_CORES
 
 
 def between(before: Mark, after: Mark) -> Window:
@@ -171,7 +191,9 @@ def between(before: Mark, after: Mark) -> Window:
     if before.nats and after.nats:
         counts["nats_messages"] = sum(after.nats[k] - before.nats[k] for k in ("in_msgs", "out_msgs"))
         counts["nats_bytes"] = sum(after.nats[k] - before.nats[k] for k in ("in_bytes", "out_bytes"))
-    return Window(after.at - before.at, cpu, counts)
+    seconds = after.at - before.at
+    other = after.machine_s - before.machine_s - sum(cpu.values()) - (after.tools_s - before.tools_s)
+    return Window(seconds, cpu, counts, other_cores=max(other, 0.0) / seconds if seconds > 0 else 0.0)
 
 
 @dataclass(slots=True)
@@ -225,6 +247,8 @@ class Measurement:
         pids = self.system.pids()
         at = time.perf_counter()
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        machine_s = machine_busy()[0] / CLK_TCK
+        tools_s = (cpu_seconds(os.getpid()) or 0.0) + self.crowd.cpu_seconds()
         ports = self.system.health_ports()
         scraped, nats_totals, streams = await asyncio.gather(
             asyncio.gather(*(scrape(self.http, port) for port in ports.values())),
@@ -235,7 +259,7 @@ class Measurement:
         for metrics in scraped:
             for name, value in metrics.items():
                 counters[name] = counters.get(name, 0.0) + value
-        return Mark(at, cpu, counters, nats_totals, streams)
+        return Mark(at, cpu, counters, nats_totals, streams, machine_s, tools_s)
 
     async def settle(self) -> None:
         """Until the services' CPU over half a second is back near idle (what an action set off
@@ -281,6 +305,24 @@ class Measurement:
         samples = window_samples(self.generator.samples[first:], before.at, after.at)
         return Run(between(before, after), samples, before.at, after.at)
 
+    async def undisturbed(self, label: str, attempt: Callable[[], Awaitable[Run]]) -> Run:
+        """`attempt` (set-up and a driven window) again while other work on the machine took more
+        than `DISTURBED_CORES` in the window, `DISTURBED_TRIES` times at most: a starved system
+        batches more and spends less per action, which is not what it costs (a quick measure
+        beside a bench read -39 %). The least disturbed window is kept, and the profile says so
+        if even that one was disturbed."""
+        runs: list[Run] = []
+        for _ in range(DISTURBED_TRIES):
+            run = await attempt()
+            runs.append(run)
+            if not run.window.disturbed:
+                return run
+            self.say(f"  {label}: other work took {run.window.other_cores:.2f} cores of the machine: again")
+            await self.settle()
+        best = min(runs, key=lambda run: run.window.other_cores)
+        self.notes.append(f"{label}: measured with {best.window.other_cores:.2f} cores of other work")
+        return best
+
     # ---------------------------------------------------------------------- phases
 
     async def measure_idle(self, label: str = "idle") -> Idle:
@@ -312,13 +354,17 @@ class Measurement:
             wanted = min(math.ceil(rate * window * 1.15) + 20, 2_000)  # an order may be amended again
         elif action is Action.PLACE_MARKET:
             wanted = math.ceil(rate * window * MARKET_FILLS) + 20  # what the market orders will take
-        if wanted:
-            self.generator.resting.clear()  # fresh orders known to rest
-            placed = await self.generator.prepare_resting(wanted)
-            self.say(f"{label}: {placed:,} resting orders placed first")
-            await self.settle()
-        self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
-        run = await self.drive(label, {action: rate})
+
+        async def attempt() -> Run:
+            if wanted:
+                self.generator.resting.clear()  # fresh orders known to rest
+                placed = await self.generator.prepare_resting(wanted)
+                self.say(f"{label}: {placed:,} resting orders placed first")
+                await self.settle()
+            self.say(f"{label}: driving {rate:,.0f}/s alone for {o.window_s:g} s (+{o.warmup_s:g} s warm-up)")
+            return await self.drive(label, {action: rate})
+
+        run = await self.undisturbed(label, attempt)
         sent = len(run.samples)
         if sent == 0:
             raise RuntimeError(f"{label}: nothing was sent in the window")
@@ -443,17 +489,24 @@ class Measurement:
         scenario = o.scenario
         rates = scenario.rates(load)
         need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
-        if len(self.generator.resting) < need:
-            await self.generator.prepare_resting(need - len(self.generator.resting))
-        await self.settle()
         label = f"step {share(load)}"
-        self.say(
-            f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
-            f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:g} s"
-        )
-        unsent_before = sum(self.generator.unsent.values())
-        run = await self.drive(label, rates)
-        unsent = sum(self.generator.unsent.values()) - unsent_before
+        unsent_in: dict[int, int] = {}  # per run (by id), requests the generator could not send
+
+        async def attempt() -> Run:
+            if len(self.generator.resting) < need:
+                await self.generator.prepare_resting(need - len(self.generator.resting))
+            await self.settle()
+            self.say(
+                f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
+                f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:g} s"
+            )
+            unsent_before = sum(self.generator.unsent.values())
+            run = await self.drive(label, rates)
+            unsent_in[id(run)] = sum(self.generator.unsent.values()) - unsent_before
+            return run
+
+        run = await self.undisturbed(label, attempt)
+        unsent = unsent_in[id(run)]
         achieved: dict[Action, float] = dict.fromkeys(rates, 0.0)
         for sample in run.samples:
             achieved[sample.action] += 1 / run.window.seconds
@@ -689,6 +742,9 @@ UNKNOWN_IDLE = 0.35
 OWN_BATCHES = frozenset({"amqp-ingress", RABBITMQ})
 """Services one action alone passes through (RabbitMQ orders): they batch it by its own rate."""
 MIN_OWN_RATE = 5.0
+DISTURBED_CORES = 0.3
+"""A window in which other work on the machine took more than this is measured again."""
+DISTURBED_TRIES = 3
 LOW_SHARE = 0.5
 """Limit orders are also driven at this share of the commands' rate: the two points give each
 service's active floor and marginal cost (`split_active_floor`)."""

@@ -26,6 +26,7 @@ from bourse.sizing.measure import (
     INTERRUPTED,
     Measurement,
     MeasureOptions,
+    Run,
     run_async,
     running,
     say_line,
@@ -175,15 +176,19 @@ async def _runs(
     achieved_runs: list[dict[Action, float]] = []
     p99s: list[float] = []
     errors: list[float] = []
+    need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
+    orders = sum(rates[a] for a in ORDER_ACTIONS)
     for index in range(1, repeats + 1):
-        need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
-        if len(m.generator.resting) < need:
-            await m.generator.prepare_resting(need - len(m.generator.resting))
-        await m.settle()
         label = f"run {index}/{repeats}"
-        orders = sum(rates[a] for a in ORDER_ACTIONS)
-        m.say(f"{label}: the mix at {orders:,.0f} orders/s for {o.window_s:g} s")
-        run = await m.drive(label, rates)
+
+        async def attempt(label: str = label) -> Run:
+            if len(m.generator.resting) < need:
+                await m.generator.prepare_resting(need - len(m.generator.resting))
+            await m.settle()
+            m.say(f"{label}: the mix at {orders:,.0f} orders/s for {o.window_s:g} s")
+            return await m.drive(label, rates)
+
+        run = await m.undisturbed(label, attempt)
         achieved = dict.fromkeys(rates, 0.0)
         for sample in run.samples:
             achieved[sample.action] += 1 / run.window.seconds
@@ -195,9 +200,8 @@ async def _runs(
         achieved_runs.append(achieved)
         p99s.append(percentile(posts, 99) * 1000)
         errors.append(failed)
-        orders = sum(achieved[a] for a in ORDER_ACTIONS)
         m.say(
-            f"{label}: {orders:,.0f} orders/s, p99 {p99s[-1]:.0f} ms: "
+            f"{label}: {sum(achieved[a] for a in ORDER_ACTIONS):,.0f} orders/s, p99 {p99s[-1]:.0f} ms: "
             f"{sum(cores.values()):.2f} cores measured, "
             f"{sum(predicted.values()):.2f} predicted"
         )
