@@ -1,6 +1,6 @@
 """The measure's arithmetic and readings, without a system: counters read from /metrics text,
-the idle subtracted from a window, the active floor split from two rates, the pusher's cost per
-message from two runs, the crowd's channels spread over its users."""
+the idle subtracted from a window, a window disturbed by other work, the active floor, the
+pusher's cost per message from two runs, the crowd's channels spread over its users."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import os
 import pytest
 
 from bourse.sizing.crowd import crowd_users
-from bourse.sizing.measure import COUNTERS, Idle, Mark, between, fan_out_cost, split_active_floor
+from bourse.sizing.measure import (
+    COUNTERS,
+    Idle,
+    Mark,
+    active_floor,
+    between,
+    fan_out_cost,
+)
 from bourse.sizing.probes import cpu_seconds, metric_sums, rss_bytes
 from bourse.sizing.profile import ActionCost
-from bourse.sizing.scenario import Action, Channel, load_scenario
+from bourse.sizing.scenario import Channel, load_scenario
 
 METRICS = """# HELP bourse_pusher_messages_delivered_total Messages written to connections, by kind.
 # TYPE bourse_pusher_messages_delivered_total counter
@@ -73,31 +80,9 @@ def _cost(rate: float, cpu_us: dict[str, float]) -> ActionCost:
     return ActionCost(rate=rate, sent=int(rate * 10), cpu_us=cpu_us, nats_messages=10, nats_bytes=1e3)
 
 
-def test_two_rates_split_each_service_into_an_active_floor_and_a_marginal_cost() -> None:
-    # accounts: 0.1 core floor + 200 µs/order; matching: proportional, 300 µs/order; persistence
-    # flat (0.2 core at both rates); statistics cheaper at the higher rate (noise): all floor
-    high = _cost(200, {"accounts": 700.0, "matching": 300.0, "persistence": 1000.0, "statistics": 100.0})
-    low = _cost(100, {"accounts": 1200.0, "matching": 300.0, "persistence": 2000.0, "statistics": 250.0})
-    cancel = _cost(200, {"accounts": 600.0, "matching": 100.0, "persistence": 1500.0, "statistics": 90.0})
-    active, marginal = split_active_floor(high, low, {Action.PLACE_LIMIT: high, Action.CANCEL: cancel})
-    assert active == pytest.approx({"accounts": 0.1, "persistence": 0.2, "statistics": 0.02})
-    assert marginal[Action.PLACE_LIMIT].cpu_us == pytest.approx(
-        {"accounts": 200.0, "matching": 300.0, "persistence": 0.0, "statistics": 0.0}
-    )
-    # a cancel alone at 200/s paid the same floors: what is left is its own
-    assert marginal[Action.CANCEL].cpu_us == pytest.approx(
-        {"accounts": 100.0, "matching": 100.0, "persistence": 500.0, "statistics": 0.0}
-    )
-    assert marginal[Action.CANCEL].rate == cancel.rate
-
-
-def test_the_floor_is_never_more_than_the_cpu_at_the_low_rate() -> None:
-    # steeper than proportional between the two points: the line crosses zero above rate 0
-    high = _cost(200, {"gateway": 500.0})
-    low = _cost(100, {"gateway": 200.0})
-    active, marginal = split_active_floor(high, low, {Action.PLACE_LIMIT: high})
-    assert active == {}
-    assert marginal[Action.PLACE_LIMIT].cpu_us == {"gateway": 500.0}
+def test_the_active_floor_is_each_services_cpu_at_the_low_rate() -> None:
+    low = _cost(100, {"accounts": 1200.0, "persistence": 2000.0, "auth": 0.0})
+    assert active_floor(low) == pytest.approx({"accounts": 0.12, "persistence": 0.2})
 
 
 def test_the_pusher_cost_per_message_is_what_the_crowd_adds_per_message_it_gets() -> None:

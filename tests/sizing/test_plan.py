@@ -40,6 +40,19 @@ def test_stateless_instances_are_cores_over_headroom_rounded_up() -> None:
     assert plan_for(10).service("gateway").units == 1  # never none
 
 
+def test_below_its_active_floor_a_service_costs_the_floor_and_each_instance_pays_its_idle() -> None:
+    idle = dict.fromkeys(synthetic_profile().idle_cores, 0.0) | {"gateway": 0.05}
+    profile = msgspec.structs.replace(
+        synthetic_profile(), idle_cores=idle, active_cores={"gateway": 0.3, "accounts": 0.2}
+    )
+    quiet = plan_for(10, profile=profile)  # 10 orders/s: 0.002 cores of gateway work, 0.3 floor
+    assert quiet.service("gateway").cores == pytest.approx(0.05 + 0.3)
+    assert quiet.service("accounts").cores == pytest.approx(0.2)
+    busy = plan_for(9000, profile=profile).service("gateway")  # 1.8 cores of work in 4 instances
+    assert busy.cores == pytest.approx(4 * 0.05 + 1.8)  # above 4 floors of 0.3: the work itself
+    assert busy.units == 4
+
+
 def test_accounts_scale_by_member_shards_and_a_shard_caps_one_member() -> None:
     accounts = plan_for(9000).service("accounts")  # 0.45 cores
     assert (accounts.scaling, accounts.units) == (Scaling.MEMBER_SHARDS, 1)

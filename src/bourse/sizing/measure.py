@@ -578,33 +578,11 @@ def share(load: float) -> str:
     return f"{load * 100:.3g}%"
 
 
-def split_active_floor(
-    high: ActionCost, low: ActionCost, commands: dict[Action, ActionCost]
-) -> tuple[dict[str, float], dict[Action, ActionCost]]:
-    """(Per service the active floor in cores, each command's cost less the floor): the line
-    through limit orders' CPU over idle at two rates (`high`, `low`) gives, per service, the floor
-    (its value at rate 0, at least 0, at most the CPU at the low rate) and the marginal cost (its
-    slope, at least 0). Each command measured alone at about `high`'s rate paid the whole floor
-    over its own actions: its marginal cost is its cost less the floor per action at its rate."""
-    active: dict[str, float] = {}
-    for service, us in high.cpu_us.items():
-        y_high = us * high.rate / 1e6
-        y_low = low.cpu_us.get(service, 0.0) * low.rate / 1e6
-        slope = max((y_high - y_low) / (high.rate - low.rate), 0.0) if high.rate > low.rate else 0.0
-        floor = min(max(y_high - slope * high.rate, 0.0), max(y_low, 0.0))
-        if floor > 0:
-            active[service] = floor
-    marginal = {
-        action: msgspec.structs.replace(
-            cost,
-            cpu_us={
-                service: max(us - active.get(service, 0.0) * 1e6 / cost.rate, 0.0)
-                for service, us in cost.cpu_us.items()
-            },
-        )
-        for action, cost in commands.items()
-    }
-    return active, marginal
+def active_floor(low: ActionCost) -> dict[str, float]:
+    """Per service, the CPU (cores over idle) it spends while order commands flow, however few:
+    its CPU with limit orders alone at half the commands' rate (`LOW_SHARE`), where the stages
+    already run batch after batch."""
+    return {service: us * low.rate / 1e6 for service, us in low.cpu_us.items() if us > 0}
 
 
 def fan_out_cost(alone: ActionCost, crowd: ActionCost) -> float:
@@ -667,10 +645,10 @@ def describe_method(options: MeasureOptions, notes: list[str], basis: float) -> 
         f"step); REST reads alone at their own rate (at least {o.min_rate:g}/s)",
         f"windows of {o.window_s:g} s after {o.warmup_s:g} s of warm-up; per-service costs below zero "
         "(noise) are counted as 0",
-        "the active floor: limit orders also at half the commands' rate, right after; per service the "
-        "line through the two gives the floor (paid once per process while any order command flows) "
-        "and the limit order's marginal cost; every other command's cost is its cost alone less the "
-        "floor's share at its rate",
+        "the active floor: limit orders also alone at half the commands' rate, right after; per "
+        "service its CPU there is the least it spends while any order command flows (its consumers "
+        "run batch after batch however few orders come); a prediction is idle + the larger of the "
+        "floor and the sum of rate x cost",
         "the pusher's cost per WebSocket message: limit orders at the same rate with and without the crowd",
         f"system: one process per service; {o.servers.describe()}",
         f"steps: the crowd of {o.scenario.users:,} users held throughout, the actions at the step's share",
@@ -746,8 +724,8 @@ DISTURBED_CORES = 0.3
 """A window in which other work on the machine took more than this is measured again."""
 DISTURBED_TRIES = 3
 LOW_SHARE = 0.5
-"""Limit orders are also driven at this share of the commands' rate: the two points give each
-service's active floor and marginal cost (`split_active_floor`)."""
+"""Limit orders are also driven at this share of the commands' rate, right after the full rate:
+each service's CPU there is its active floor (`active_floor`)."""
 KNEE_HALVINGS = 3
 """When the scenario's first step already passes the limits, the load is halved this many times
 at most to find one that holds (the knee is found, not assumed to be below the first step)."""
@@ -801,10 +779,10 @@ async def _phases(m: Measurement) -> Profile:
         m.costs[Action.AMQP_ORDER] = await m.measure_own_batches(Action.AMQP_ORDER, rates[Action.AMQP_ORDER])
     main = m.costs[Action.PLACE_LIMIT]
     assert low is not None
-    active, marginal = split_active_floor(main, low, {a: m.costs[a] for a in COMMANDS})
-    m.say(f"active floor while orders flow: {sum(active.values()):.2f} cores ({_cores_text(active)})")
+    active = active_floor(low)
     per_order = await m.measure_open_orders(o.open_orders)
     alone = await m.measure_without_crowd(main.rate)
+    m.say(f"active floor while orders flow: {sum(active.values()):.2f} cores ({_cores_text(active)})")
     trades_holders = scenario.holders().get(Channel.TRADES, 0)
     crowd_costs = CrowdCosts(
         users=m.crowd.users,
@@ -820,7 +798,7 @@ async def _phases(m: Measurement) -> Profile:
         machine=machine(),
         method=describe_method(o, m.notes, basis),
         idle_cores=idle.cores,
-        actions={**m.costs, **marginal},
+        actions=dict(m.costs),
         crowd=crowd_costs,
         knee_load=knee,
         active_cores=active,

@@ -10,10 +10,11 @@ How the numbers are made:
 - The scenario is scaled to the target (`plan_scenario`): same behaviour per user, the users
   asked for, per-trader rates scaled to the orders asked for, REST reads rescaled to a total if
   one is given.
-- CPU per service is the profile's prediction (`Profile.predicted_cores`: idle + the active
-  floor + sum of rate x cost per action; a service planned on several processes pays idle and
-  floor in each), corrected for the size of the crowd (`websocket_load`), then multiplied by
-  the factor of a service rewritten off Python (`--rewrite`).
+- CPU per service is the profile's prediction (`Profile.predicted_cores`: idle + the sum of
+  rate x cost per action, or idle + the active floor where that is more; a service planned on
+  several processes pays idle and at least the floor in each), corrected for the size of the
+  crowd (`websocket_load`), then multiplied by the factor of a service rewritten off Python
+  (`--rewrite`).
 - Each service then scales by its kind (`SCALING`).
 """
 
@@ -390,12 +391,15 @@ def _writer_limit(cores: float, cap: float | None, t: _Target) -> tuple[bool, li
 PER_PROCESS_FLOOR = frozenset({Scaling.INSTANCES, Scaling.MEMBER_SHARDS, Scaling.MARKET_GROUPS})
 
 
-def _floor_per_process(name: str, profile: Profile) -> float:
-    """Cores one more process of `name` costs whatever its share of the load: its idle and its
-    active floor (`Profile.active_cores`). The pusher's idle is its connections' (spread over its
-    instances, already scaled to the crowd), so only its active floor counts."""
-    idle = 0.0 if name == PUSHER else profile.idle_cores.get(name, 0.0)
-    return idle + profile.active_cores.get(name, 0.0)
+def _spread_cores(name: str, cores: float, units: int, profile: Profile) -> float:
+    """The cores of `name` planned at `cores` in one process, spread over `units` processes with
+    equal shares: each pays its idle and at least the active floor. The pusher's idle is its
+    connections' (already scaled to the crowd and spread over its instances), counted once."""
+    idle = profile.idle_cores.get(name, 0.0)
+    floor = profile.active_cores.get(name, 0.0)
+    load = max(cores - idle, 0.0)
+    idles = idle if name == PUSHER else units * idle
+    return idles + max(load, units * floor)
 
 
 def _memory(name: str, units: int, t: _Target) -> float:
@@ -423,11 +427,9 @@ def _service_plan(name: str, python_cores: float, factor: float | None, t: _Targ
     cap = t.headroom * 1e6 / us if us > 0 else None
     units = _units(scaling, cores, t.headroom, len(t.scenario.markets))
     if scaling in PER_PROCESS_FLOOR and units > 1:
-        per_unit = _floor_per_process(name, t.profile) * kept
-        cores += (units - 1) * per_unit
+        cores = _spread_cores(name, python_cores, units, t.profile) * kept
         units = _units(scaling, cores, t.headroom, len(t.scenario.markets))
-        unit = UNIT_NAMES[scaling][0]
-        notes.append(f"each {unit} pays its own idle and active floor: {per_unit:.3f} cores")
+        notes.append(f"each {UNIT_NAMES[scaling][0]} pays its own idle, and at least its active floor")
     fits = True
     limits: list[str] = []
     if scaling is Scaling.MARKET_GROUPS:
