@@ -32,16 +32,28 @@ def test_a_full_load_the_steps_carried_is_validated() -> None:
     assert "full load" in target.why
 
 
-def test_below_a_full_load_the_largest_step_carried_is_validated() -> None:
+def test_below_a_full_load_the_largest_step_within_the_limits_is_validated() -> None:
     profile = synthetic_profile()
-    short = [  # from 100 % on, the machine sent far fewer orders than asked
-        msgspec.structs.replace(step, orders_per_s=step.orders_per_s * (1.0 if step.load < 1 else 0.5))
-        for step in profile.steps
+    short = [  # from 100 % on, the latency or the errors passed the limits
+        msgspec.structs.replace(step, past_knee=step.load >= 1.0) for step in profile.steps
     ]
-    target = choose_target(msgspec.structs.replace(profile, steps=short), None, None)
+    target = choose_target(msgspec.structs.replace(profile, steps=short, knee_load=0.5), None, None)
     assert target.orders_per_s == pytest.approx(50.0)
     assert target.load == 0.5  # run as the step ran: every rate at 50 %, the whole crowd
     assert target.users == SCENARIO.users
+    assert "held within the scenario's limits" in target.why
+
+
+def test_when_no_step_held_the_largest_step_that_carried_its_orders_is_validated() -> None:
+    profile = synthetic_profile()
+    steps = [  # every step past the limits; from 100 % on, far fewer orders sent than asked
+        msgspec.structs.replace(
+            step, past_knee=True, orders_per_s=step.orders_per_s * (1.0 if step.load < 1 else 0.5)
+        )
+        for step in profile.steps
+    ]
+    target = choose_target(msgspec.structs.replace(profile, steps=steps, knee_load=None), None, None)
+    assert target.load == 0.5
     assert "largest load this machine carried" in target.why
 
 

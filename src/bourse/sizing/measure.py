@@ -837,8 +837,8 @@ def cost_table(profile: Profile) -> str:
         + f"{'total':>8}{'nats':>6}"
     )
     lines = [
-        "CPU µs per action, per service (idle subtracted; an order command's over the active floor, "
-        "paid once per process while orders flow); NATS messages per action",
+        "CPU µs per action, per service (idle subtracted), and NATS messages per action; active: the "
+        "least each service spends while any order command flows",
         head,
     ]
     for action, cost in profile.actions.items():

@@ -56,8 +56,9 @@ class Target:
 
 def choose_target(profile: Profile, orders_per_s: float | None, users: int | None) -> Target:
     """The load to validate: what was asked (the brief's 1,000 orders/s and 10,000 users for what
-    was not); else the profile's full load (the brief's, for the brief) if its steps carried it;
-    else the largest step they carried, the load its costs were measured at (`cost_basis`)."""
+    was not); else the profile's full load (the brief's, for the brief) if its steps held it
+    within the scenario's limits; else the largest step they held (the knee); else, if none
+    held, the largest step that carried its orders."""
     if orders_per_s is not None or users is not None:
         return Target(
             orders_per_s if orders_per_s is not None else DEFAULT_ORDERS_PER_S,
@@ -70,15 +71,20 @@ def choose_target(profile: Profile, orders_per_s: float | None, users: int | Non
     )
     if not profile.steps:
         return full
-    carried = [s for s in profile.steps if s.orders_per_s >= DELIVERED * scenario.orders_per_s(s.load)]
-    if any(step.load >= 1.0 for step in carried):
+    held = [s for s in profile.steps if not s.past_knee]
+    if any(step.load >= 1.0 for step in held):
         return full
-    best = max(carried, key=lambda step: step.load) if carried else min(profile.steps, key=lambda s: s.load)
+    if held:
+        best = max(held, key=lambda step: step.load)
+        why = "the largest load this machine held within the scenario's limits"
+    else:
+        carried = [s for s in profile.steps if s.orders_per_s >= DELIVERED * scenario.orders_per_s(s.load)]
+        best = max(carried or profile.steps, key=lambda step: step.load)
+        why = "no step held within the limits: the largest load this machine carried"
     return Target(
         scenario.orders_per_s(best.load),
         scenario.users,
-        f"the largest load this machine carried in the profile's steps ({share(best.load)} of its scenario, "
-        "every rate at that share; its costs were measured there)",
+        f"{why} in the profile's steps ({share(best.load)} of its scenario, every rate at that share)",
         load=best.load,
     )
 
