@@ -194,6 +194,18 @@ def test_the_pushers_idle_grows_with_the_connected_crowd() -> None:
     )
 
 
+def test_the_rabbitmq_broker_is_planned_as_a_multi_threaded_server_not_python_instances() -> None:
+    base = synthetic_profile()
+    limit = base.actions[Action.PLACE_LIMIT]
+    costs = msgspec.structs.replace(limit, cpu_us={**limit.cpu_us, "rabbitmq": 100.0})
+    profile = msgspec.structs.replace(base, actions={**base.actions, Action.PLACE_LIMIT: costs})
+    plan = plan_for(9000, profile=profile)
+    broker = plan.service("rabbitmq")  # 0.9 cores
+    assert (broker.scaling, broker.units, broker.unit_name) == (Scaling.SERVER, 2, "cores")
+    assert any("Erlang" in note for note in broker.notes)
+    assert "rabbitmq" not in [saving.service for saving in plan.savings]
+
+
 def test_rewrite_savings_are_ranked_most_first_and_leave_nats_out() -> None:
     plan = plan_for(9000)
     ranked = [saving.service for saving in plan.savings]

@@ -64,6 +64,7 @@ from bourse.sizing.probes import (
 )
 from bourse.sizing.profile import (
     METHOD,
+    RABBITMQ,
     ActionCost,
     Machine,
     Profile,
@@ -74,7 +75,7 @@ from bourse.sizing.profile import (
     Crowd as CrowdCosts,
 )
 from bourse.sizing.scenario import COMMANDS, ORDER_ACTIONS, Action, Channel, Scenario
-from bourse.sizing.system import RABBITMQ, Servers, SystemUnderTest, start_system, stop_system, stream_bytes
+from bourse.sizing.system import Servers, SystemUnderTest, start_system, stop_system, stream_bytes
 from bourse.sizing.workload import OrderMaker
 
 PROFILE_VERSION = 1

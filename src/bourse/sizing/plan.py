@@ -28,7 +28,7 @@ from enum import StrEnum
 import msgspec
 
 from bourse.contracts.subjects import STREAMS
-from bourse.sizing.profile import NATS, Profile
+from bourse.sizing.profile import NATS, RABBITMQ, Profile
 from bourse.sizing.scenario import PRIVATE_CHANNELS, Action, Channel, Scenario
 
 READ_ACTIONS = (Action.READ_DEPTH, Action.READ_BALANCES, Action.READ_ORDERS)
@@ -67,6 +67,7 @@ SCALING: dict[str, Scaling] = {
     "persistence": Scaling.ONE_WRITER,
     "cache": Scaling.ONE_WRITER,
     NATS: Scaling.SERVER,
+    RABBITMQ: Scaling.SERVER,
 }
 """Why each service scales as it does (docs/architecture.md, Order flow and Processes):
 
@@ -82,8 +83,10 @@ SCALING: dict[str, Scaling] = {
 - writer (persistence, cache): one writer per database / Redis, which stores the last applied
   stream position with the data in the same transaction; a second writer needs a second store
   (not built). One instance; the whole exchange is capped at headroom x 1e6 / (µs per order).
-- server (nats-server): Go, multi-threaded: one server uses several cores (each node of a
-  replicated cluster does about this work)."""
+- server (nats-server, the RabbitMQ broker): not Python, multi-threaded (Go; Erlang with a
+  scheduler per core): one server uses several cores (each node of a replicated cluster does
+  about this work)."""
+SERVER_KINDS = {NATS: "Go, multi-threaded", RABBITMQ: "Erlang, one scheduler per core"}
 
 UNIT_NAMES = {
     Scaling.INSTANCES: ("instance", "instances"),
@@ -439,7 +442,8 @@ def _service_plan(name: str, python_cores: float, factor: float | None, t: _Targ
     elif scaling is Scaling.ONE_WRITER:
         fits, limits = _writer_limit(cores, cap, t)
     elif scaling is Scaling.SERVER:
-        limits = [f"Go, multi-threaded: one server of {units} cores at headroom {t.headroom:g}"]
+        kind = SERVER_KINDS.get(name, "multi-threaded")
+        limits = [f"{kind}: one server of {units} cores at headroom {t.headroom:g}"]
     capped = scaling in (Scaling.MARKET_GROUPS, Scaling.MEMBER_SHARDS, Scaling.ONE_WRITER)
     memory = _memory(name, units, t)
     return ServicePlan(

@@ -53,6 +53,8 @@ METHOD = (
 
 NATS = "nats-server"
 """The NATS server's CPU, profiled like a service."""
+RABBITMQ = "rabbitmq"
+"""The local RabbitMQ broker's CPU, profiled like a service when orders come through it."""
 
 
 class Machine(msgspec.Struct, frozen=True):

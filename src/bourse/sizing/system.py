@@ -38,12 +38,10 @@ from bourse.contracts.subjects import STREAMS
 from bourse.runtime.nats_server import EmbeddedNatsServer
 from bourse.services import services_for
 from bourse.sizing.probes import raise_nofile
-from bourse.sizing.profile import NATS
+from bourse.sizing.profile import NATS, RABBITMQ
 from bourse.sizing.workload import write_markets_file
 
 TOKEN_TTL_S = 24 * 3600
-RABBITMQ = "rabbitmq"
-"""The local RabbitMQ broker's CPU, profiled like a service when orders come through it."""
 
 
 @dataclass(frozen=True, slots=True)
