@@ -19,6 +19,12 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+from pamqp import frame as pamqp_frame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic, Channel, Confirm, Connection
+from pamqp.exceptions import UnmarshalingException
+from pamqp.header import ContentHeader, ProtocolHeader
+from yarl import URL
 
 from bourse.adapters.amqp import AmqpTopology, declare
 from bourse.contracts.messages import (
@@ -190,3 +196,61 @@ async def wait_accepted(
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+async def publish_raw(
+    url: str, exchange: str, routing_key: str, body: bytes, properties: Basic.Properties
+) -> None:
+    """Publish one message with exactly these properties and wait for RabbitMQ's confirm.
+
+    A minimal AMQP 0-9-1 client over pamqp's frames, for what aio-pika cannot send: aiormq
+    fills in a random `message_id` whenever a message has none (or an empty one)."""
+    target = URL(url)
+    reader, writer = await asyncio.open_connection(target.host or "127.0.0.1", target.port or 5672)
+    buffer = b""
+
+    async def receive(*expected: type[Any]) -> Any:
+        nonlocal buffer
+        while True:
+            try:
+                used, _channel, frame = pamqp_frame.unmarshal(buffer)
+            except UnmarshalingException:
+                chunk = await asyncio.wait_for(reader.read(65536), 10.0)
+                assert chunk, "RabbitMQ closed the connection"
+                buffer += chunk
+                continue
+            buffer = buffer[used:]
+            if isinstance(frame, expected):
+                return frame
+            assert not isinstance(frame, (Connection.Close, Channel.Close)), frame
+
+    def send(channel: int, *frames: Any) -> None:
+        for frame in frames:
+            writer.write(pamqp_frame.marshal(frame, channel))
+
+    try:
+        writer.write(ProtocolHeader().marshal())
+        await receive(Connection.Start)
+        credentials = f"\0{target.user or 'guest'}\0{target.password or 'guest'}"
+        send(0, Connection.StartOk(response=credentials))
+        tune = await receive(Connection.Tune)
+        send(0, Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+        send(0, Connection.Open(virtual_host=target.path[1:] or "/"))
+        await receive(Connection.OpenOk)
+        send(1, Channel.Open())
+        await receive(Channel.OpenOk)
+        send(1, Confirm.Select())
+        await receive(Confirm.SelectOk)
+        send(
+            1,
+            Basic.Publish(exchange=exchange, routing_key=routing_key),
+            ContentHeader(0, len(body), properties),
+            ContentBody(body),
+        )
+        await receive(Basic.Ack)
+        send(0, Connection.Close(reply_code=200, reply_text="Normal shutdown", class_id=0, method_id=0))
+        await receive(Connection.CloseOk)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

@@ -217,8 +217,10 @@ REPLY_DECODER = msgspec.msgpack.Decoder(Decisions | Outcomes)
 # (an HTTP-like status: "400", "404", "503") and `Nats-Service-Error` (a message), and a
 # `QueryError` body whose `code` is stable and machine-readable (see docs/architecture.md).
 
-PositiveMemberId = Annotated[MemberId, msgspec.Meta(ge=1)]
-"""A member id a request names: 1 or more (0 is the exchange's own account)."""
+PositiveMemberId = Annotated[MemberId, msgspec.Meta(ge=1, le=2**63 - 1)]
+"""A member id a request names: 1 or more (0 is the exchange's own account), a signed 64-bit
+integer (a larger one could not be encoded into ORDERS: a RabbitMQ message naming one failed
+every delivery, and failed the other commands of its intake batch with it)."""
 
 
 class OrderQuery(msgspec.Struct, frozen=True):

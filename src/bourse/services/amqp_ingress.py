@@ -355,12 +355,12 @@ class AmqpIngress(Service):
         await amqp.dead_letter(self._dead_letters, message, refused.code, refused.message)
         await message.ack()
         self.dead_lettered[refused.code] += 1
-        if message.reply_to and message.message_id:
+        if message.reply_to:  # a message without an id is answered too: under its correlation id
             await self._send(
                 message.reply_to,
                 _correlation(message),
                 AmqpReply(
-                    message.message_id,
+                    message.message_id or "",
                     _command_name(message.body),
                     "rejected",
                     code=refused.code,
