@@ -88,6 +88,7 @@ EVERY_SERVICE_NEEDS = {
     "BOURSE_STREAM_REPLICAS",
     "BOURSE_ACCOUNTS_SHARDS",
     "BOURSE_HEALTH_PORT",
+    "BOURSE_HEALTH_HOST",  # loopback by default: probes and Prometheus come over the network
 }
 NEEDS = {
     "persistence": {"BOURSE_SQL_URL"},
@@ -97,6 +98,7 @@ NEEDS = {
     "auth": {"BOURSE_JWT_KEYS_DIR"},
 }
 """Settings without which a service runs wrong or not at all (beyond `EVERY_SERVICE_NEEDS`)."""
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 LOOPBACK_UIS = {"grafana/grafana": "3000", "jaegertracing/jaeger": "16686"}
 """Images whose UI port compose may publish, on the host's loopback only (127.0.0.1:port:port)."""
 SINGLE_WRITERS = {"accounts", "matching", "persistence", "cache", "statistics"}
@@ -208,6 +210,8 @@ def compose_problems(compose: dict[str, Any]) -> list[str]:
         port = env.get("BOURSE_HEALTH_PORT")
         if health.get("disable") or f"127.0.0.1:{port}/healthz" not in " ".join(health.get("test") or []):
             problems.append(f"{name}: no health check on /healthz at port {port}")
+        if env.get("BOURSE_HEALTH_HOST", "127.0.0.1") in LOOPBACK:
+            problems.append(f"{name}: health port on loopback, out of Prometheus's reach")
         if SINGLE_WRITERS & set(names) and replicas(spec) != 1:
             problems.append(f"{name}: {names} is a single writer, has {replicas(spec)} replicas")
         if SCALED & set(names) and replicas(spec) < 2:
@@ -418,6 +422,9 @@ def test_the_checks_catch_incomplete_files() -> None:
         "BOURSE_HEALTH_PORT": "8001",
     }
     variants["gateway environment replaced"] = old_gateway
+    loopback_health = copy.deepcopy(compose)
+    loopback_health["services"]["gateway"]["environment"]["BOURSE_HEALTH_HOST"] = "127.0.0.1"
+    variants["gateway's health port on loopback"] = loopback_health
     for name in ("cache", "accounts-1", "matching-2", "statistics-2", "db-upgrade"):
         variants[f"{name} missing"] = copy.deepcopy(compose)
         del variants[f"{name} missing"]["services"][name]
@@ -461,6 +468,7 @@ class Local:
             "BOURSE_STREAM_REPLICAS": "1",  # one local server, not a cluster
             "BOURSE_JWT_KEYS_DIR": str(self.keys_dir),  # the mounted secret
             "BOURSE_HTTP_HOST": "127.0.0.1",
+            "BOURSE_HEALTH_HOST": "127.0.0.1",
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp.endpoint,  # compose's http://jaeger:4318
             "OTEL_TRACES_SAMPLER_ARG": "1",  # every order traced, to find this test's
             # This machine's servers use default credentials (MariaDB root, RabbitMQ guest), which

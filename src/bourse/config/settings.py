@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     health_port: int = Field(default=8001, description="Per-process health endpoint; 0 turns it off.")
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="Address the health port (`/healthz`, `/livez`, `/metrics`, the dashboard) binds, "
+        "whatever `HTTP_HOST` is: loopback unless set, so opening the API does not open the "
+        "process's internals; containers set 0.0.0.0 for their probes and Prometheus.",
+    )
     instance: str | None = Field(
         default=None,
         description="This process's label in the nats.micro metadata of its services (`instance`, next to "

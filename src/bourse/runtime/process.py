@@ -116,7 +116,7 @@ class BourseProcess:
                 self.dashboard = Dashboard(self.links)
                 app = self.dashboard.app(app)
                 self._dashboard_feed = asyncio.create_task(self._feed_dashboard(), name="dashboard")
-            self.health_server = HttpServer(app, self.settings.http_host, self.settings.health_port)
+            self.health_server = HttpServer(app, self.settings.health_host, self.settings.health_port)
             await self.health_server.start()
 
     async def _feed_dashboard(self) -> None:

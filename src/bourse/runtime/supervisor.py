@@ -192,6 +192,11 @@ class RestartBackoff:
         return min(self.first_s * 2.0 ** (self.crashes - 1), self.max_s)
 
 
+CHILD_HEALTH_HOST = "127.0.0.1"
+"""Where each child serves its health port, whatever `BOURSE_HEALTH_HOST` says: only this
+supervisor asks it; the supervisor's own health port is the one to open."""
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
@@ -247,7 +252,7 @@ class Supervisor:
             else None
         )
         self.children = [
-            Child(index, list(group), free_port(settings.http_host)) for index, group in enumerate(groups)
+            Child(index, list(group), free_port(CHILD_HEALTH_HOST)) for index, group in enumerate(groups)
         ]
         self.nc: Client | None = None
         self.http: httpx.AsyncClient | None = None
@@ -296,7 +301,7 @@ class Supervisor:
             app: ASGIApp = HealthApp(self.health, self.metrics)
             if self.dashboard is not None:
                 app = self.dashboard.app(app)
-            self.health_server = HttpServer(app, self.settings.http_host, self.settings.health_port)
+            self.health_server = HttpServer(app, self.settings.health_host, self.settings.health_port)
             await self.health_server.start()
 
     def request_stop(self) -> None:
@@ -354,6 +359,7 @@ class Supervisor:
         env["BOURSE_NATS_URL"] = self.nats_url
         env["BOURSE_NAMESPACE"] = self.settings.namespace  # where the supervisor looks for its services
         env["BOURSE_HEALTH_PORT"] = str(child.health_port)
+        env["BOURSE_HEALTH_HOST"] = CHILD_HEALTH_HOST
         env["BOURSE_INSTANCE"] = child.instance
         return env
 
@@ -560,10 +566,8 @@ class Supervisor:
     async def _child_metrics(self, child: Child) -> str:
         """The child's `/metrics` (Prometheus text: HTTP only), "" when it does not answer."""
         assert self.http is not None
-        host = self.settings.http_host
-        host = f"[{host}]" if ":" in host else host
         try:
-            response = await self.http.get(f"http://{host}:{child.health_port}/metrics")
+            response = await self.http.get(f"http://{CHILD_HEALTH_HOST}:{child.health_port}/metrics")
         except httpx.HTTPError:
             return ""
         return response.text if response.status_code == 200 else ""
