@@ -17,14 +17,32 @@ class _QuietSignalsServer(uvicorn.Server):
         yield
 
 
+SERVER_HEADERS = [("x-content-type-options", "nosniff")]
+"""Sent by uvicorn itself on every answer of every server here, before the app's own headers:
+so also on the answers no app sees (uvicorn's own 400 for a malformed request, its 500 when an
+app fails before answering). `nosniff`: a browser takes a body for its declared type only (a
+JSON error is never run as script or rendered as HTML)."""
+
+
 class HttpServer:
-    """Serve an ASGI app on host:port until `stop()`; `port=0` picks a free port."""
+    """Serve an ASGI app on host:port until `stop()`; `port=0` picks a free port.
+
+    No `server:` header (uvicorn's banner tells an attacker which parser to aim at), and
+    `SERVER_HEADERS` on every answer."""
 
     def __init__(self, app: Any, host: str, port: int, *, access_log: bool = False) -> None:
         self.host = host
         self.port = port
         config = uvicorn.Config(
-            app, host=host, port=port, access_log=access_log, log_config=None, lifespan="off", loop="none"
+            app,
+            host=host,
+            port=port,
+            access_log=access_log,
+            log_config=None,
+            lifespan="off",
+            loop="none",
+            server_header=False,
+            headers=list(SERVER_HEADERS),
         )
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None

@@ -48,6 +48,7 @@ from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.hot_path import OrderHotPath
 from bourse.entrypoints.rest.http_metrics import HttpMetrics, RouteTemplates
 from bourse.entrypoints.rest.request_tracing import RequestTracing
+from bourse.entrypoints.rest.response_headers import ResponseHeaders
 from bourse.runtime.service import Service, ServiceContext
 
 
@@ -145,6 +146,7 @@ class Gateway(Service):
         app: Any = api
         if settings.gateway_hot_path:
             app = OrderHotPath(app, deps)
+        app = ResponseHeaders(app)  # around both paths: the same headers whichever answers
         app = ReadHeaders(app)
         routes = RouteTemplates.of(api.routes)
         if settings.access_log_sample > 0:

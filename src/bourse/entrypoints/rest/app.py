@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from bourse import __version__
 from bourse.entrypoints.rest import market_data, orders, statistics
+from bourse.entrypoints.rest.api_docs import install_docs
 from bourse.entrypoints.rest.deps import GatewayDeps
 from bourse.entrypoints.rest.errors import ApiError, install_error_handlers
 from bourse.entrypoints.rest.schemas import MarketOut, Problem
@@ -20,13 +21,14 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         title="bourse",
         version=__version__,
         description="Exchange back end: orders, markets, balances. Amounts and prices are decimal strings.",
-        docs_url="/api/v3/docs",
+        docs_url=None,  # ours, from the package's assets: install_docs below
         redoc_url=None,
         openapi_url="/api/v3/openapi.json",
     )
     app.state.deps = deps
     catalog = deps.catalog
     install_error_handlers(app)
+    install_docs(app, "/api/v3/docs")
     router = APIRouter(prefix="/api/v3")
 
     @router.get("/markets", tags=["markets"])

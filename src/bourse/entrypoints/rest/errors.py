@@ -56,6 +56,12 @@ def schema_errors(errors: Sequence[Any], *, skip: int = 0) -> list[dict[str, str
 INVALID_REQUEST = "the request does not match the schema"
 
 
+def internal_error_body() -> dict[str, Any]:
+    """The answer to a request whose handling failed unexpectedly, on either HTTP path (nothing
+    of the failure in it: the server logs that)."""
+    return problem_body(500, "internal_error", "the request could not be handled")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -72,6 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return problem(exc.status_code, code, str(exc.detail))
 
+    async def on_unexpected_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # Starlette sends this, then raises the exception again for the server to log.
+        return JSONResponse(internal_error_body(), status_code=500, media_type=PROBLEM_JSON)
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
