@@ -134,6 +134,9 @@ class AmqpIngress(Service):
         self._replies: AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._paused = False
+        self._consumer_gone = asyncio.Event()
+        """Set once a pause's basic.cancel is answered (or given up): requeueing waits for it."""
+        self._consumer_gone.set()
         self._resume_task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._reply_tasks: set[asyncio.Task[None]] = set()
@@ -251,16 +254,16 @@ class AmqpIngress(Service):
         except (
             Exception
         ) as exc:  # no order ids (the lease is lost until NATS answers): not the message's fault
-            await self._requeue(message)
             self._pause(f"no order ids: {exc!r}")
+            await self._requeue(message)
             return
         try:
             submission = await self.intake.submit(request.command)
         except Exception as exc:
             if isinstance(request.command, PlaceOrder):
                 count_order("amqp", "failed")
-            await self._requeue(message)
             self._pause(f"order not durable: {exc!r}")
+            await self._requeue(message)
             return
         try:
             await message.ack()
@@ -369,6 +372,13 @@ class AmqpIngress(Service):
             )
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        """Hand a message back to RabbitMQ. While pausing, only once the consumer is cancelled:
+        RabbitMQ redelivers a returned message at once, and if that races the basic.cancel the
+        quorum queue counts a delivery the ingress never sees (RabbitMQ 3.10), so each failure
+        would cost the message two of its `x-delivery-limit` instead of one."""
+        if self._paused:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._consumer_gone.wait(), STOP_RABBITMQ_S)
         await message.nack(requeue=True)
         self.requeued += 1
 
@@ -450,16 +460,22 @@ class AmqpIngress(Service):
         if self._paused:
             return
         self._paused = True
+        self._consumer_gone.clear()
         self.pauses += 1
         self.log.warning("amqp consuming paused", extra={"error": reason})
         self._resume_task = asyncio.create_task(self._resume_when_ready(), name="amqp-ingress:resume")
 
     async def _resume_when_ready(self) -> None:
         assert self._queue is not None
-        if self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
-            self._consumer_tag = None
+        try:
+            if self._consumer_tag is not None:
+                # bounded: while RabbitMQ is away a robust channel would wait for it to come back
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(STOP_RABBITMQ_S):
+                        await self._queue.cancel(self._consumer_tag)
+                self._consumer_tag = None
+        finally:
+            self._consumer_gone.set()  # what is in flight may now be handed back
         js, stream = self.ctx.js, ORDERS.name(self.ctx.namespace)
         while True:
             await asyncio.sleep(RESUME_PROBE_S)
