@@ -108,6 +108,19 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
         ("not_positive", {**good, "price": "-1"}, {}),
         ("price_required", {k: v for k, v in good.items() if k != "price"}, {}),
         ("price_not_allowed", {**good, "type": "market"}, {}),
+        ("notional_too_small", {**good, "amount": "0.001"}, {}),  # 0.1 usd, the market's minimum is 1
+        (
+            "notional_too_small",
+            {
+                "command": "amend",
+                "member_id": 1,
+                "order_id": "12",
+                "market": "btc_usd",
+                "price": "1",
+                "amount": "0.1",
+            },
+            {},
+        ),
         ("invalid_order_id", {"command": "cancel", "member_id": 1, "order_id": "12x"}, {}),
         ("amend_invalid", {"command": "amend", "member_id": 1, "order_id": "12", "market": "btc_usd"}, {}),
         ("unknown_user", good, {"user_id": None}),

@@ -56,7 +56,7 @@ def order() -> dict[str, Any]:
         "market": "btc_usd",
         "side": "buy",
         "type": "limit",
-        "amount": "0.001",
+        "amount": "0.01",  # 1 usd: the market's minimum order value
         "price": "100",
     }
 

@@ -130,6 +130,12 @@ BAD_ORDERS = {
     "amount_too_small": Bad({**ORDER, "amount": "0.000099"}, 422, "too_small"),
     "amount_not_a_number": Bad({**ORDER, "amount": "1e3"}, 422, "not_a_number"),
     "unknown_market": Bad({**ORDER, "market": "doge_usd"}, 422, "unknown_market"),
+    # worth less than the market's minimum order value (1 usd), whatever the side or time in force
+    "buy_worth_too_little": Bad({**ORDER, "amount": "0.0001", "price": "9999.99"}, 422, "notional_too_small"),
+    "sell_worth_too_little": Bad({**ORDER, "side": "sell", "price": "0.01"}, 422, "notional_too_small"),
+    "ioc_worth_too_little": Bad(
+        {**ORDER, "amount": "0.0001", "price": "0.01", "time_in_force": "ioc"}, 422, "notional_too_small"
+    ),
     "limit_without_price": Bad({k: v for k, v in ORDER.items() if k != "price"}, 422, "price_required"),
     "market_with_price": Bad({**ORDER, "type": "market"}, 422, "price_not_allowed"),
     "post_only_with_ioc": Bad({**ORDER, "post_only": True, "time_in_force": "ioc"}, 422, "invalid_order"),

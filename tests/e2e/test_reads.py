@@ -189,6 +189,8 @@ async def test_markets_list_precisions_limits_and_fees(shared_exchange: Exchange
     assert btc_usd == markets["btc_usd"]
     assert (btc_usd["amount_precision"], btc_usd["price_precision"]) == (6, 2)
     assert (btc_usd["maker_fee"], btc_usd["taker_fee"]) == ("0.001000", "0.002000")
+    assert (btc_usd["min_amount"], btc_usd["min_notional"]) == ("0.000100", "1.00000000")
+    assert markets["eth_btc"]["min_notional"] == "0.00001000"
 
 
 ORDER_ROUTES = {

@@ -160,10 +160,26 @@ class AccountsShard:
         return msgspec.msgpack.encode(state)
 
     @classmethod
-    def restore(cls, shard: int, catalog: Catalog, data: bytes, *, record_entries: bool) -> AccountsShard:
+    def restore(
+        cls,
+        shard: int,
+        catalog: Catalog,
+        data: bytes,
+        *,
+        record_entries: bool,
+        max_open_orders_per_member: int | None = None,
+    ) -> AccountsShard:
+        """The shard in the state `snapshot()` saved. The cap on open orders is configuration, not
+        state: a changed one applies to the commands after the snapshot (stop the stage cleanly,
+        which saves a snapshot of everything decided, before changing it, so no decision already
+        published is made again under another cap)."""
         state = msgspec.msgpack.decode(data, type=_ShardState)
         accounts = Accounts.restore(
-            catalog.markets, fee_schedule(catalog), state.accounts, record_entries=record_entries
+            catalog.markets,
+            fee_schedule(catalog),
+            state.accounts,
+            record_entries=record_entries,
+            max_open_orders_per_member=max_open_orders_per_member,
         )
         restored = cls(shard, accounts)
         restored.last_seq = state.last_seq
@@ -174,5 +190,18 @@ class AccountsShard:
         return restored
 
     @classmethod
-    def empty(cls, shard: int, catalog: Catalog, *, record_entries: bool) -> AccountsShard:
-        return cls(shard, Accounts(catalog.markets, fee_schedule(catalog), record_entries=record_entries))
+    def empty(
+        cls,
+        shard: int,
+        catalog: Catalog,
+        *,
+        record_entries: bool,
+        max_open_orders_per_member: int | None = None,
+    ) -> AccountsShard:
+        accounts = Accounts(
+            catalog.markets,
+            fee_schedule(catalog),
+            record_entries=record_entries,
+            max_open_orders_per_member=max_open_orders_per_member,
+        )
+        return cls(shard, accounts)

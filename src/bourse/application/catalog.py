@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bourse.domain.money import MAX_SCALED, Currency, Market, parse_scaled
-from bourse.domain.values import Amount, MemberId, Price
+from bourse.domain.values import Amount, MemberId, Price, QuoteUnits
 
 
 class CatalogError(ValueError):
@@ -80,6 +80,7 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
                 min_amount=Amount(_scaled(spec, "min_amount", ap, 1)),
                 max_amount=Amount(_scaled(spec, "max_amount", ap, MAX_SCALED)),
                 max_price=Price(_scaled(spec, "max_price", pp, MAX_SCALED)),
+                min_notional=QuoteUnits(_scaled(spec, "min_notional", quote.precision, 0)),
             )
         except ValueError as exc:
             raise CatalogError(f"{where}: {exc}") from exc

@@ -4,7 +4,8 @@ into the engine command (integers on the market's grid), by the rules every way 
 The REST API and the RabbitMQ ingress both take the same body and must refuse the same things
 with the same stable codes (`unknown_market`, the `MoneyError` codes, the shape codes of
 `bourse.domain.order_shape`: `price_required`, `price_not_allowed`, `invalid_order`,
-`amend_invalid`). No framework here: callers map an
+`amend_invalid`; `notional_too_small` for a limit order worth less than the market's
+`min_notional`). No framework here: callers map an
 `OrderRequestError` to their own refusal (a 422 problem, a dead-lettered message).
 """
 
@@ -16,8 +17,16 @@ from typing import Protocol, TypeVar
 from bourse.application.catalog import Catalog
 from bourse.domain.money import Market, MoneyError
 from bourse.domain.order_shape import amend_shape_error, place_shape_error
-from bourse.domain.orders import AmendOrder, CancelOrder, OrderType, PlaceOrder, Side, TimeInForce
-from bourse.domain.values import MemberId, OrderId, Price
+from bourse.domain.orders import (
+    AmendOrder,
+    CancelOrder,
+    OrderType,
+    PlaceOrder,
+    RejectReason,
+    Side,
+    TimeInForce,
+)
+from bourse.domain.values import Amount, MemberId, OrderId, Price
 
 MAX_ORDER_ID = 2**63 - 1
 """Order ids are positive signed 64-bit integers."""
@@ -93,8 +102,8 @@ def place_command(
     client_order_id: str | None,
 ) -> PlaceOrder:
     """The PlaceOrder for a checked request; the same checks and codes as `POST /order`: the
-    market, the amount, the price on the market's grid, then the order's shape
-    (`bourse.domain.order_shape`)."""
+    market, the amount, the price on the market's grid, the order's shape
+    (`bourse.domain.order_shape`), then a limit order's value (`check_notional`)."""
     book = market_of(catalog, request.market)
     scaled_amount = parse_money(book.parse_amount, request.amount)
     price, post_only = request.price, request.post_only
@@ -106,6 +115,8 @@ def place_command(
     )
     if shape is not None:
         raise OrderRequestError(shape.code, shape.message, shape.field)
+    if scaled_price is not None:
+        check_notional(book, scaled_price, scaled_amount)
     return PlaceOrder(
         order_id=OrderId(order_id),
         member_id=MemberId(member_id),
@@ -119,6 +130,24 @@ def place_command(
         created_at=created_at,
         client_order_id=client_order_id,
     )
+
+
+NOTIONAL_TOO_SMALL = RejectReason.NOTIONAL_TOO_SMALL.value
+"""The code of a limit order worth less than its market's `min_notional`: the same here (before
+anything is stored) as in the accounts stage's refusal of an amend (`RejectReason`)."""
+
+
+def check_notional(market: Market, price: Price, amount: Amount) -> None:
+    """A limit order's value, price x amount, is at least the market's `min_notional`; else an
+    `OrderRequestError` (`notional_too_small`, no one field at fault). Market orders are not
+    checked: they have no price before they match (`min_amount` bounds them, and what they do not
+    fill is closed, never rests)."""
+    if market.below_min_notional(price, amount):
+        raise OrderRequestError(
+            NOTIONAL_TOO_SMALL,
+            f"price x amount {market.format_funds(market.funds(price, amount))} is below the market's "
+            f"minimum order value {market.format_funds(market.min_notional)} {market.quote.code}",
+        )
 
 
 def check_amend(price: str | None, amount: str | None) -> None:
@@ -135,15 +164,20 @@ def amend_command(
     catalog: Catalog, *, order_id: int, member_id: int, market: str, price: str | None, amount: str | None
 ) -> AmendOrder:
     """The AmendOrder for a new price and/or total amount (`check_amend`), on the grid of the
-    order's market."""
+    order's market. Given both, the order's new value is checked here (`check_notional`); given
+    one, the accounts stage checks it against the order it holds (`notional_too_small` too)."""
     check_amend(price, amount)
     book = market_of(catalog, market)
+    scaled_price = parse_money(book.parse_price, price) if price is not None else None
+    scaled_amount = parse_money(book.parse_amount, amount) if amount is not None else None
+    if scaled_price is not None and scaled_amount is not None:
+        check_notional(book, scaled_price, scaled_amount)
     return AmendOrder(
         order_id=OrderId(order_id),
         member_id=MemberId(member_id),
         market=book.symbol,
-        price=parse_money(book.parse_price, price) if price is not None else None,
-        amount=parse_money(book.parse_amount, amount) if amount is not None else None,
+        price=scaled_price,
+        amount=scaled_amount,
     )
 
 

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
         description="Markets this statistics instance folds and publishes (JSON list), one instance per "
         "group; unset: all of them.",
     )
+    max_open_orders_per_member: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open orders one member may hold (market and IOC orders too, until they close); the "
+        "accounts stage refuses a new one beyond it (422 `too_many_open_orders`). A cancel or a fill frees "
+        "a place. Change it with the accounts stage stopped cleanly: it is configuration, not state.",
+    )
     order_decision_timeout_s: float = Field(
         default=2.0, gt=0, description="How long POST /order waits for the accounts decision before a 202."
     )

@@ -254,9 +254,11 @@ class Accounts:
 
     `markets` maps symbols to markets (the symbol of a command or event is the key); `fees` the
     fee rates; `market_buy_caps` optional per-market maxima (quote ledger units) of what a market
-    buy locks; `record_entries` keeps the ledger entries for `take_entries`; `closed_memory` how
-    many closed order ids are remembered to reject a reused id as DUPLICATE_ORDER (ids of open
-    orders always are).
+    buy locks; `max_open_orders_per_member` how many open orders (every order tracked, from its
+    place to its close: market and IOC orders too while they run) a member may hold, a new one
+    beyond refused as TOO_MANY_OPEN_ORDERS (None: no cap); `record_entries` keeps the ledger
+    entries for `take_entries`; `closed_memory` how many closed order ids are remembered to
+    reject a reused id as DUPLICATE_ORDER (ids of open orders always are).
     """
 
     __slots__ = (
@@ -270,6 +272,8 @@ class Accounts:
         "_last_trade",
         "_ledger",
         "_markets",
+        "_max_open",
+        "_open",
         "_orders",
         "_rates",
         "_touched",
@@ -281,10 +285,14 @@ class Accounts:
         fees: FeeSchedule | None = None,
         *,
         market_buy_caps: Mapping[str, int] | None = None,
+        max_open_orders_per_member: int | None = None,
         record_entries: bool = False,
         closed_memory: int = 100_000,
     ) -> None:
         self._markets = dict(markets)
+        if max_open_orders_per_member is not None and max_open_orders_per_member < 1:
+            raise ValueError(f"max_open_orders_per_member must be >= 1, got {max_open_orders_per_member!r}")
+        self._max_open = max_open_orders_per_member
         self._fees = fees if fees is not None else FeeSchedule()
         self._rates = {symbol: self._fees.rates(symbol) for symbol in self._markets}
         caps = dict(market_buy_caps or {})
@@ -303,6 +311,8 @@ class Accounts:
             self._currencies.add(market.quote.code)
         self._ledger = Ledger()
         self._orders: dict[OrderId, _Order] = {}
+        self._open: dict[MemberId, int] = {}
+        """Per member with any, how many of `_orders` are theirs."""
         self._last_trade: dict[str, TradeId] = {}
         self._closed: deque[OrderId] = deque()
         self._closed_ids: set[OrderId] = set()
@@ -340,6 +350,10 @@ class Accounts:
     def open_orders(self) -> list[OrderLock]:
         """Every tracked open order, by order id."""
         return [self._orders[oid].view(oid) for oid in sorted(self._orders)]
+
+    def open_order_count(self, member_id: MemberId) -> int:
+        """How many open orders the member holds (what `max_open_orders_per_member` caps)."""
+        return self._open.get(member_id, 0)
 
     # --- outputs ---
 
@@ -400,7 +414,9 @@ class Accounts:
         """Lock the funds of a new order and return it with `locked` set, to forward to matching;
         or an `OrderRejected` (UNKNOWN_MARKET, DUPLICATE_ORDER, INSUFFICIENT_FUNDS; INVALID_ORDER for
         a member id below 1, an amount or price outside the market's limits or a shape
-        `bourse.domain.order_shape` refuses) and nothing changed."""
+        `bourse.domain.order_shape` refuses; NOTIONAL_TOO_SMALL for a limit order worth less than
+        the market's `min_notional`; TOO_MANY_OPEN_ORDERS for a member at the cap) and nothing
+        changed."""
         market = self._markets.get(cmd.market)
         if market is None:
             return _reject(cmd, RejectReason.UNKNOWN_MARKET, "place")
@@ -420,6 +436,11 @@ class Accounts:
             or (price is not None and not 0 < price <= market.max_price)
         ):
             return _reject(cmd, RejectReason.INVALID_ORDER, "place")
+        if price is not None and market.below_min_notional(price, amount):
+            return _reject(cmd, RejectReason.NOTIONAL_TOO_SMALL, "place")
+        max_open = self._max_open
+        if max_open is not None and self._open.get(member, 0) >= max_open:
+            return _reject(cmd, RejectReason.TOO_MANY_OPEN_ORDERS, "place")
         is_buy = cmd.side == _BUY
         lock: int  # ledger units: quote for a buy, base for a sell
         if price is not None:  # a limit order: the shape rule holds
@@ -448,12 +469,14 @@ class Accounts:
         self._orders[order_id] = _Order(
             member, cmd.market, market, is_buy, price, amount, amount, lock, 0, False
         )
+        self._open[member] = self._open.get(member, 0) + 1
         self._touched[(member, currency)] = None
         return replace(cmd, locked=lock)
 
     def amend(self, cmd: AmendOrder) -> AmendOrder | OrderRejected:
         """Forward an amend, having first locked what the new price/amount needs beyond the
-        current lock; or reject it (UNKNOWN_ORDER, AMEND_INVALID, INSUFFICIENT_FUNDS) with nothing
+        current lock; or reject it (UNKNOWN_ORDER, AMEND_INVALID, NOTIONAL_TOO_SMALL for a new price
+        x total amount below the market's `min_notional`, INSUFFICIENT_FUNDS) with nothing
         changed. Surplus is released when the engine's answer comes back through `apply`."""
         order = self._orders.get(cmd.order_id)
         if order is None or order.member != cmd.member_id or order.market != cmd.market:
@@ -475,6 +498,8 @@ class Accounts:
             or remaining <= 0
         ):
             return _reject(cmd, RejectReason.AMEND_INVALID, "amend")
+        if market.below_min_notional(price, amount):
+            return _reject(cmd, RejectReason.NOTIONAL_TOO_SMALL, "amend")
         need = market.funds(price, remaining) if order.is_buy else market.base_units(remaining)
         extra = need - order.locked
         if extra > 0:
@@ -616,10 +641,18 @@ class Accounts:
 
     def _forget(self, order_id: OrderId, order: _Order) -> None:
         del self._orders[order_id]
+        self._count_closed(order.member)
         if order.locked:
             self._ledger.unlock(order.member, order.currency, order.locked, order_id, self._entries)
             self._touched[(order.member, order.currency)] = None
         self._remember_closed(order_id)
+
+    def _count_closed(self, member: MemberId) -> None:
+        left = self._open[member] - 1
+        if left:
+            self._open[member] = left
+        else:
+            del self._open[member]
 
     def _remember_closed(self, order_id: OrderId) -> None:
         if not self._closed_memory:
@@ -651,6 +684,7 @@ class Accounts:
         data: bytes,
         *,
         market_buy_caps: Mapping[str, int] | None = None,
+        max_open_orders_per_member: int | None = None,
         record_entries: bool = False,
         closed_memory: int = 100_000,
     ) -> Accounts:
@@ -662,6 +696,7 @@ class Accounts:
             markets,
             fees,
             market_buy_caps=market_buy_caps,
+            max_open_orders_per_member=max_open_orders_per_member,
             record_entries=record_entries,
             closed_memory=closed_memory,
         )
@@ -682,6 +717,7 @@ class Accounts:
                 lock.pending_amends,
                 lock.accepted,
             )
+            accounts._open[lock.member_id] = accounts._open.get(lock.member_id, 0) + 1
         for order_id in state.closed:
             accounts._remember_closed(order_id)
         accounts._last_trade = dict(state.last_trade_ids)

@@ -55,6 +55,7 @@ MAX_SCALED = 10**18 - 1
 _ONE_AMOUNT = Amount(1)
 _MAX_AMOUNT = Amount(MAX_SCALED)
 _MAX_PRICE = Price(MAX_SCALED)
+_NO_MIN_NOTIONAL = QuoteUnits(0)
 
 
 def parse_scaled(text: str, precision: int, *, field_name: str = "value") -> int:
@@ -122,6 +123,9 @@ class Market:
     """Smallest order amount, in amount units."""
     max_amount: Amount = _MAX_AMOUNT
     max_price: Price = _MAX_PRICE
+    min_notional: QuoteUnits = _NO_MIN_NOTIONAL
+    """Smallest value of a limit order, price x amount, in ledger units of the quote currency
+    (0: no minimum). Market orders have no price to value them by: `min_amount` bounds them."""
     _base_factor: int = field(init=False, repr=False, compare=False)
     _funds_factor: int = field(init=False, repr=False, compare=False)
 
@@ -134,6 +138,8 @@ class Market:
             )
         if not 1 <= self.min_amount <= self.max_amount:
             raise ValueError(f"{self.symbol}: min_amount must be between 1 and max_amount")
+        if not 0 <= self.min_notional <= MAX_SCALED:
+            raise ValueError(f"{self.symbol}: min_notional must be between 0 and {MAX_SCALED}")
         object.__setattr__(self, "_base_factor", 10 ** (self.base.precision - self.amount_precision))
         object.__setattr__(
             self,
@@ -148,6 +154,10 @@ class Market:
     def funds(self, price: Price, amount: Amount) -> QuoteUnits:
         """Exact ledger units of the quote currency for `amount` at `price`."""
         return QuoteUnits(price * amount * self._funds_factor)
+
+    def below_min_notional(self, price: Price, amount: Amount) -> bool:
+        """Whether a limit order of `amount` at `price` is worth less than the market's minimum."""
+        return price * amount * self._funds_factor < self.min_notional
 
     @property
     def funds_factor(self) -> int:

@@ -78,6 +78,13 @@ class RejectReason(StrEnum):
     """A place whose (member, client_order_id) an earlier order holds: this new order id is
     refused and recorded as such (unlike DUPLICATE_ORDER, a reused order id, which names an
     order that exists); the decision names the first order."""
+    NOTIONAL_TOO_SMALL = "notional_too_small"
+    """A limit order (or an amend of one) worth less than its market's `min_notional`, price x
+    amount: the gateway refuses a new one before it is stored; the accounts stage refuses an amend
+    that would take an order below it (and a place that got past the gateway)."""
+    TOO_MANY_OPEN_ORDERS = "too_many_open_orders"
+    """A new order of a member who holds `max_open_orders_per_member` open orders already (every
+    order the accounts stage tracks until it closes); a cancel or a fill frees a place."""
     EXPIRED = "expired"
     """The command reached its stream after the deadline its sender gave it: the sender has
     stopped waiting (and may have told its client so), so it must not take effect."""

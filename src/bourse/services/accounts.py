@@ -55,10 +55,12 @@ class AccountsService(Service):
         )
 
     def _load(self, shard_id: int, state: bytes | None) -> AccountsShard:
-        catalog = self.ctx.catalog
+        catalog, cap = self.ctx.catalog, self.ctx.settings.max_open_orders_per_member
         if state is None:
-            return AccountsShard.empty(shard_id, catalog, record_entries=True)
-        return AccountsShard.restore(shard_id, catalog, state, record_entries=True)
+            return AccountsShard.empty(shard_id, catalog, record_entries=True, max_open_orders_per_member=cap)
+        return AccountsShard.restore(
+            shard_id, catalog, state, record_entries=True, max_open_orders_per_member=cap
+        )
 
     async def start(self) -> None:
         await self.stage.start()

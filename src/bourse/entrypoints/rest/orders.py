@@ -174,8 +174,11 @@ async def create_order(body: OrderIn, member: Member, deps: Deps) -> Response:
 
     201: the accounts stage locked the funds (and usually the engine has matched it: see
     `status` and `executed`). 202: the order is durable but not decided yet (`status: submitted`).
-    422: refused, nothing changed (`code` says why, e.g. `insufficient_funds`). Resending the same
-    `client_order_id` returns the first order (200)."""
+    422: refused, nothing changed (`code` says why, e.g. `insufficient_funds`;
+    `notional_too_small`: a limit order worth less than the market's `min_notional`;
+    `too_many_open_orders`: the member holds `BOURSE_MAX_OPEN_ORDERS_PER_MEMBER` open orders
+    already, cancel one or wait for a fill). Resending the same `client_order_id` returns the first
+    order (200)."""
     status, out = await place_order(deps, member, body)
     return Response(out.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -437,6 +440,7 @@ async def cancel(deps: GatewayDeps, member: int, order_id: str) -> tuple[int, Or
 async def amend_order(order_id: str, body: AmendIn, member: Member, deps: Deps) -> Response:
     """Change price and/or total amount. A pure decrease of the amount keeps time priority; any
     other change moves the order to the back of its price level (and may trade at once).
+    422 `notional_too_small`: the new price x amount is below the market's `min_notional`.
     202 (`status: pending`): the amend is durable but not applied yet. 409 `order_pending`: the
     order itself is not processed yet, nothing was sent; try again."""
     oid = order_id_or_404(order_id)

@@ -27,6 +27,11 @@ class MarketOut(BaseModel):
     min_amount: str = Field(examples=["0.0001"])
     max_amount: str
     max_price: str
+    min_notional: str = Field(
+        description="Smallest value of a limit order, price x amount, in the quote currency "
+        "(0: none); below it an order is refused (422 `notional_too_small`)",
+        examples=["1.00000000"],
+    )
     maker_fee: str = Field(
         description="Fraction of the amount received, as a decimal string", examples=["0.001"]
     )
@@ -43,6 +48,7 @@ class MarketOut(BaseModel):
             min_amount=market.format_amount(market.min_amount),
             max_amount=market.format_amount(market.max_amount),
             max_price=market.format_price(market.max_price),
+            min_notional=market.format_funds(market.min_notional),
             maker_fee=format_scaled(fees.maker_ppm, 6),
             taker_fee=format_scaled(fees.taker_ppm, 6),
         )
