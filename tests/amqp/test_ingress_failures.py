@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,26 @@ def crossing_order(n: int, message_id: str) -> tuple[dict[str, Any], str]:
     return body, message_id
 
 
-async def publish_orders(publisher: Publisher, ids: list[str], start: int, pause_s: float = 0.0) -> None:
+@dataclass
+class Gate:
+    """A point in the stream where the publisher says it got there and waits to be let on."""
+
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    go_on: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def publish_orders(
+    publisher: Publisher,
+    ids: list[str],
+    start: int,
+    pause_s: float = 0.0,
+    gates: dict[int, Gate] | None = None,
+) -> None:
     for n, message_id in enumerate(ids, start):
+        gate = (gates or {}).get(n - start)
+        if gate is not None:
+            gate.reached.set()
+            await gate.go_on.wait()
         body, _ = crossing_order(n, message_id)
         await publisher.publish(body, message_id, reply=False)
         if pause_s:
@@ -81,10 +100,16 @@ async def test_killing_the_ingress_mid_stream_loses_nothing(
         async with httpx.AsyncClient(timeout=1.0) as http:
             ingress.start()
             await ingress.healthy(http)
-            publishing = asyncio.create_task(publish_orders(publisher, ids, 0, pause_s=0.003))
-            for _ in range(2):
-                await asyncio.sleep(0.6)
-                assert not publishing.done(), "published everything before the kill: slow the publisher"
+            # the kills come after a third and two thirds of the stream, however slow the machine:
+            # the publisher waits there until the ingress is up, and the kill comes 0.1 s after
+            # it goes on, with 0.6 s of orders still to publish
+            gates = {200: Gate(), 400: Gate()}
+            publishing = asyncio.create_task(publish_orders(publisher, ids, 0, pause_s=0.003, gates=gates))
+            for gate in gates.values():
+                await gate.reached.wait()
+                gate.go_on.set()
+                await asyncio.sleep(0.1)
+                assert not publishing.done(), "published everything before the kill"
                 ingress.kill()
                 ingress.start()
                 await ingress.healthy(http)
