@@ -1,7 +1,8 @@
 """`bourse size measure --quick` on the real local stack (a nats-server from the wheel, one
 `bourse run` process per service, SQLite, a crowd of WebSocket users): the issue's acceptance
-test. Every per-action figure must be positive, and at each step the profile's prediction
-(idle + the active floor + the sum of rate x cost) must add up to the CPU measured there."""
+test. Every per-action figure must be positive, and at the step they were measured at they must
+add up to the CPU measured there within 10 %; below it, the active floor must account for what
+rate x cost does not."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bourse.sizing.measure import MeasureOptions, measure
-from bourse.sizing.profile import NATS, Profile, load_profile, save_profile
+from bourse.sizing.profile import NATS, Profile, Step, load_profile, save_profile
 from bourse.sizing.scenario import COMMANDS, ORDER_ACTIONS, Action, load_scenario
 
 pytestmark = pytest.mark.slow
@@ -51,28 +52,53 @@ async def test_a_quick_measure_gives_every_action_a_positive_cost(quick_profile:
         assert cost.induced["sql_rows"] > 0, action
 
 
-async def test_the_prediction_adds_up_to_the_measured_cpu_at_every_step(quick_profile: Profile) -> None:
-    """At each step of the whole mix within the limits, idle + the active floor + the sum of rate x
-    cost per service is the CPU measured there, within the issue's ±25 %. A quick run's short
-    windows move the same action's cost by 10-15 % from run to run, so a tighter bar here would
-    test the noise; the methods this one replaced missed by -26 % (no active floor, at the 50 %
-    step) and +77 % (each command at its own rate)."""
+async def test_the_per_action_costs_add_up_to_the_measured_cpu_within_ten_percent(
+    quick_profile: Profile,
+) -> None:
+    """At the step the costs were measured at, idle + the sum of rate x cost per service is the
+    CPU measured there within 10 % (the issue's bar), and so is the prediction (the larger of
+    that sum and the active floor, per service)."""
     assert quick_profile.steps, "no step was measured"
     full = quick_profile.scenario.rates(1.0)
     flow = sum(full[action] for action in COMMANDS)  # every order command went at the commands' rate
     basis = quick_profile.actions[Action.PLACE_LIMIT].rate / flow  # the load the costs were taken at
-    assert any(step.load == pytest.approx(basis, rel=0.1) for step in quick_profile.steps)
-    assert sum(quick_profile.active_cores.values()) > 0  # orders flowing cost more than their sum
-    checked = [step for step in quick_profile.steps if not step.past_knee]
-    assert checked, "every step passed the knee"
-    for step in checked:
-        measured = sum(step.cores.values())
-        predicted = sum(step.predicted_cores.values())
-        assert step.orders_per_s > 0
-        assert measured > sum(quick_profile.idle_cores.values())
-        assert predicted == pytest.approx(measured, rel=0.25), (
-            f"step {step.load:.0%}: measured {step.cores}, predicted {step.predicted_cores}"
-        )
+    step = min(quick_profile.steps, key=lambda step: abs(step.load - basis))
+    assert step.load == pytest.approx(basis, rel=0.1)
+    assert step.orders_per_s > 0
+    measured = sum(step.cores.values())
+    assert measured > sum(quick_profile.idle_cores.values())
+    costs = sum(quick_profile.idle_cores.values()) + sum(
+        rate * us / 1e6
+        for action, rate in _achieved(quick_profile, step).items()
+        for us in quick_profile.actions[action].cpu_us.values()
+    )
+    assert costs == pytest.approx(measured, rel=0.10), f"step {step.load:.0%}: measured {step.cores}"
+    predicted = sum(step.predicted_cores.values())
+    assert predicted == pytest.approx(measured, rel=0.10), (
+        f"step {step.load:.0%}: measured {step.cores}, predicted {step.predicted_cores}"
+    )
+
+
+async def test_below_the_measured_load_the_active_floor_predicts_the_cpu(quick_profile: Profile) -> None:
+    """At the lower step, rate x cost alone falls short (in the first measures, -26 to -75 %):
+    the services spend their active floor. With it the prediction is within ±25 % (3 windows'
+    median; a quick run's windows are short)."""
+    assert sum(quick_profile.active_cores.values()) > 0
+    lower = min(quick_profile.steps, key=lambda step: step.load)
+    assert not lower.past_knee
+    measured = sum(lower.cores.values())
+    predicted = sum(lower.predicted_cores.values())
+    assert predicted == pytest.approx(measured, rel=0.25), (
+        f"step {lower.load:.0%}: measured {lower.cores}, predicted {lower.predicted_cores}"
+    )
+
+
+def _achieved(profile: Profile, step: Step) -> dict[Action, float]:
+    """The action rates of a step: its scenario's rates at its load, scaled to the orders it
+    achieved (a profile keeps the orders/s achieved, not each action's rate)."""
+    rates = profile.scenario.rates(step.load)
+    asked = profile.scenario.orders_per_s(step.load)
+    return {action: rate * step.orders_per_s / asked for action, rate in rates.items()}
 
 
 async def test_the_crowd_costs_are_measured(quick_profile: Profile) -> None:

@@ -80,9 +80,13 @@ def _cost(rate: float, cpu_us: dict[str, float]) -> ActionCost:
     return ActionCost(rate=rate, sent=int(rate * 10), cpu_us=cpu_us, nats_messages=10, nats_bytes=1e3)
 
 
-def test_the_active_floor_is_each_services_cpu_at_the_low_rate() -> None:
-    low = _cost(100, {"accounts": 1200.0, "persistence": 2000.0, "auth": 0.0})
-    assert active_floor(low) == pytest.approx({"accounts": 0.12, "persistence": 0.2})
+def test_the_active_floor_is_each_services_median_cpu_over_the_low_rate_windows() -> None:
+    lows = [
+        _cost(100, {"accounts": 1200.0, "persistence": 2000.0, "auth": 0.0}),
+        _cost(100, {"accounts": 1800.0, "persistence": 1900.0, "auth": 0.0}),  # one more snapshot
+        _cost(100, {"accounts": 1100.0, "persistence": 2100.0, "auth": 0.0}),
+    ]
+    assert active_floor(lows) == pytest.approx({"accounts": 0.12, "persistence": 0.2})
 
 
 def test_the_pusher_cost_per_message_is_what_the_crowd_adds_per_message_it_gets() -> None:

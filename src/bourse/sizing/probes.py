@@ -5,6 +5,7 @@ each end of a window and works with the differences."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import resource
@@ -94,13 +95,19 @@ def metric_sums(text: str) -> dict[str, float]:
     return sums
 
 
-async def scrape(client: httpx.AsyncClient, port: int) -> dict[str, float]:
-    """A process's /metrics on its health port, summed by name; {} when it does not answer."""
-    try:
-        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0)
-    except httpx.HTTPError:
-        return {}
-    return metric_sums(response.text) if response.status_code == 200 else {}
+async def scrape(client: httpx.AsyncClient, port: int, tries: int = 3) -> dict[str, float]:
+    """A process's /metrics on its health port, summed by name; {} when it does not answer
+    `tries` times (a window whose closing read is missing would count nothing for it)."""
+    for attempt in range(tries):
+        try:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            response = None
+        if response is not None and response.status_code == 200:
+            return metric_sums(response.text)
+        if attempt + 1 < tries:
+            await asyncio.sleep(0.1)
+    return {}
 
 
 async def varz(client: httpx.AsyncClient, monitor_url: str | None) -> dict[str, float]:
