@@ -33,7 +33,7 @@ from bourse.contracts.messages import (
     EVENT_BATCH_DECODER,
     AmqpReply,
 )
-from bourse.contracts.subjects import ACCOUNTS, EVENTS
+from bourse.contracts.subjects import ACCOUNTS, EVENTS, ORDERS
 from bourse.domain.orders import OrderAccepted, OrderRejected, Trade
 
 RABBITMQ_URL = os.environ.get("BOURSE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -149,6 +149,11 @@ class EngineRecord:
 
     def accepted_by_client_id(self) -> Counter[str | None]:
         return Counter(event.client_order_id for event in self.accepted)
+
+
+async def commands_stored(nc: Client, namespace: str) -> int:
+    """Messages in the ORDERS stream: a refused message must leave it as it was."""
+    return (await nc.jetstream().stream_info(ORDERS.name(namespace))).state.messages
 
 
 async def stream_messages(nc: Client, stream: str) -> list[bytes]:

@@ -16,12 +16,19 @@ from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopolog
 from bourse.adapters.metrics import exposition
 from bourse.config.auth import issuer_for, key_ring_for
 from bourse.config.settings import Settings
-from bourse.contracts.subjects import ORDERS
 from bourse.domain.order_shape import AMEND_CHANGES_NOTHING
 from bourse.domain.orders import OrderStatus
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
-from tests.amqp.helpers import RABBITMQ_URL, Publisher, dead_letters, engine_record, queue_depth, rabbitmqctl
+from tests.amqp.helpers import (
+    RABBITMQ_URL,
+    Publisher,
+    commands_stored,
+    dead_letters,
+    engine_record,
+    queue_depth,
+    rabbitmqctl,
+)
 from tests.runtime.scrape import Scrape
 
 
@@ -94,8 +101,7 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
 ) -> None:
     ring = key_ring_for(amqp_settings)
     token_of_2 = issuer_for(amqp_settings, ring).issue(2)
-    js = nc.jetstream()
-    orders_before = (await js.stream_info(ORDERS.name(amqp_settings.namespace))).state.messages
+    orders_before = await commands_stored(nc, amqp_settings.namespace)
     good = limit(1, "buy", "0.1", "100")
     cases: list[tuple[str, dict[str, Any] | bytes, dict[str, Any]]] = [
         ("malformed_message", b'{"command": "create", ', {}),
@@ -147,7 +153,7 @@ async def test_refused_messages_are_dead_lettered_with_their_reason(
     replied = await publisher.wait_replies([m for m in sent if m != "has spaces"])
     assert all(replies[0].status == "rejected" for replies in replied.values()), replied
     # nothing reached the pipeline, and nothing is left in the queue or retried
-    assert (await js.stream_info(ORDERS.name(amqp_settings.namespace))).state.messages == orders_before
+    assert await commands_stored(nc, amqp_settings.namespace) == orders_before
     assert await queue_depth(rabbit, topology.queue) == 0
     assert await (await rabbit.get_queue(topology.dead_letter_queue)).get(fail=False) is None
     health = ingress_of(pipeline).health()

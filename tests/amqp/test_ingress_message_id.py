@@ -13,12 +13,12 @@ from pamqp.commands import Basic
 
 from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, USER_HEADER, AmqpTopology
 from bourse.config.settings import Settings
-from bourse.contracts.subjects import ORDERS
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
 from tests.amqp.helpers import (
     RABBITMQ_URL,
     Publisher,
+    commands_stored,
     dead_letters,
     engine_record,
     publish_raw,
@@ -35,9 +35,7 @@ async def test_a_message_without_message_id_is_dead_lettered_and_places_nothing(
     nc: Client,
     amqp_settings: Settings,
 ) -> None:
-    js = nc.jetstream()
-    orders = ORDERS.name(amqp_settings.namespace)
-    orders_before = (await js.stream_info(orders)).state.messages
+    orders_before = await commands_stored(nc, amqp_settings.namespace)
     sent: dict[str, str | None] = {}  # correlation id -> the message id sent (None: the property absent)
     for message_id in (None, ""):
         correlation_id = f"no-id-{uuid.uuid4().hex[:12]}"
@@ -74,7 +72,7 @@ async def test_a_message_without_message_id_is_dead_lettered_and_places_nothing(
     # refused once, not retried, and nothing reached the pipeline
     assert await queue_depth(rabbit, topology.queue) == 0
     assert await (await rabbit.get_queue(topology.dead_letter_queue)).get(fail=False) is None
-    assert (await js.stream_info(orders)).state.messages == orders_before
+    assert await commands_stored(nc, amqp_settings.namespace) == orders_before
     record = await engine_record(nc, amqp_settings.namespace)
     assert (record.accepted, record.refused, record.rejected) == ([], [], [])
     health = ingress_of(pipeline).health()

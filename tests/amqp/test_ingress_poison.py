@@ -19,11 +19,10 @@ from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopolog
 from bourse.adapters.order_intake import Submission
 from bourse.application.ports import Command, NotSent
 from bourse.config.settings import Settings
-from bourse.contracts.subjects import ORDERS
 from bourse.domain.orders import PlaceOrder
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
-from tests.amqp.helpers import Publisher, dead_letters, engine_record, queue_depth
+from tests.amqp.helpers import Publisher, commands_stored, dead_letters, engine_record, queue_depth
 from tests.amqp.test_ingress import limit
 
 DELIVERY_LIMIT = 3
@@ -64,9 +63,7 @@ async def test_a_message_failing_every_delivery_is_dead_lettered_at_the_delivery
     monkeypatch.setattr(ingress, "_handle", recording_handle)
     monkeypatch.setattr(ingress.intake, "submit", failing_submit)
 
-    js = nc.jetstream()
-    orders = ORDERS.name(amqp_settings.namespace)
-    orders_before = (await js.stream_info(orders)).state.messages
+    orders_before = await commands_stored(nc, amqp_settings.namespace)
     body = limit(1, "buy", "0.1", "100")
     await publisher.publish(body, poison, headers={"x-test-case": "poison"})
     (dead,) = await dead_letters(rabbit, topology, 1, timeout_s=30.0)
@@ -98,7 +95,7 @@ async def test_a_message_failing_every_delivery_is_dead_lettered_at_the_delivery
     assert (health["acked"], health["dead_lettered"]) == (0, {}), health
     assert (health["requeued"], health["pauses"]) == (DELIVERY_LIMIT + 1, DELIVERY_LIMIT + 1), health
     # nothing of it reached the pipeline
-    assert (await js.stream_info(orders)).state.messages == orders_before
+    assert await commands_stored(nc, amqp_settings.namespace) == orders_before
     assert poison not in (await engine_record(nc, amqp_settings.namespace)).accepted_by_client_id()
 
     # and the ingress goes on: the next order is placed
@@ -120,9 +117,7 @@ async def test_a_member_id_beyond_64_bits_is_refused_at_once_not_retried(
     """It used to fail every delivery (the intake could not encode it, and failed the other
     commands of its batch with it) until the delivery limit; now the contract bounds member ids
     to signed 64 bits, so it is refused like any wrong field."""
-    js = nc.jetstream()
-    orders = ORDERS.name(amqp_settings.namespace)
-    orders_before = (await js.stream_info(orders)).state.messages
+    orders_before = await commands_stored(nc, amqp_settings.namespace)
     sent = {f"big-{n}-{uuid.uuid4().hex[:8]}": member for n, member in enumerate((2**63, 2**64))}
     for message_id, member in sent.items():
         await publisher.publish(limit(member, "buy", "0.1", "100"), message_id)
@@ -135,5 +130,5 @@ async def test_a_member_id_beyond_64_bits_is_refused_at_once_not_retried(
     assert {reply[0].code for reply in replies.values()} == {"invalid_message"}, replies
     health = ingress_of(pipeline).health()
     assert (health["requeued"], health["pauses"], health["acked"]) == (0, 0, 0), health
-    assert (await js.stream_info(orders)).state.messages == orders_before
+    assert await commands_stored(nc, amqp_settings.namespace) == orders_before
     assert await queue_depth(rabbit, topology.queue) == 0

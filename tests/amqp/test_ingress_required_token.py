@@ -15,10 +15,9 @@ from nats.aio.client import Client
 from bourse.adapters.amqp import ERROR_HEADER, ERROR_MESSAGE_HEADER, AmqpTopology
 from bourse.config.auth import issuer_for, key_ring_for
 from bourse.config.settings import Settings
-from bourse.contracts.subjects import ORDERS
 from bourse.runtime.process import BourseProcess
 from tests.amqp.conftest import ingress_of
-from tests.amqp.helpers import Publisher, dead_letters, engine_record, queue_depth
+from tests.amqp.helpers import Publisher, commands_stored, dead_letters, engine_record, queue_depth
 from tests.amqp.test_ingress import limit
 
 
@@ -42,9 +41,7 @@ async def test_with_tokens_required_only_the_members_own_valid_token_is_accepted
     issuer = issuer_for(amqp_settings, key_ring_for(amqp_settings))
     expired_of_1 = issuer.issue(1, ttl_s=-3600)
     valid_of_1, valid_of_2 = issuer.issue(1), issuer.issue(2)
-    js = nc.jetstream()
-    orders = ORDERS.name(amqp_settings.namespace)
-    orders_before = (await js.stream_info(orders)).state.messages
+    orders_before = await commands_stored(nc, amqp_settings.namespace)
     create = limit(1, "buy", "0.1", "100")
     cancel = {"command": "cancel", "member_id": 1, "order_id": "119083612421234688"}
     amend = {**cancel, "command": "amend", "market": "btc_usd", "price": "99"}
@@ -75,7 +72,7 @@ async def test_with_tokens_required_only_the_members_own_valid_token_is_accepted
         reply = replies[message_id][0]
         assert (reply.status, reply.code, reply.command) == ("rejected", code, body["command"]), reply
     # nothing stored: no command in ORDERS, no order anywhere, nothing left or retried in RabbitMQ
-    assert (await js.stream_info(orders)).state.messages == orders_before
+    assert await commands_stored(nc, amqp_settings.namespace) == orders_before
     record = await engine_record(nc, amqp_settings.namespace)
     assert (record.accepted, record.refused, record.rejected) == ([], [], [])
     assert await queue_depth(rabbit, topology.queue) == 0
