@@ -221,6 +221,8 @@ class Run:
     samples: list[Sample]
     start: float
     end: float
+    unsent: int = 0
+    """Requests the generator could not send in time, over the whole drive."""
 
 
 @dataclass(slots=True)
@@ -288,6 +290,7 @@ class Measurement:
         while the load runs. A progress line every 5 s of a long window."""
         o = self.options
         first = len(self.generator.samples)
+        unsent = sum(self.generator.unsent.values())
         runner = asyncio.create_task(self.generator.run(rates, o.warmup_s + o.window_s + 0.3))
         try:
             await asyncio.sleep(o.warmup_s)
@@ -307,7 +310,8 @@ class Measurement:
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
         samples = window_samples(self.generator.samples[first:], before.at, after.at)
-        return Run(between(before, after), samples, before.at, after.at)
+        unsent = sum(self.generator.unsent.values()) - unsent
+        return Run(between(before, after), samples, before.at, after.at, unsent)
 
     async def undisturbed(self, label: str, attempt: Callable[[], Awaitable[Run]]) -> Run:
         """`attempt` (set-up and a driven window) again while other work on the machine took more
@@ -494,7 +498,6 @@ class Measurement:
         rates = scenario.rates(load)
         need = math.ceil(rates[Action.CANCEL] * (o.warmup_s + o.window_s) * 1.2) + 20
         label = f"step {share(load)}"
-        unsent_in: dict[int, int] = {}  # per run (by id), requests the generator could not send
 
         async def attempt() -> Run:
             if len(self.generator.resting) < need:
@@ -504,13 +507,10 @@ class Measurement:
                 f"{label}: the whole mix, {scenario.orders_per_s(load):,.0f} orders/s and "
                 f"{sum(rates.values()):,.0f} actions/s, for {o.window_s:g} s"
             )
-            unsent_before = sum(self.generator.unsent.values())
-            run = await self.drive(label, rates)
-            unsent_in[id(run)] = sum(self.generator.unsent.values()) - unsent_before
-            return run
+            return await self.drive(label, rates)
 
         run = await self.undisturbed(label, attempt)
-        unsent = unsent_in[id(run)]
+        unsent = run.unsent
         achieved: dict[Action, float] = dict.fromkeys(rates, 0.0)
         for sample in run.samples:
             achieved[sample.action] += 1 / run.window.seconds
